@@ -1,0 +1,120 @@
+"""The ASGI application: routes, error mapping, health, readiness and metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+import psycopg
+import psycopg_pool
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from inferbatch.api.deps import AppState
+from inferbatch.api.routes import router
+from inferbatch.blobstore import BlobStore
+from inferbatch.config import Settings
+from inferbatch.db.connector import open_pool
+from inferbatch.engines.registry import EngineRegistry
+from inferbatch.errors import InferbatchError, InvalidRequest, NotFound, Unavailable
+from inferbatch.metrics import SystemMetrics
+
+log = logging.getLogger(__name__)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _error(exc: InferbatchError) -> JSONResponse:
+    return JSONResponse(exc.envelope(), status_code=exc.status_code)
+
+
+def create_app(
+    settings: Settings,
+    database_url: str,
+    blobs: BlobStore,
+    engines: EngineRegistry,
+    now: Callable[[], datetime] = _utcnow,
+) -> FastAPI:
+    registry = CollectorRegistry()
+    metrics = SystemMetrics(registry)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = open_pool(database_url, min_size=1, max_size=16, name="inferbatch-api")
+        await pool.open(wait=False)
+        app.state.inferbatch = AppState(
+            settings=settings,
+            db=pool,
+            blobs=blobs,
+            engines=engines,
+            metrics=metrics,
+            registry=registry,
+            now=now,
+        )
+        try:
+            yield
+        finally:
+            await pool.close()
+            await engines.aclose()
+
+    app = FastAPI(title="inferbatch", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.include_router(router)
+
+    @app.exception_handler(InferbatchError)
+    async def _known(request: Request, exc: InferbatchError) -> JSONResponse:
+        return _error(exc)
+
+    @app.exception_handler(psycopg.OperationalError)
+    async def _db_down(request: Request, exc: psycopg.OperationalError) -> JSONResponse:
+        log.warning("database unavailable: %s", exc)
+        return _error(Unavailable())
+
+    @app.exception_handler(psycopg_pool.PoolTimeout)
+    async def _pool_timeout(request: Request, exc: psycopg_pool.PoolTimeout) -> JSONResponse:
+        return _error(Unavailable())
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(InvalidRequest(str(exc.errors()[0].get("msg", "invalid request"))))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return _error(NotFound(f"Unknown route {request.method} {request.url.path}."))
+        err = InferbatchError(str(exc.detail))
+        err.status_code = exc.status_code
+        err.type = "invalid_request_error"
+        return _error(err)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> Response:
+        st: AppState = request.app.state.inferbatch
+        try:
+            async with st.db.connection(timeout=2.0) as conn:
+                await conn.execute("SELECT 1")
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            return JSONResponse({"status": "unavailable", "database": str(exc)}, 503)
+        return JSONResponse({"status": "ok", "database": "ok"})
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_endpoint(request: Request) -> Response:
+        st: AppState = request.app.state.inferbatch
+        try:
+            async with st.db.connection(timeout=2.0) as conn:
+                await metrics.refresh(conn)
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            log.warning("metrics refresh failed: %s", exc)
+        return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,46 @@
+"""Per-app state and request dependencies (auth)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from fastapi import Request
+
+from inferbatch.blobstore import BlobStore
+from inferbatch.config import Settings
+from inferbatch.db import users
+from inferbatch.db.types import Pool
+from inferbatch.domain import User
+from inferbatch.engines.registry import EngineRegistry
+from inferbatch.errors import Unauthorized
+from inferbatch.metrics import SystemMetrics
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    db: Pool
+    blobs: BlobStore
+    engines: EngineRegistry
+    metrics: SystemMetrics
+    registry: object
+    now: Callable[[], datetime]
+
+
+def state(request: Request) -> AppState:
+    s: AppState = request.app.state.inferbatch
+    return s
+
+
+async def current_user(request: Request) -> User:
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Unauthorized()
+    async with state(request).db.connection() as conn:
+        user = await users.user_for_key(conn, key.strip())
+    if user is None:
+        raise Unauthorized("Incorrect API key provided.")
+    return user

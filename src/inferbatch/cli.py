@@ -1,0 +1,221 @@
+"""The ``inferbatch`` command line: one package, several roles."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Annotated
+
+import typer
+
+from inferbatch.config import Settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys.")
+app.add_typer(keys_app, name="keys")
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValueError as exc:
+        typer.echo(f"invalid configuration: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations."""
+    from inferbatch.db.connector import database_url
+    from inferbatch.db.connector import migrate as run_migrations
+    from inferbatch.runtime import setup_logging
+
+    settings = _settings()
+    setup_logging(settings, "migrate")
+    run_migrations(database_url(settings))
+
+
+@app.command()
+def api(
+    host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
+) -> None:
+    """Serve the REST API, /metrics, /healthz and /readyz."""
+    import uvicorn
+
+    from inferbatch.api.app import create_app
+    from inferbatch.blobstore import LocalBlobStore
+    from inferbatch.db.connector import database_url
+    from inferbatch.engines.registry import EngineRegistry, load_specs
+    from inferbatch.runtime import setup_logging
+
+    settings = _settings()
+    setup_logging(settings, "api")
+    engines = EngineRegistry.from_specs(
+        load_specs(settings), timeout=settings.engine_timeout_seconds
+    )
+    application = create_app(
+        settings, database_url(settings), LocalBlobStore(settings.blob_root), engines
+    )
+    uvicorn.run(
+        application,
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level="warning",
+        timeout_graceful_shutdown=10,
+    )
+
+
+@app.command()
+def scheduler() -> None:
+    """Run the scheduler duties (one leader at a time across replicas)."""
+    from inferbatch.blobstore import LocalBlobStore
+    from inferbatch.db.connector import database_url, open_pool
+    from inferbatch.runtime import install_stop_signals, setup_logging
+    from inferbatch.scheduler.leadership import Leadership
+    from inferbatch.scheduler.service import Scheduler
+
+    settings = _settings()
+    setup_logging(settings, "scheduler")
+    url = database_url(settings)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        async with open_pool(url, max_size=4, name="inferbatch-scheduler") as pool:
+            sched = Scheduler(settings, pool, LocalBlobStore(settings.blob_root), Leadership(url))
+            await sched.run(stop)
+
+    asyncio.run(main())
+
+
+@app.command()
+def worker(
+    pool: Annotated[str, typer.Option(help="spot or dedicated")] = "spot",
+    metrics_port: Annotated[int | None, typer.Option(help="Serve /metrics here.")] = None,
+) -> None:
+    """Claim requests of one pool and run them against the engines."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from inferbatch.db.connector import database_url, open_pool
+    from inferbatch.engines.registry import EngineRegistry, load_specs
+    from inferbatch.metrics import WorkerMetrics
+    from inferbatch.runtime import install_stop_signals, setup_logging
+    from inferbatch.worker.worker import Worker, WorkerConfig
+
+    if pool not in ("spot", "dedicated"):
+        typer.echo("--pool must be spot or dedicated", err=True)
+        raise typer.Exit(2)
+    settings = _settings()
+    setup_logging(settings, f"worker-{pool}")
+    url = database_url(settings)
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    if metrics_port is not None:
+        start_http_server(metrics_port, registry=registry)
+    config = WorkerConfig(
+        pool=pool,
+        lease_seconds=settings.lease_seconds,
+        max_attempts=settings.max_attempts,
+        retry_base_seconds=settings.retry_base_seconds,
+        retry_max_seconds=settings.retry_max_seconds,
+        drain_seconds=settings.drain_seconds,
+        poll_seconds=settings.worker_poll_seconds,
+        flush_seconds=settings.result_flush_seconds,
+    )
+
+    async def main() -> None:
+        stop, abort = asyncio.Event(), asyncio.Event()
+        install_stop_signals(stop, abort)
+        engines = EngineRegistry.from_specs(
+            load_specs(settings), timeout=settings.engine_timeout_seconds
+        )
+        if not engines.engines:
+            typer.echo("no engine configured: set INFERBATCH_ENGINE_URL or _ENGINES", err=True)
+            raise typer.Exit(2)
+        async with open_pool(url, max_size=4, name=f"inferbatch-worker-{pool}") as db:
+            try:
+                await Worker(config, db, engines, metrics).run(stop, abort)
+            finally:
+                await engines.aclose()
+
+    asyncio.run(main())
+
+
+@app.command("engine-sim")
+def engine_sim(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8100,
+    max_concurrency: Annotated[int, typer.Option(help="Concurrent sequences.")] = 64,
+    prefill_tokens_per_s: Annotated[float, typer.Option()] = 20000.0,
+    decode_tokens_per_s: Annotated[float, typer.Option()] = 2000.0,
+    base_latency_s: Annotated[float, typer.Option()] = 0.0,
+    error_rate: Annotated[float, typer.Option(help="Share answered 500.")] = 0.0,
+    timeout_rate: Annotated[float, typer.Option(help="Share that hang.")] = 0.0,
+    drop_rate: Annotated[float, typer.Option(help="Share of dropped connections.")] = 0.0,
+    rate_limit_rate: Annotated[float, typer.Option(help="Share answered 429.")] = 0.0,
+    hang_s: Annotated[float, typer.Option(help="How long a timeout hangs.")] = 30.0,
+    seed: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Serve a simulated OpenAI-compatible engine (benchmarks and fault tests)."""
+    from inferbatch.engines.sim import SimConfig, run
+
+    config = SimConfig(
+        max_concurrency=max_concurrency,
+        prefill_tokens_per_s=prefill_tokens_per_s,
+        decode_tokens_per_s=decode_tokens_per_s,
+        base_latency_s=base_latency_s,
+        error_rate=error_rate,
+        timeout_rate=timeout_rate,
+        drop_rate=drop_rate,
+        rate_limit_rate=rate_limit_rate,
+        hang_s=hang_s,
+        seed=seed,
+    )
+    config.validate()
+    run(config, host, port)
+
+
+@keys_app.command("create")
+def keys_create(
+    user: Annotated[str, typer.Option(help="User name (created if new).")],
+    admin: Annotated[bool, typer.Option(help="Give the user admin rights.")] = False,
+) -> None:
+    """Create an API key and print it (it is stored hashed and cannot be shown again)."""
+    from inferbatch.db.connector import database_url
+    from inferbatch.db.users import add_key, ensure_user, generate_key
+
+    settings = _settings()
+    url = database_url(settings)
+
+    async def main() -> str:
+        from psycopg import AsyncConnection
+        from psycopg.rows import dict_row
+
+        key = generate_key()
+        async with await AsyncConnection.connect(url, row_factory=dict_row) as conn:
+            owner = await ensure_user(conn, user, is_admin=admin)
+            await add_key(conn, owner.id, key)
+        return key
+
+    typer.echo(asyncio.run(main()))
+
+
+@app.command()
+def up(
+    engine: Annotated[
+        str, typer.Option(help="local (packaged small models), sim, or an engine base URL.")
+    ] = "local",
+) -> None:
+    """Run everything: database, engine, scheduler, spot and dedicated workers, API."""
+    from inferbatch.up import run_all
+
+    sys.exit(run_all(_settings(), engine))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Settings, built once at process start and passed down.
+
+Every setting comes from an ``INFERBATCH_``-prefixed environment variable (or the
+defaults below). Nothing else in the package reads the environment.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DedupScope = Literal["user", "global", "off"]
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse ``"30m"``, ``"24h"``, ``"7d"`` or ``"90s"`` into a timedelta.
+
+    Raises ValueError for anything else (including a zero duration).
+    """
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"invalid duration {text!r}: use a number and a unit s, m, h or d")
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"invalid duration {text!r}: must be positive")
+    return timedelta(seconds=seconds)
+
+
+class Settings(BaseSettings):
+    """Configuration of every inferbatch role."""
+
+    model_config = SettingsConfigDict(env_prefix="INFERBATCH_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL URL. Unset: an embedded PostgreSQL in data_dir/pg.",
+    )
+    data_dir: Path = Field(
+        default=Path(".inferbatch"), description="Embedded database and local blobs."
+    )
+    blob_dir: Path | None = Field(
+        default=None, description="Where file contents live. Default: data_dir/blobs."
+    )
+    host: str = Field(default="127.0.0.1", description="API listen address.")
+    port: int = Field(default=8000, description="API listen port.")
+    api_key: str | None = Field(
+        default=None, description="If set, this value is accepted as an admin API key."
+    )
+    public_url: str | None = Field(
+        default=None, description="Base URL shown to users; default http://host:port."
+    )
+
+    engine_url: str | None = Field(
+        default=None, description="One OpenAI-compatible engine base URL for every model."
+    )
+    engines: Path | None = Field(
+        default=None, description="TOML or JSON file mapping model names to engines."
+    )
+    engine_max_in_flight: int = Field(
+        default=32, ge=1, description="In-flight requests per engine when not configured."
+    )
+    engine_timeout_seconds: float = Field(
+        default=600.0, gt=0, description="Per-request engine timeout."
+    )
+
+    max_upload_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    max_requests_per_batch: int = Field(default=50_000, ge=1)
+    min_completion_window: str = Field(default="1m")
+    max_completion_window: str = Field(default="30d")
+    file_retention: str = Field(default="30d", description="Default expiry of batch files.")
+    default_dedup_scope: DedupScope = "user"
+    allow_global_dedup: bool = True
+
+    lease_seconds: float = Field(default=30.0, gt=0, description="Request lease length.")
+    max_attempts: int = Field(default=5, ge=1, description="Engine tries before failing.")
+    retry_base_seconds: float = Field(default=1.0, gt=0)
+    retry_max_seconds: float = Field(default=60.0, gt=0)
+    drain_seconds: float = Field(default=25.0, ge=0, description="Grace period on SIGTERM.")
+    worker_poll_seconds: float = Field(default=0.5, gt=0, description="Max idle sleep.")
+    result_flush_seconds: float = Field(default=0.05, gt=0)
+    scheduler_tick_seconds: float = Field(default=1.0, gt=0)
+
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        low = parse_duration(self.min_completion_window)
+        high = parse_duration(self.max_completion_window)
+        if low > high:
+            raise ValueError("min_completion_window exceeds max_completion_window")
+        parse_duration(self.file_retention)
+        if self.engine_url is not None and self.engines is not None:
+            raise ValueError("set INFERBATCH_ENGINE_URL or INFERBATCH_ENGINES, not both")
+        return self
+
+    @property
+    def blob_root(self) -> Path:
+        return self.blob_dir if self.blob_dir is not None else self.data_dir / "blobs"
+
+    @property
+    def completion_window_bounds(self) -> tuple[timedelta, timedelta]:
+        return parse_duration(self.min_completion_window), parse_duration(
+            self.max_completion_window
+        )
+
+    @property
+    def file_retention_delta(self) -> timedelta:
+        return parse_duration(self.file_retention)

@@ -1,0 +1,297 @@
+"""Batch rows and their status transitions. Every transition is conditional on the status
+it leaves and returns whether it happened."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from inferbatch.db.types import Conn
+from inferbatch.domain import BatchRecord
+
+_COLUMNS = ", ".join(BatchRecord.__slots__)
+
+
+async def insert(
+    conn: Conn,
+    *,
+    batch_id: str,
+    owner_id: str,
+    input_file_id: str,
+    endpoint: str,
+    completion_window: str,
+    deadline_at: datetime,
+    created_at: datetime,
+    priority: int,
+    dedup_scope: str,
+    metadata: dict[str, str] | None,
+    output_expires_seconds: int | None,
+) -> BatchRecord:
+    cur = await conn.execute(
+        f"""
+        INSERT INTO batches (id, owner_id, input_file_id, endpoint, completion_window,
+            deadline_at, created_at, priority, dedup_scope, metadata, output_expires_seconds,
+            status)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'validating')
+        RETURNING {_COLUMNS}
+        """,
+        (
+            batch_id,
+            owner_id,
+            input_file_id,
+            endpoint,
+            completion_window,
+            deadline_at,
+            created_at,
+            priority,
+            dedup_scope,
+            Jsonb(metadata) if metadata is not None else None,
+            output_expires_seconds,
+        ),
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    await add_event(conn, batch_id, "validating", "batch created")
+    return BatchRecord.from_row(row)
+
+
+async def get(conn: Conn, batch_id: str, owner_id: str | None) -> BatchRecord | None:
+    cur = await conn.execute(
+        f"""
+        SELECT {_COLUMNS} FROM batches
+        WHERE id = %(id)s AND (%(owner)s::text IS NULL OR owner_id = %(owner)s)
+        """,
+        {"id": batch_id, "owner": owner_id},
+    )
+    row = await cur.fetchone()
+    return BatchRecord.from_row(row) if row else None
+
+
+async def list_page(
+    conn: Conn, owner_id: str | None, *, after: str | None, limit: int
+) -> list[BatchRecord]:
+    """Up to ``limit`` + 1 batches, newest first, starting after the cursor id."""
+    cur = await conn.execute(
+        f"""
+        SELECT {_COLUMNS} FROM batches
+        WHERE (%(owner)s::text IS NULL OR owner_id = %(owner)s)
+          AND (%(after)s::text IS NULL OR (created_at, id) <
+               (SELECT created_at, id FROM batches WHERE id = %(after)s))
+        ORDER BY created_at DESC, id DESC
+        LIMIT %(limit)s
+        """,
+        {"owner": owner_id, "after": after, "limit": limit + 1},
+    )
+    return [BatchRecord.from_row(r) for r in await cur.fetchall()]
+
+
+async def request_cancel(conn: Conn, batch_id: str, now: datetime) -> bool:
+    """validating|in_progress -> cancelling. False if the batch is in another state."""
+    cur = await conn.execute(
+        """
+        UPDATE batches SET status = 'cancelling', cancelling_at = %s
+        WHERE id = %s AND status IN ('validating', 'in_progress')
+        """,
+        (now, batch_id),
+    )
+    if cur.rowcount == 1:
+        await add_event(conn, batch_id, "cancelling", "cancel requested")
+    return cur.rowcount == 1
+
+
+async def next_to_ingest(conn: Conn) -> BatchRecord | None:
+    """The oldest batch whose input has not been read yet, locked for this transaction."""
+    cur = await conn.execute(
+        f"""
+        SELECT {_COLUMNS} FROM batches
+        WHERE status IN ('validating', 'cancelling') AND ingested_at IS NULL
+        ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED
+        """
+    )
+    row = await cur.fetchone()
+    return BatchRecord.from_row(row) if row else None
+
+
+async def mark_ingested(
+    conn: Conn, batch_id: str, *, total: int, model: str | None, now: datetime
+) -> bool:
+    """Record a valid input: validating -> in_progress (a cancelling batch stays so)."""
+    cur = await conn.execute(
+        """
+        UPDATE batches SET ingested_at = %(now)s, total_count = %(total)s, model = %(model)s,
+            in_progress_at = CASE WHEN status = 'validating' THEN %(now)s END,
+            status = CASE WHEN status = 'validating' THEN 'in_progress' ELSE status END
+        WHERE id = %(id)s AND ingested_at IS NULL
+        RETURNING status
+        """,
+        {"id": batch_id, "total": total, "model": model, "now": now},
+    )
+    row = await cur.fetchone()
+    if row is not None and row["status"] == "in_progress":
+        await add_event(conn, batch_id, "in_progress", f"{total} requests queued")
+    return row is not None
+
+
+async def mark_invalid(
+    conn: Conn, batch_id: str, errors: list[dict[str, Any]], now: datetime
+) -> bool:
+    """validating|cancelling (not yet ingested) -> failed, with OpenAI-style error entries."""
+    cur = await conn.execute(
+        """
+        UPDATE batches SET status = 'failed', failed_at = %s, errors = %s, ingested_at = %s
+        WHERE id = %s AND ingested_at IS NULL AND status IN ('validating', 'cancelling')
+        """,
+        (now, Jsonb(errors), now, batch_id),
+    )
+    if cur.rowcount == 1:
+        await add_event(conn, batch_id, "failed", errors[0]["message"] if errors else None)
+    return cur.rowcount == 1
+
+
+async def refresh_counts(conn: Conn) -> int:
+    """Recompute request counts and usage of every in-progress or cancelling batch."""
+    cur = await conn.execute(
+        """
+        UPDATE batches b SET
+            completed_count = c.completed, failed_count = c.failed,
+            input_tokens = c.input_tokens, output_tokens = c.output_tokens
+        FROM (
+            SELECT r.batch_id,
+                count(*) FILTER (WHERE r.status = 'completed') AS completed,
+                count(*) FILTER (WHERE r.status = 'failed') AS failed,
+                coalesce(sum(r.prompt_tokens), 0) AS input_tokens,
+                coalesce(sum(r.completion_tokens), 0) AS output_tokens
+            FROM requests r
+            WHERE r.batch_id IN (
+                SELECT id FROM batches
+                WHERE status IN ('in_progress', 'cancelling') AND ingested_at IS NOT NULL)
+            GROUP BY r.batch_id
+        ) c
+        WHERE b.id = c.batch_id AND (b.completed_count, b.failed_count, b.input_tokens,
+            b.output_tokens) IS DISTINCT FROM (c.completed, c.failed, c.input_tokens,
+            c.output_tokens)
+        """
+    )
+    return cur.rowcount
+
+
+async def ready_to_finish(conn: Conn, now: datetime) -> list[tuple[str, str]]:
+    """(batch id, terminal status) for batches that can be finished now: all requests
+    settled (``completed``), past the deadline with work left (``expired``), or cancelling
+    with nothing queued or running any more (``cancelled``)."""
+    cur = await conn.execute(
+        """
+        SELECT b.id, CASE
+            WHEN b.status = 'cancelling' THEN 'cancelled'
+            WHEN NOT b.unsettled THEN 'completed'
+            ELSE 'expired' END AS outcome
+        FROM (
+            SELECT id, status, deadline_at, created_at, EXISTS (
+                SELECT 1 FROM requests r WHERE r.batch_id = batches.id
+                  AND r.status IN ('queued', 'running')) AS unsettled
+            FROM batches
+            WHERE ingested_at IS NOT NULL
+              AND status IN ('in_progress', 'cancelling', 'finalizing')
+        ) b
+        WHERE NOT b.unsettled OR (b.status <> 'cancelling' AND b.deadline_at <= %(now)s)
+        ORDER BY b.created_at
+        """,
+        {"now": now},
+    )
+    return [(r["id"], r["outcome"]) for r in await cur.fetchall()]
+
+
+async def lock_for_finish(conn: Conn, batch_id: str) -> BatchRecord | None:
+    cur = await conn.execute(
+        f"""
+        SELECT {_COLUMNS} FROM batches WHERE id = %s
+          AND status IN ('in_progress', 'cancelling', 'finalizing') FOR UPDATE
+        """,
+        (batch_id,),
+    )
+    row = await cur.fetchone()
+    return BatchRecord.from_row(row) if row else None
+
+
+async def mark_finalizing(conn: Conn, batch_id: str, now: datetime) -> bool:
+    cur = await conn.execute(
+        """
+        UPDATE batches SET status = 'finalizing', finalizing_at = %s
+        WHERE id = %s AND status = 'in_progress'
+        """,
+        (now, batch_id),
+    )
+    if cur.rowcount == 1:
+        await add_event(conn, batch_id, "finalizing", None)
+    return cur.rowcount == 1
+
+
+async def mark_finished(
+    conn: Conn,
+    batch_id: str,
+    *,
+    status: str,
+    now: datetime,
+    output_file_id: str | None,
+    error_file_id: str | None,
+    counts: tuple[int, int, int],
+    tokens: tuple[int, int],
+) -> bool:
+    """in_progress|finalizing|cancelling -> completed|expired|cancelled with final counts."""
+    stamp = {"completed": "completed_at", "expired": "expired_at", "cancelled": "cancelled_at"}[
+        status
+    ]
+    cur = await conn.execute(
+        f"""
+        UPDATE batches SET status = %(status)s, {stamp} = %(now)s,
+            output_file_id = %(out)s, error_file_id = %(err)s,
+            total_count = %(total)s, completed_count = %(completed)s, failed_count = %(failed)s,
+            input_tokens = %(inp)s, output_tokens = %(outp)s
+        WHERE id = %(id)s AND status IN ('in_progress', 'finalizing', 'cancelling')
+        """,
+        {
+            "status": status,
+            "now": now,
+            "out": output_file_id,
+            "err": error_file_id,
+            "total": counts[0],
+            "completed": counts[1],
+            "failed": counts[2],
+            "inp": tokens[0],
+            "outp": tokens[1],
+            "id": batch_id,
+        },
+    )
+    if cur.rowcount == 1:
+        await add_event(conn, batch_id, status, None)
+    return cur.rowcount == 1
+
+
+async def add_event(conn: Conn, batch_id: str, status: str, message: str | None) -> None:
+    await conn.execute(
+        "INSERT INTO batch_events (batch_id, status, message) VALUES (%s, %s, %s)",
+        (batch_id, status, message),
+    )
+
+
+async def events(conn: Conn, batch_id: str) -> list[dict[str, Any]]:
+    cur = await conn.execute(
+        "SELECT status, message, created_at FROM batch_events WHERE batch_id = %s ORDER BY id",
+        (batch_id,),
+    )
+    return await cur.fetchall()
+
+
+async def status_counts(conn: Conn) -> dict[str, int]:
+    cur = await conn.execute("SELECT status, count(*) AS n FROM batches GROUP BY status")
+    return {r["status"]: r["n"] for r in await cur.fetchall()}
+
+
+async def ingested_total(conn: Conn) -> int:
+    cur = await conn.execute(
+        "SELECT coalesce(sum(total_count), 0) AS n FROM batches WHERE ingested_at IS NOT NULL"
+    )
+    row = await cur.fetchone()
+    return int(row["n"]) if row else 0

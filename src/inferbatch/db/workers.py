@@ -1,0 +1,46 @@
+"""The worker registry: one row per worker process, kept fresh by its heartbeat."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from inferbatch.db.types import Conn
+
+
+async def register(conn: Conn, *, worker_id: str, pool: str, host: str, pid: int) -> None:
+    await conn.execute(
+        "INSERT INTO workers (id, pool, host, pid) VALUES (%s, %s, %s, %s)",
+        (worker_id, pool, host, pid),
+    )
+
+
+async def heartbeat(conn: Conn, worker_id: str, *, state: str, in_flight: int) -> None:
+    await conn.execute(
+        """
+        UPDATE workers SET heartbeat_at = now(), state = %s, in_flight = %s WHERE id = %s
+        """,
+        (state, in_flight, worker_id),
+    )
+
+
+async def mark_lost(conn: Conn, stale_seconds: float) -> int:
+    """Workers silent for ``stale_seconds`` -> lost."""
+    cur = await conn.execute(
+        """
+        UPDATE workers SET state = 'lost'
+        WHERE state IN ('running', 'draining')
+          AND heartbeat_at < now() - make_interval(secs => %s)
+        """,
+        (stale_seconds,),
+    )
+    return cur.rowcount
+
+
+async def live_by_pool(conn: Conn) -> list[dict[str, Any]]:
+    cur = await conn.execute(
+        """
+        SELECT pool, state, count(*) AS n, coalesce(sum(in_flight), 0) AS in_flight
+        FROM workers WHERE state IN ('running', 'draining') GROUP BY pool, state
+        """
+    )
+    return await cur.fetchall()

@@ -1,0 +1,98 @@
+"""Domain objects: frozen dataclasses converted from rows at the data-access edge."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+BatchStatus = Literal[
+    "validating",
+    "failed",
+    "in_progress",
+    "finalizing",
+    "completed",
+    "expired",
+    "cancelling",
+    "cancelled",
+]
+RequestStatus = Literal["queued", "running", "completed", "failed", "cancelled", "expired"]
+Pool = Literal["spot", "dedicated"]
+
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+TERMINAL_BATCH_STATUSES = frozenset({"failed", "completed", "expired", "cancelled"})
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    name: str
+    is_admin: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    id: str
+    owner_id: str
+    purpose: str
+    filename: str
+    bytes: int
+    sha256: str
+    blob_key: str
+    created_at: datetime
+    expires_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> FileRecord:
+        return cls(**{name: row[name] for name in cls.__slots__})
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    id: str
+    owner_id: str
+    input_file_id: str
+    endpoint: str
+    completion_window: str
+    deadline_at: datetime
+    priority: int
+    dedup_scope: str
+    metadata: dict[str, str] | None
+    model: str | None
+    status: BatchStatus
+    created_at: datetime
+    ingested_at: datetime | None
+    in_progress_at: datetime | None
+    finalizing_at: datetime | None
+    completed_at: datetime | None
+    failed_at: datetime | None
+    expired_at: datetime | None
+    cancelling_at: datetime | None
+    cancelled_at: datetime | None
+    output_file_id: str | None
+    error_file_id: str | None
+    output_expires_seconds: int | None
+    errors: list[dict[str, Any]] | None
+    total_count: int
+    completed_count: int
+    failed_count: int
+    input_tokens: int
+    output_tokens: int
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> BatchRecord:
+        return cls(**{name: row[name] for name in cls.__slots__})
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRequest:
+    """A request a worker holds a lease on; ``attempt`` is its fencing token."""
+
+    id: int
+    batch_id: str
+    custom_id: str
+    url: str
+    model: str
+    body: dict[str, Any]
+    attempt: int
+    failed_attempts: int

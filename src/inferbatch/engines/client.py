@@ -1,0 +1,133 @@
+"""One client for every engine: OpenAI-compatible HTTP.
+
+An engine is named by its OpenAI base URL (``http://gpu-1:8000/v1``). A request's batch
+URL (``/v1/chat/completions``) is sent to the base URL plus the path after ``/v1``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import httpx
+import orjson
+
+
+@dataclass(frozen=True, slots=True)
+class EngineResponse:
+    status: int
+    body: Any
+    request_id: str | None
+    retry_after: float | None
+    seconds: float
+
+
+class EngineTransportError(Exception):
+    """No HTTP response: connection refused or dropped, or the request timed out."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Engine(Protocol):
+    """What a worker needs from an engine; tests and benchmarks pass other ones."""
+
+    name: str
+    max_in_flight: int
+
+    async def call(self, url: str, body: dict[str, Any]) -> EngineResponse: ...
+
+    async def aclose(self) -> None: ...
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def engine_path(url: str) -> str:
+    """``/v1/chat/completions`` -> ``/chat/completions`` (relative to the base URL)."""
+    return url[3:] if url.startswith("/v1/") else url
+
+
+class HttpEngine:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        max_in_flight: int,
+        timeout: float,
+        api_key: str | None = None,
+    ) -> None:
+        self.name = base_url.rstrip("/")
+        self.max_in_flight = max_in_flight
+        headers = {"content-type": "application/json"}
+        if api_key:
+            headers["authorization"] = f"Bearer {api_key}"
+        self._client = httpx.AsyncClient(
+            base_url=self.name,
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            limits=httpx.Limits(
+                max_connections=max_in_flight, max_keepalive_connections=max_in_flight
+            ),
+        )
+
+    async def call(self, url: str, body: dict[str, Any]) -> EngineResponse:
+        started = time.perf_counter()
+        try:
+            resp = await self._client.post(self.name + engine_path(url), content=orjson.dumps(body))
+            content = await resp.aread()
+        except httpx.TimeoutException as exc:
+            raise EngineTransportError("engine_timeout", f"The engine timed out: {exc!r}") from exc
+        except httpx.TransportError as exc:
+            raise EngineTransportError(
+                "engine_unavailable", f"The engine could not be reached: {exc!r}"
+            ) from exc
+        try:
+            parsed: Any = orjson.loads(content) if content else None
+        except orjson.JSONDecodeError:
+            parsed = {"error": {"message": content[:2000].decode(errors="replace")}}
+        return EngineResponse(
+            status=resp.status_code,
+            body=parsed,
+            request_id=resp.headers.get("x-request-id"),
+            retry_after=parse_retry_after(resp.headers.get("retry-after")),
+            seconds=time.perf_counter() - started,
+        )
+
+    async def models(self) -> list[str]:
+        """Model ids the engine lists at ``/models`` (empty when it cannot be asked)."""
+        try:
+            resp = await self._client.get(self.name + "/models", timeout=3.0)
+            data = resp.json().get("data", [])
+            return [m["id"] for m in data if isinstance(m, dict) and "id" in m]
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return []
+
+    async def healthy(self) -> bool:
+        try:
+            resp = await self._client.get(self.name + "/models", timeout=3.0)
+        except httpx.HTTPError:
+            return False
+        return resp.status_code < 500
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

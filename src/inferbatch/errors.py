@@ -1,0 +1,78 @@
+"""The exception hierarchy. Each maps to OpenAI's error envelope and an HTTP status;
+the docstring is the default message."""
+
+from __future__ import annotations
+
+
+class InferbatchError(Exception):
+    """Something went wrong."""
+
+    status_code = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self, message: str | None = None, *, param: str | None = None, code: str | None = None
+    ) -> None:
+        self.message = message or (self.__doc__ or "").strip()
+        self.param = param
+        if code is not None:
+            self.code = code
+        super().__init__(self.message)
+
+    def envelope(self) -> dict[str, dict[str, str | None]]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequest(InferbatchError):
+    """The request is invalid."""
+
+    status_code = 400
+    type = "invalid_request_error"
+
+
+class Unauthorized(InferbatchError):
+    """Missing or invalid API key. Send `Authorization: Bearer <key>`."""
+
+    status_code = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class NotFound(InferbatchError):
+    """No such object."""
+
+    status_code = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class Conflict(InferbatchError):
+    """The object is not in a state that allows this."""
+
+    status_code = 409
+    type = "invalid_request_error"
+    code = "invalid_state"
+
+
+class TooLarge(InferbatchError):
+    """The upload is larger than allowed."""
+
+    status_code = 413
+    type = "invalid_request_error"
+    code = "file_too_large"
+
+
+class Unavailable(InferbatchError):
+    """The database is unavailable; try again shortly."""
+
+    status_code = 503
+    type = "server_error"
+    code = "service_unavailable"

@@ -1,0 +1,1 @@
+"""The scheduler role: background duties run by one leader at a time."""

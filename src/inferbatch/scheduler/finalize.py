@@ -1,0 +1,186 @@
+"""Finish batches: write the output and error files and move to a terminal status.
+
+A batch is finished when all its requests settled (``completed``), when its deadline
+passed with work left (``expired``: unsettled requests become ``batch_expired`` errors),
+or when it was cancelled and nothing runs any more (``cancelled``). Every request appears
+exactly once across the two files; ``request_counts`` are counted from what was written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+
+from inferbatch.blobstore import BlobStore, BlobWriter, new_blob_key
+from inferbatch.db import batches, files
+from inferbatch.db import requests as queue
+from inferbatch.db.types import Conn, Pool
+from inferbatch.domain import BatchRecord
+from inferbatch.ids import new_id, request_public_id
+
+log = logging.getLogger(__name__)
+
+FLUSH_BYTES = 1 << 20
+
+SETTLED_ERRORS = {
+    "expired": {
+        "code": "batch_expired",
+        "message": "This request could not be executed before the completion window expired.",
+    },
+    "cancelled": {
+        "code": "batch_cancelled",
+        "message": "This request was not executed because the batch was cancelled.",
+    },
+}
+
+
+def result_line(row: dict[str, Any]) -> tuple[bool, bytes]:
+    """(goes to the output file, JSONL line) for one request row in OpenAI's format."""
+    status = row["status"]
+    response = None
+    if row["response_status"] is not None:
+        response = {
+            "status_code": row["response_status"],
+            "request_id": row["response_request_id"],
+            "body": row["response_body"],
+        }
+    error = None
+    if status in SETTLED_ERRORS:
+        response, error = None, SETTLED_ERRORS[status]
+    elif status != "completed" and response is None:
+        error = row["error"] or {"code": "request_failed", "message": "The request failed."}
+    line = {
+        "id": request_public_id(row["id"]),
+        "custom_id": row["custom_id"],
+        "response": response,
+        "error": error,
+    }
+    return status == "completed", orjson.dumps(line) + b"\n"
+
+
+@dataclass
+class _Output:
+    """One output file being written: lines are buffered and flushed from a thread."""
+
+    writer: BlobWriter
+    key: str
+    lines: int = 0
+    buffer: bytearray | None = None
+
+    async def add(self, line: bytes) -> None:
+        if self.buffer is None:
+            self.buffer = bytearray()
+        self.buffer += line
+        self.lines += 1
+        if len(self.buffer) >= FLUSH_BYTES:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self.buffer:
+            data = bytes(self.buffer)
+            self.buffer.clear()
+            await asyncio.to_thread(self.writer.write, data)
+
+
+async def _write_files(
+    conn: Conn, blobs: BlobStore, batch: BatchRecord
+) -> tuple[_Output, _Output, int, int]:
+    out_key, err_key = new_blob_key("output"), new_blob_key("output")
+    with blobs.open_writer(out_key) as out_writer, blobs.open_writer(err_key) as err_writer:
+        out, err = _Output(out_writer, out_key), _Output(err_writer, err_key)
+        input_tokens = output_tokens = 0
+        async for row in queue.iter_results(conn, batch.id):
+            ok, line = result_line(row)
+            await (out if ok else err).add(line)
+            input_tokens += row["prompt_tokens"] or 0
+            output_tokens += row["completion_tokens"] or 0
+        await out.flush()
+        await err.flush()
+    return out, err, input_tokens, output_tokens
+
+
+async def _register(
+    conn: Conn,
+    blobs: BlobStore,
+    batch: BatchRecord,
+    output: _Output,
+    suffix: str,
+    expires_at: datetime,
+) -> str | None:
+    if output.lines == 0:
+        blobs.delete(output.key)
+        return None
+    record = await files.insert(
+        conn,
+        file_id=new_id("file-"),
+        owner_id=batch.owner_id,
+        purpose="batch_output",
+        filename=f"{batch.id}_{suffix}.jsonl",
+        size=output.writer.size,
+        sha256=output.writer.sha256,
+        blob_key=output.key,
+        expires_at=expires_at,
+    )
+    return record.id
+
+
+async def finish_batch(
+    pool: Pool,
+    blobs: BlobStore,
+    batch_id: str,
+    outcome: str,
+    *,
+    retention: timedelta,
+    now: Callable[[], datetime],
+) -> bool:
+    """Finish one batch as ``outcome``; False if another actor changed it first."""
+    if outcome == "completed":
+        async with pool.connection() as conn, conn.transaction():
+            await batches.mark_finalizing(conn, batch_id, now())
+    async with pool.connection() as conn, conn.transaction():
+        batch = await batches.lock_for_finish(conn, batch_id)
+        if batch is None:
+            return False
+        if outcome == "expired":
+            await queue.expire_unsettled(conn, batch_id)
+        out, err, input_tokens, output_tokens = await _write_files(conn, blobs, batch)
+        stamp = now()
+        expiry = stamp + (
+            timedelta(seconds=batch.output_expires_seconds)
+            if batch.output_expires_seconds
+            else retention
+        )
+        output_file_id = await _register(conn, blobs, batch, out, "output", expiry)
+        error_file_id = await _register(conn, blobs, batch, err, "error", expiry)
+        done = await batches.mark_finished(
+            conn,
+            batch_id,
+            status=outcome,
+            now=stamp,
+            output_file_id=output_file_id,
+            error_file_id=error_file_id,
+            counts=(out.lines + err.lines, out.lines, err.lines),
+            tokens=(input_tokens, output_tokens),
+        )
+        log.info("batch %s %s: %d ok, %d errors", batch_id, outcome, out.lines, err.lines)
+        return done
+
+
+async def finish_ready(
+    pool: Pool, blobs: BlobStore, *, retention: timedelta, now: Callable[[], datetime]
+) -> int:
+    """Finish every batch that is ready; returns how many were finished."""
+    async with pool.connection() as conn:
+        ready = await batches.ready_to_finish(conn, now())
+        await conn.commit()
+    finished = 0
+    for batch_id, outcome in ready:
+        if await finish_batch(pool, blobs, batch_id, outcome, retention=retention, now=now):
+            finished += 1
+    return finished

@@ -1,0 +1,204 @@
+"""Ingest: validate a batch's input file, hash each request and queue it, atomically.
+
+The file is read line by line in a worker thread (constant memory), converted to COPY
+rows and streamed into ``requests`` inside the transaction that holds the batch row. Any
+invalid line rolls the rows back and fails the batch with line-numbered errors; a valid
+file moves the batch to ``in_progress`` in the same commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import BinaryIO
+
+from inferbatch.blobstore import BlobStore
+from inferbatch.db import batches, files
+from inferbatch.db.types import Conn, Pool
+from inferbatch.domain import BatchRecord
+from inferbatch.scheduler.validation import LineError, ParsedLine, parse_line
+
+log = logging.getLogger(__name__)
+
+MAX_LISTED_ERRORS = 100
+CHUNK_LINES = 2000
+
+COPY_REQUESTS = """
+COPY requests (batch_id, line, custom_id, url, model, body, input_hash, priority,
+               batch_created_at)
+FROM STDIN
+"""
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def copy_text(value: str) -> str:
+    """Escape a value for PostgreSQL's COPY text format."""
+    return value.translate(_COPY_ESCAPES)
+
+
+@dataclass
+class _Validator:
+    """Consumes an input file chunk by chunk; runs in a thread, one chunk at a time."""
+
+    batch: BatchRecord
+    reader: BinaryIO
+    max_requests: int
+    line: int = 0
+    count: int = 0
+    error_count: int = 0
+    errors: list[LineError] = field(default_factory=list)
+    models: set[str] = field(default_factory=set)
+    done: bool = False
+
+    def _error(self, err: LineError) -> None:
+        self.error_count += 1
+        if len(self.errors) < MAX_LISTED_ERRORS:
+            self.errors.append(err)
+
+    def next_chunk(self) -> bytes:
+        """Validate up to CHUNK_LINES lines; returns their COPY data (empty once the
+        input is known to be invalid, since those rows will be rolled back)."""
+        prefix = f"{self.batch.id}\t"
+        suffix = f"\t{self.batch.priority}\t{self.batch.created_at.isoformat()}\n"
+        url = copy_text(self.batch.endpoint)
+        out: list[str] = []
+        for _ in range(CHUNK_LINES):
+            raw = self.reader.readline()
+            if not raw:
+                self.done = True
+                break
+            self.line += 1
+            if not raw.strip():
+                continue
+            self.count += 1
+            if self.count > self.max_requests:
+                self._error(
+                    LineError(
+                        "too_many_requests",
+                        f"The file has more than {self.max_requests} requests.",
+                        self.line,
+                    )
+                )
+                self.done = True
+                break
+            parsed = parse_line(raw, self.line, self.batch.endpoint)
+            if isinstance(parsed, LineError):
+                self._error(parsed)
+                if len(self.errors) >= MAX_LISTED_ERRORS:
+                    self.done = True
+                    break
+                continue
+            if len(self.models) < 2:
+                self.models.add(parsed.model)
+            if self.error_count == 0:
+                out.append(self._row(parsed, prefix, url, suffix))
+        return "".join(out).encode()
+
+    @staticmethod
+    def _row(p: ParsedLine, prefix: str, url: str, suffix: str) -> str:
+        return (
+            f"{prefix}{p.line}\t{copy_text(p.custom_id)}\t{url}\t{copy_text(p.model)}\t"
+            f"{copy_text(p.body_json)}\t\\\\x{p.input_hash.hex()}{suffix}"
+        )
+
+
+async def _duplicate_errors(conn: Conn, batch_id: str) -> list[LineError]:
+    cur = await conn.execute(
+        """
+        SELECT custom_id, array_agg(line ORDER BY line) AS lines FROM requests
+        WHERE batch_id = %s GROUP BY custom_id HAVING count(*) > 1
+        ORDER BY min(line) LIMIT %s
+        """,
+        (batch_id, MAX_LISTED_ERRORS),
+    )
+    errors: list[LineError] = []
+    for row in await cur.fetchall():
+        first, *rest = row["lines"]
+        for line in rest:
+            errors.append(
+                LineError(
+                    "duplicate_custom_id",
+                    f"Duplicate custom_id {row['custom_id']!r} (first on line {first}).",
+                    line,
+                    param="custom_id",
+                )
+            )
+    errors.sort(key=lambda e: e.line)
+    return errors[:MAX_LISTED_ERRORS]
+
+
+class _Invalid(Exception):
+    """Raised inside the savepoint to roll back the copied rows."""
+
+    def __init__(self, errors: list[LineError], total: int) -> None:
+        self.errors = errors
+        self.total = total
+
+
+def _error_entries(errors: list[LineError], total: int) -> list[dict[str, object]]:
+    entries: list[dict[str, object]] = [e.as_dict() for e in errors]
+    if total > len(errors):
+        entries.append(
+            {
+                "code": "more_errors",
+                "message": f"{total - len(errors)} more invalid lines are not listed.",
+                "param": None,
+                "line": None,
+            }
+        )
+    return entries
+
+
+async def _copy_input(
+    conn: Conn, batch: BatchRecord, reader: BinaryIO, max_requests: int
+) -> _Validator:
+    validator = _Validator(batch=batch, reader=reader, max_requests=max_requests)
+    async with conn.cursor().copy(COPY_REQUESTS) as copy:
+        while not validator.done:
+            data = await asyncio.to_thread(validator.next_chunk)
+            if data:
+                await copy.write(data)
+    return validator
+
+
+async def ingest_next(
+    pool: Pool, blobs: BlobStore, *, max_requests: int, now: Callable[[], datetime]
+) -> str | None:
+    """Ingest the oldest batch waiting for it; returns its id, or None if none waits."""
+    async with pool.connection() as conn, conn.transaction():
+        batch = await batches.next_to_ingest(conn)
+        if batch is None:
+            return None
+        record = await files.get(conn, batch.input_file_id, None)
+        if record is None or not blobs.exists(record.blob_key):
+            error = LineError("file_not_found", "The input file no longer exists.", 0)
+            await batches.mark_invalid(conn, batch.id, [error.as_dict()], now())
+            return batch.id
+        try:
+            async with conn.transaction():
+                reader = blobs.open_reader(record.blob_key)
+                try:
+                    v = await _copy_input(conn, batch, reader, max_requests)
+                finally:
+                    reader.close()
+                if v.error_count:
+                    raise _Invalid(v.errors, v.error_count)
+                if v.count == 0:
+                    raise _Invalid([LineError("empty_file", "The input file is empty.", 0)], 1)
+                dups = await _duplicate_errors(conn, batch.id)
+                if dups:
+                    raise _Invalid(dups, len(dups))
+        except _Invalid as invalid:
+            await batches.mark_invalid(
+                conn, batch.id, _error_entries(invalid.errors, invalid.total), now()
+            )
+            log.info("batch %s failed validation: %d errors", batch.id, invalid.total)
+            return batch.id
+        model = next(iter(v.models)) if len(v.models) == 1 else None
+        await batches.mark_ingested(conn, batch.id, total=v.count, model=model, now=now())
+        log.info("batch %s ingested: %d requests", batch.id, v.count)
+        return batch.id

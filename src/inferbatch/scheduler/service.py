@@ -1,0 +1,141 @@
+"""The scheduler process: small named duties, each with its own loop, run by the leader.
+
+- ingest: validate and queue new batches;
+- cancel: cancel the queued requests of cancelling batches;
+- rescue: re-queue requests whose lease expired and mark silent workers lost;
+- progress: refresh request counts shown by the API;
+- finalize: write output files and finish batches (completed, expired, cancelled);
+- clean: delete files past their expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+import psycopg
+
+from inferbatch.blobstore import BlobStore
+from inferbatch.config import Settings
+from inferbatch.db import batches, files, workers
+from inferbatch.db import requests as queue
+from inferbatch.db.types import Pool
+from inferbatch.scheduler.finalize import finish_ready
+from inferbatch.scheduler.ingest import ingest_next
+from inferbatch.scheduler.leadership import Leadership
+
+log = logging.getLogger(__name__)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: Pool,
+        blobs: BlobStore,
+        leadership: Leadership,
+        now: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.blobs = blobs
+        self.leadership = leadership
+        self.now = now
+
+    async def ingest(self) -> bool:
+        batch_id = await ingest_next(
+            self.pool,
+            self.blobs,
+            max_requests=self.settings.max_requests_per_batch,
+            now=self.now,
+        )
+        return batch_id is not None
+
+    async def cancel(self) -> bool:
+        async with self.pool.connection() as conn:
+            n = await queue.cancel_queued(conn)
+        return n > 0
+
+    async def rescue(self) -> bool:
+        async with self.pool.connection() as conn:
+            owners = await queue.rescue_expired(conn)
+            await workers.mark_lost(conn, stale_seconds=self.settings.lease_seconds)
+        if owners:
+            log.warning("re-queued requests whose lease expired (workers %s)", owners)
+        return bool(owners)
+
+    async def progress(self) -> bool:
+        async with self.pool.connection() as conn:
+            await batches.refresh_counts(conn)
+        return False
+
+    async def finalize(self) -> bool:
+        n = await finish_ready(
+            self.pool,
+            self.blobs,
+            retention=self.settings.file_retention_delta,
+            now=self.now,
+        )
+        return n > 0
+
+    async def clean(self) -> bool:
+        async with self.pool.connection() as conn:
+            expired = await files.expired(conn, self.now(), 500)
+            for record in expired:
+                await files.delete(conn, record.id, None)
+            await conn.commit()
+        for record in expired:
+            await asyncio.to_thread(self.blobs.delete, record.blob_key)
+        return len(expired) == 500
+
+    async def _loop(self, name: str, duty: Callable[[], Awaitable[bool]], every: float) -> None:
+        """Run ``duty`` while leader; again at once when it reports more work."""
+        failures = 0
+        while True:
+            more = False
+            if self.leadership.is_leader:
+                try:
+                    more = await duty()
+                    failures = 0
+                except (psycopg.Error, OSError) as exc:
+                    failures += 1
+                    log.warning("%s failed (%s); retrying", name, exc)
+                    await asyncio.sleep(min(30.0, every * 2**failures))
+                except Exception:
+                    failures += 1
+                    log.exception("%s failed; retrying", name)
+                    await asyncio.sleep(min(30.0, every * 2**failures))
+            if not more:
+                await asyncio.sleep(every)
+
+    async def _lead(self, every: float) -> None:
+        while True:
+            await self.leadership.refresh()
+            await asyncio.sleep(every)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        tick = self.settings.scheduler_tick_seconds
+        await self.leadership.refresh()
+        duties: list[tuple[str, Callable[[], Awaitable[bool]], float]] = [
+            ("ingest", self.ingest, tick / 2),
+            ("cancel", self.cancel, tick),
+            ("rescue", self.rescue, tick),
+            ("progress", self.progress, tick),
+            ("finalize", self.finalize, tick),
+            ("clean", self.clean, 60.0),
+        ]
+        tasks = [asyncio.create_task(self._lead(tick), name="leadership")]
+        tasks += [asyncio.create_task(self._loop(n, d, e), name=n) for n, d, e in duties]
+        try:
+            await stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.leadership.release()

@@ -1,0 +1,103 @@
+"""Validation of batch input lines (pure: no I/O).
+
+Each line of a batch input file must be a JSON object with a string ``custom_id``,
+``method`` ``POST``, ``url`` equal to the batch endpoint and an object ``body`` naming a
+``model``. Duplicate custom_ids are found by the ingest step, which sees all lines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+
+@dataclass(frozen=True, slots=True)
+class LineError:
+    """One entry of a failed batch's ``errors.data`` (``line`` is 1-based)."""
+
+    code: str
+    message: str
+    line: int
+    param: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "param": self.param, "line": self.line}
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedLine:
+    line: int
+    custom_id: str
+    model: str
+    body_json: str
+    """The body as canonical JSON (sorted keys, compact, UTF-8)."""
+    input_hash: bytes
+
+
+def canonical_json(value: Any) -> bytes:
+    """Sorted keys, compact separators, UTF-8: the form hashed for deduplication."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def input_hash(url: str, body_canonical: bytes) -> bytes:
+    """SHA-256 of the canonical JSON of ``{"url": url, "body": body}``.
+
+    Sorted keys put ``body`` before ``url``, so the document is assembled from the body's
+    canonical bytes without serialising it twice.
+    """
+    digest = hashlib.sha256(b'{"body":')
+    digest.update(body_canonical)
+    digest.update(b',"url":')
+    digest.update(orjson.dumps(url))
+    digest.update(b"}")
+    return digest.digest()
+
+
+def parse_line(raw: bytes, line: int, endpoint: str) -> ParsedLine | LineError:
+    """Validate one non-blank input line against the batch's endpoint."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return LineError("invalid_utf8", "Line is not valid UTF-8.", line)
+        return LineError("invalid_json_line", f"Line is not valid JSON: {exc}.", line)
+    if not isinstance(obj, dict):
+        return LineError("invalid_json_line", "Line must be a JSON object.", line)
+    custom_id = obj.get("custom_id")
+    if not isinstance(custom_id, str) or not custom_id:
+        what = "missing" if custom_id is None else "not a non-empty string"
+        return LineError("invalid_custom_id", f"custom_id is {what}.", line, param="custom_id")
+    method = obj.get("method")
+    if method != "POST":
+        return LineError(
+            "invalid_method", f"method must be POST, got {method!r}.", line, param="method"
+        )
+    url = obj.get("url")
+    if url != endpoint:
+        return LineError(
+            "invalid_url",
+            f"url {url!r} does not match the batch endpoint {endpoint!r}.",
+            line,
+            param="url",
+        )
+    body = obj.get("body")
+    if not isinstance(body, dict):
+        return LineError("invalid_body", "body must be a JSON object.", line, param="body")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        return LineError(
+            "missing_model", "body.model is missing or not a string.", line, param="body.model"
+        )
+    canonical = canonical_json(body)
+    return ParsedLine(
+        line=line,
+        custom_id=custom_id,
+        model=model,
+        body_json=canonical.decode(),
+        input_hash=input_hash(endpoint, canonical),
+    )

@@ -1,0 +1,176 @@
+"""Creating, listing and cancelling batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from inferbatch.config import Settings, parse_duration
+from inferbatch.db import batches, files
+from inferbatch.db.types import Conn
+from inferbatch.domain import ENDPOINTS, BatchRecord, User
+from inferbatch.errors import Conflict, InvalidRequest, NotFound
+from inferbatch.ids import new_id
+
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 512
+MIN_OUTPUT_EXPIRY = 3600
+MAX_OUTPUT_EXPIRY = 30 * 86400
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    priority: int
+    dedup_scope: str
+
+
+def validate_metadata(metadata: Any) -> dict[str, str] | None:
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        raise InvalidRequest("metadata must be an object of strings.", param="metadata")
+    if len(metadata) > MAX_METADATA_PAIRS:
+        raise InvalidRequest(
+            f"metadata may hold at most {MAX_METADATA_PAIRS} pairs.", param="metadata"
+        )
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            raise InvalidRequest(f"metadata[{key!r}] must be a string.", param="metadata")
+        if len(key) > MAX_METADATA_KEY:
+            raise InvalidRequest(
+                f"metadata keys are at most {MAX_METADATA_KEY} characters.", param="metadata"
+            )
+        if len(value) > MAX_METADATA_VALUE:
+            raise InvalidRequest(
+                f"metadata values are at most {MAX_METADATA_VALUE} characters.",
+                param="metadata",
+            )
+    return metadata
+
+
+def options_from_metadata(metadata: dict[str, str] | None, settings: Settings) -> BatchOptions:
+    """Priority (``metadata.priority``, integer >= 1) and dedup scope (``metadata.dedup``)."""
+    metadata = metadata or {}
+    raw_priority = metadata.get("priority", "1")
+    try:
+        priority = int(raw_priority)
+    except ValueError:
+        priority = 0
+    if priority < 1 or priority > 1_000_000:
+        raise InvalidRequest(
+            "metadata.priority must be an integer from 1 (normal); 5 is medium, 10+ high.",
+            param="metadata.priority",
+        )
+    scope = metadata.get("dedup", settings.default_dedup_scope)
+    if scope not in ("user", "global", "off"):
+        raise InvalidRequest(
+            "metadata.dedup must be 'user', 'global' or 'off'.", param="metadata.dedup"
+        )
+    if scope == "global" and not settings.allow_global_dedup:
+        raise InvalidRequest(
+            "Global deduplication is disabled on this deployment.", param="metadata.dedup"
+        )
+    return BatchOptions(priority=priority, dedup_scope=scope)
+
+
+def completion_window(text: Any, settings: Settings) -> timedelta:
+    if not isinstance(text, str):
+        raise InvalidRequest(
+            "completion_window must be a string such as '24h'.", param="completion_window"
+        )
+    try:
+        window = parse_duration(text)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="completion_window") from exc
+    low, high = settings.completion_window_bounds
+    if not low <= window <= high:
+        raise InvalidRequest(
+            f"completion_window must be between {settings.min_completion_window} and "
+            f"{settings.max_completion_window}.",
+            param="completion_window",
+        )
+    return window
+
+
+def output_expiry(value: Any) -> int | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, dict)
+        or value.get("anchor") != "created_at"
+        or not isinstance(value.get("seconds"), int)
+    ):
+        raise InvalidRequest(
+            "output_expires_after must be {'anchor': 'created_at', 'seconds': N}.",
+            param="output_expires_after",
+        )
+    seconds: int = value["seconds"]
+    if not MIN_OUTPUT_EXPIRY <= seconds <= MAX_OUTPUT_EXPIRY:
+        raise InvalidRequest(
+            f"output_expires_after.seconds must be between {MIN_OUTPUT_EXPIRY} and "
+            f"{MAX_OUTPUT_EXPIRY}.",
+            param="output_expires_after.seconds",
+        )
+    return seconds
+
+
+async def create(
+    conn: Conn, user: User, body: dict[str, Any], settings: Settings, now: datetime
+) -> BatchRecord:
+    """Validate a create request and insert the batch (``validating``); the scheduler
+    validates the input file's lines."""
+    input_file_id = body.get("input_file_id")
+    if not isinstance(input_file_id, str) or not input_file_id:
+        raise InvalidRequest("input_file_id is required.", param="input_file_id")
+    endpoint = body.get("endpoint")
+    if endpoint not in ENDPOINTS:
+        raise InvalidRequest(f"endpoint must be one of {', '.join(ENDPOINTS)}.", param="endpoint")
+    window = completion_window(body.get("completion_window"), settings)
+    metadata = validate_metadata(body.get("metadata"))
+    options = options_from_metadata(metadata, settings)
+    expires = output_expiry(body.get("output_expires_after"))
+    record = await files.get(conn, input_file_id, None if user.is_admin else user.id)
+    if record is None:
+        raise NotFound(f"No file with id {input_file_id!r}.", param="input_file_id")
+    if record.purpose != "batch":
+        raise InvalidRequest(
+            f"File {input_file_id!r} has purpose {record.purpose!r}; batches need 'batch'.",
+            param="input_file_id",
+        )
+    return await batches.insert(
+        conn,
+        batch_id=new_id("batch_"),
+        owner_id=record.owner_id if user.is_admin else user.id,
+        input_file_id=input_file_id,
+        endpoint=str(endpoint),
+        completion_window=str(body["completion_window"]),
+        deadline_at=now + window,
+        created_at=now,
+        priority=options.priority,
+        dedup_scope=options.dedup_scope,
+        metadata=metadata,
+        output_expires_seconds=expires,
+    )
+
+
+def owner_filter(user: User) -> str | None:
+    """The owner id to filter by: None (everything) for admins."""
+    return None if user.is_admin else user.id
+
+
+async def get(conn: Conn, user: User, batch_id: str) -> BatchRecord:
+    batch = await batches.get(conn, batch_id, owner_filter(user))
+    if batch is None:
+        raise NotFound(f"No batch with id {batch_id!r}.")
+    return batch
+
+
+async def cancel(conn: Conn, user: User, batch_id: str, now: datetime) -> BatchRecord:
+    batch = await get(conn, user, batch_id)
+    if batch.status in ("cancelling", "cancelled"):
+        return batch
+    if not await batches.request_cancel(conn, batch_id, now):
+        raise Conflict(f"Batch {batch_id!r} is {batch.status} and cannot be cancelled.")
+    return await get(conn, user, batch_id)

@@ -1,0 +1,1 @@
+"""The worker role: claim requests, call engines, record results, drain on SIGTERM."""

@@ -1,0 +1,328 @@
+"""The fetch/run loop of a worker process.
+
+One statement claims as many requests as there are free in-flight slots; each claimed
+request runs as a task against its engine (so the engine can batch them); results are
+written back in groups by a flusher, fenced by lease owner and attempt; a heartbeat
+extends the leases. On stop the worker claims nothing more, lets running requests finish
+within the drain period, then gives the rest back to the queue at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from inferbatch.db import requests as queue
+from inferbatch.db import workers as registry
+from inferbatch.db.requests import Outcome
+from inferbatch.db.types import Pool
+from inferbatch.domain import ClaimedRequest
+from inferbatch.engines.client import EngineTransportError
+from inferbatch.engines.registry import EngineRegistry
+from inferbatch.ids import new_id
+from inferbatch.metrics import WorkerMetrics
+from inferbatch.worker.retry import backoff_seconds, is_retryable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    pool: str
+    lease_seconds: float
+    max_attempts: int
+    retry_base_seconds: float
+    retry_max_seconds: float
+    drain_seconds: float
+    poll_seconds: float
+    flush_seconds: float
+    flush_max: int = 256
+
+
+def _usage(body: object) -> tuple[int | None, int | None]:
+    if isinstance(body, dict):
+        usage = body.get("usage")
+        if isinstance(usage, dict):
+            prompt = usage.get("prompt_tokens")
+            completion = usage.get("completion_tokens")
+            return (
+                prompt if isinstance(prompt, int) else None,
+                completion if isinstance(completion, int) else 0,
+            )
+    return None, None
+
+
+class Worker:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        db: Pool,
+        engines: EngineRegistry,
+        metrics: WorkerMetrics | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.engines = engines
+        self.metrics = metrics
+        self.id = worker_id or new_id(f"wrk_{config.pool}_", 12)
+        self.capacity = max(1, engines.total_in_flight)
+        self._running: dict[int, tuple[ClaimedRequest, asyncio.Task[None]]] = {}
+        self._slots: dict[int, asyncio.Semaphore] = {
+            id(e): asyncio.Semaphore(e.max_in_flight) for e in engines.engines
+        }
+        self._outcomes: list[Outcome] = []
+        self._flushed = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._state = "running"
+
+    # -- running one request -------------------------------------------------------------
+
+    def _fail_or_retry(
+        self, req: ClaimedRequest, retry_after: float | None, **kw: object
+    ) -> Outcome:
+        attempts_after = req.failed_attempts + 1
+        if attempts_after < self.config.max_attempts:
+            delay = backoff_seconds(
+                attempts_after,
+                base=self.config.retry_base_seconds,
+                cap=self.config.retry_max_seconds,
+                retry_after=retry_after,
+            )
+            return Outcome(req.id, req.attempt, "retry", retry_after=delay, **kw)  # type: ignore[arg-type]
+        return Outcome(req.id, req.attempt, "failed", **kw)  # type: ignore[arg-type]
+
+    async def _execute(self, req: ClaimedRequest) -> Outcome:
+        engine = self.engines.for_model(req.model)
+        if engine is None:
+            return Outcome(
+                req.id,
+                req.attempt,
+                "failed",
+                error={
+                    "code": "model_not_found",
+                    "message": f"No engine serves the model {req.model!r}.",
+                },
+            )
+        async with self._slots[id(engine)]:
+            try:
+                resp = await engine.call(req.url, req.body)
+            except EngineTransportError as exc:
+                if self.metrics:
+                    self.metrics.engine_errors.labels(engine.name, exc.code).inc()
+                error = {"code": exc.code, "message": exc.message}
+                return self._fail_or_retry(req, None, error=error)
+        if self.metrics:
+            self.metrics.engine_latency.labels(engine.name).observe(resp.seconds)
+        common: dict[str, object] = {
+            "response_status": resp.status,
+            "response_body": resp.body,
+            "engine_request_id": resp.request_id,
+        }
+        if 200 <= resp.status < 300:
+            prompt, completion = _usage(resp.body)
+            return Outcome(
+                req.id,
+                req.attempt,
+                "completed",
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                **common,  # type: ignore[arg-type]
+            )
+        if self.metrics:
+            self.metrics.engine_errors.labels(engine.name, str(resp.status)).inc()
+        if is_retryable(resp.status):
+            return self._fail_or_retry(req, resp.retry_after, **common)
+        return Outcome(req.id, req.attempt, "failed", **common)  # type: ignore[arg-type]
+
+    async def _run_one(self, req: ClaimedRequest) -> None:
+        try:
+            outcome = await self._execute(req)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must not lose the request: retry it
+            log.exception("request %s failed unexpectedly", req.id)
+            outcome = self._fail_or_retry(
+                req, None, error={"code": "worker_error", "message": repr(exc)}
+            )
+        self._outcomes.append(outcome)
+        self._running.pop(req.id, None)
+        self._slot_free.set()
+        if len(self._outcomes) >= self.config.flush_max:
+            self._flushed.set()
+
+    # -- the loops -----------------------------------------------------------------------
+
+    async def _claim(self, n: int) -> list[ClaimedRequest]:
+        async with self.db.connection() as conn:
+            claimed = await queue.claim(
+                conn,
+                pool=self.config.pool,
+                owner=self.id,
+                n=n,
+                lease_seconds=self.config.lease_seconds,
+            )
+        return claimed
+
+    async def _claim_loop(self, stop: asyncio.Event) -> None:
+        idle = self.config.poll_seconds / 8
+        while not stop.is_set():
+            free = self.capacity - len(self._running)
+            if free <= 0:
+                self._slot_free.clear()
+                await _wait_any(stop, self._slot_free, timeout=self.config.poll_seconds)
+                continue
+            try:
+                claimed = await self._claim(free)
+            except (psycopg.Error, OSError) as exc:
+                log.warning("claim failed (%s); retrying", exc)
+                await _wait_any(stop, timeout=min(5.0, idle * 4))
+                idle = min(self.config.poll_seconds, idle * 2)
+                continue
+            for req in claimed:
+                task = asyncio.create_task(self._run_one(req), name=f"req-{req.id}")
+                self._running[req.id] = (req, task)
+            if self.metrics and claimed:
+                self.metrics.claimed.inc(len(claimed))
+            if claimed:
+                idle = self.config.poll_seconds / 8
+            else:
+                await _wait_any(stop, timeout=idle)
+                idle = min(self.config.poll_seconds, idle * 2)
+
+    async def _flush(self) -> None:
+        """Write pending outcomes; on a database error keep them for the next try."""
+        if not self._outcomes:
+            return
+        batch, self._outcomes = self._outcomes, []
+        try:
+            async with self.db.connection() as conn:
+                accepted = await queue.record_outcomes(conn, self.id, batch)
+        except (psycopg.Error, OSError) as exc:
+            log.warning("writing %d results failed (%s); will retry", len(batch), exc)
+            self._outcomes = batch + self._outcomes
+            raise
+        if self.metrics:
+            for o in batch:
+                if o.request_id in accepted:
+                    self.metrics.outcomes.labels(self.config.pool, o.kind).inc()
+            self.metrics.fenced.inc(len(batch) - len(accepted))
+
+    async def _flush_loop(self, done: asyncio.Event) -> None:
+        failures = 0
+        while not (done.is_set() and not self._outcomes):
+            await _wait_any(done, self._flushed, timeout=self.config.flush_seconds)
+            self._flushed.clear()
+            try:
+                await self._flush()
+                failures = 0
+            except (psycopg.Error, OSError):
+                failures += 1
+                await asyncio.sleep(min(5.0, 0.1 * 2**failures))
+
+    async def _heartbeat_loop(self, done: asyncio.Event) -> None:
+        every = self.config.lease_seconds / 3
+        while not done.is_set():
+            try:
+                async with self.db.connection() as conn:
+                    await queue.extend_leases(conn, self.id, self.config.lease_seconds)
+                    await registry.heartbeat(
+                        conn, self.id, state=self._state, in_flight=len(self._running)
+                    )
+            except (psycopg.Error, OSError) as exc:
+                log.warning("heartbeat failed (%s)", exc)
+            await _wait_any(done, timeout=every)
+
+    async def _register(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                async with self.db.connection() as conn:
+                    await registry.register(
+                        conn,
+                        worker_id=self.id,
+                        pool=self.config.pool,
+                        host=socket.gethostname(),
+                        pid=os.getpid(),
+                    )
+                return
+            except (psycopg.Error, OSError) as exc:
+                log.warning("registering failed (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(10.0, delay * 2)
+
+    async def _release_running(self) -> None:
+        """Cancel what still runs and give it back to the queue (an interruption)."""
+        pending = list(self._running.values())
+        for _, task in pending:
+            task.cancel()
+        await asyncio.gather(*(t for _, t in pending), return_exceptions=True)
+        claims = [(req.id, req.attempt) for req, _ in pending]
+        self._running.clear()
+        if not claims:
+            return
+        for delay in (0.1, 0.5, 1.0, 2.0, 5.0):
+            try:
+                async with self.db.connection() as conn:
+                    n = await queue.release(conn, self.id, claims, interrupted=True)
+                log.info("released %d requests back to the queue", n)
+                return
+            except (psycopg.Error, OSError) as exc:
+                log.warning("release failed (%s)", exc)
+                await asyncio.sleep(delay)
+        log.error("could not release %d requests; their leases will expire", len(claims))
+
+    async def run(self, stop: asyncio.Event, abort: asyncio.Event | None = None) -> None:
+        """Work until ``stop`` is set, then drain; ``abort`` cuts the drain short."""
+        abort = abort or asyncio.Event()
+        await self._register()
+        done = asyncio.Event()
+        flusher = asyncio.create_task(self._flush_loop(done), name="flush")
+        heart = asyncio.create_task(self._heartbeat_loop(done), name="heartbeat")
+        log.info("worker %s started: pool %s, %d slots", self.id, self.config.pool, self.capacity)
+        try:
+            await self._claim_loop(stop)
+        finally:
+            self._state = "draining"
+            tasks = [t for _, t in self._running.values()]
+            if tasks:
+                log.info("draining %d in-flight requests", len(tasks))
+                drain = asyncio.gather(*tasks, return_exceptions=True)
+                await _wait_any(
+                    abort, asyncio.ensure_future(drain), timeout=self.config.drain_seconds
+                )
+            await self._release_running()
+            done.set()
+            self._flushed.set()
+            try:
+                await asyncio.wait_for(flusher, timeout=30)
+            except TimeoutError:
+                log.error("results could not be written before exit")
+            self._state = "stopped"
+            heart.cancel()
+            try:
+                async with self.db.connection() as conn:
+                    await registry.heartbeat(conn, self.id, state="stopped", in_flight=0)
+            except (psycopg.Error, OSError):
+                pass
+            log.info("worker %s stopped", self.id)
+
+
+async def _wait_any(*events: asyncio.Event | asyncio.Future[Any], timeout: float | None) -> None:
+    """Wait until any event is set / future is done, or the timeout passes."""
+    waiters = [
+        asyncio.ensure_future(e.wait()) if isinstance(e, asyncio.Event) else e for e in events
+    ]
+    if not waiters:
+        await asyncio.sleep(timeout or 0)
+        return
+    _, pending = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    for w, e in zip(waiters, events, strict=True):
+        if w in pending and isinstance(e, asyncio.Event):
+            w.cancel()
