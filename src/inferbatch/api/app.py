@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,7 +20,9 @@ from inferbatch.api.deps import AppState
 from inferbatch.api.routes import router
 from inferbatch.blobstore import BlobStore
 from inferbatch.config import Settings
+from inferbatch.db import users
 from inferbatch.db.connector import open_pool
+from inferbatch.db.types import Pool
 from inferbatch.engines.registry import EngineRegistry
 from inferbatch.errors import InferbatchError, InvalidRequest, NotFound, Unavailable
 from inferbatch.metrics import SystemMetrics
@@ -33,6 +36,20 @@ def _utcnow() -> datetime:
 
 def _error(exc: InferbatchError) -> JSONResponse:
     return JSONResponse(exc.envelope(), status_code=exc.status_code)
+
+
+async def _register_admin_key(pool: Pool, key: str) -> None:
+    """Accept INFERBATCH_API_KEY as an admin key (retried until the database answers)."""
+    for delay in (0.2, 0.5, 1, 2, 5, 10):
+        try:
+            async with pool.connection() as conn:
+                admin = await users.ensure_user(conn, "admin", is_admin=True)
+                await users.add_key(conn, admin.id, key)
+            return
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            log.warning("registering the admin key failed (%s); retrying", exc)
+            await asyncio.sleep(delay)
+    log.error("could not register INFERBATCH_API_KEY")
 
 
 def create_app(
@@ -49,6 +66,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = open_pool(database_url, min_size=1, max_size=16, name="inferbatch-api")
         await pool.open(wait=False)
+        if settings.api_key:
+            await _register_admin_key(pool, settings.api_key)
         app.state.inferbatch = AppState(
             settings=settings,
             db=pool,

@@ -123,7 +123,7 @@ async def record_outcomes(conn: Conn, owner: str, outcomes: Sequence[Outcome]) -
             "bodies": [_json_text(o.response_body) for o in outcomes],
             "rids": [o.engine_request_id for o in outcomes],
             "errors": [_json_text(o.error) for o in outcomes],
-            "delays": [o.retry_after for o in outcomes],
+            "delays": [float(o.retry_after) for o in outcomes],
             "pt": [o.prompt_tokens for o in outcomes],
             "ct": [o.completion_tokens for o in outcomes],
         },

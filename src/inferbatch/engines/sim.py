@@ -412,7 +412,7 @@ class _Simulator:
         try:
             await self.slots.acquire()
         finally:
-            self.stats.queued -= 0
+            self.stats.queued -= 1
         self.stats.in_flight += 1
         self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
         try:

@@ -88,9 +88,6 @@ class _Validator:
             parsed = parse_line(raw, self.line, self.batch.endpoint)
             if isinstance(parsed, LineError):
                 self._error(parsed)
-                if len(self.errors) >= MAX_LISTED_ERRORS:
-                    self.done = True
-                    break
                 continue
             if len(self.models) < 2:
                 self.models.add(parsed.model)
@@ -127,7 +124,7 @@ async def _duplicate_errors(conn: Conn, batch_id: str) -> list[LineError]:
                     param="custom_id",
                 )
             )
-    errors.sort(key=lambda e: e.line)
+    errors.sort(key=lambda e: e.line or 0)
     return errors[:MAX_LISTED_ERRORS]
 
 
@@ -175,7 +172,7 @@ async def ingest_next(
             return None
         record = await files.get(conn, batch.input_file_id, None)
         if record is None or not blobs.exists(record.blob_key):
-            error = LineError("file_not_found", "The input file no longer exists.", 0)
+            error = LineError("file_not_found", "The input file no longer exists.", None)
             await batches.mark_invalid(conn, batch.id, [error.as_dict()], now())
             return batch.id
         try:
@@ -188,7 +185,7 @@ async def ingest_next(
                 if v.error_count:
                     raise _Invalid(v.errors, v.error_count)
                 if v.count == 0:
-                    raise _Invalid([LineError("empty_file", "The input file is empty.", 0)], 1)
+                    raise _Invalid([LineError("empty_file", "The input file is empty.", None)], 1)
                 dups = await _duplicate_errors(conn, batch.id)
                 if dups:
                     raise _Invalid(dups, len(dups))

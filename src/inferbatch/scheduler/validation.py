@@ -20,7 +20,7 @@ class LineError:
 
     code: str
     message: str
-    line: int
+    line: int | None
     param: str | None = None
 
     def as_dict(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -282,11 +283,13 @@ async def test_queue_is_fifo() -> None:
         tasks = []
         for i in range(4):
             tasks.append(asyncio.create_task(call(i)))
-            while True:  # wait until request i is admitted or queued before sending the next
+            for _ in range(2000):  # wait until request i is admitted or queued, then send the next
                 stats = (await c.get("/sim/stats")).json()
                 if stats["in_flight"] + stats["queued"] + stats["completed"] == i + 1:
                     break
                 await asyncio.sleep(0.001)
+            else:
+                pytest.fail(f"request {i} never reached the queue: {stats}")
         await asyncio.gather(*tasks)
     assert order == [0, 1, 2, 3]
 
@@ -329,52 +332,62 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="module")
-def start_server() -> Iterator[Callable[[str], str]]:
-    """Start ``run(SimConfig(<args>))`` in a subprocess; returns its base URL when healthy."""
-    procs: list[subprocess.Popen[bytes]] = []
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(SRC_DIR), os.environ.get("PYTHONPATH", "")]),
-    }
+@dataclass
+class _Server:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
 
-    def start(config_args: str) -> str:
+    def stop(self) -> str:
+        """Terminate the server (idempotent) and return what it wrote to stderr."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.log.read_text()
+
+
+@pytest.fixture(scope="module")
+def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], _Server]]:
+    """Start ``run(SimConfig(<args>))`` in a subprocess; returns it once /health answers."""
+    servers: list[_Server] = []
+    pythonpath = os.pathsep.join([str(SRC_DIR), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": pythonpath}
+
+    def start(config_args: str) -> _Server:
         port = _free_port()
         code = (
             "from inferbatch.engines.sim import SimConfig, run; "
             f"run(SimConfig({config_args}), '127.0.0.1', {port})"
         )
-        proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
-        procs.append(proc)
-        base = f"http://127.0.0.1:{port}"
+        log = tmp_path_factory.mktemp("engine-sim") / "stderr.log"
+        with log.open("wb") as stderr:  # a file, so a chatty server never blocks on a pipe
+            proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=stderr)
+        server = _Server(f"http://127.0.0.1:{port}", proc, log)
+        servers.append(server)
         deadline = time.monotonic() + 10
         while True:
             try:
-                if httpx.get(f"{base}/health").status_code == 200:
-                    return base
+                if httpx.get(f"{server.url}/health").status_code == 200:
+                    return server
             except httpx.TransportError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                stderr = proc.communicate()[1].decode()
-                pytest.fail(f"engine-sim did not start: {stderr}")
+                pytest.fail(f"engine-sim did not start: {server.stop()}")
             time.sleep(0.05)
 
     yield start
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.communicate(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+    for server in servers:
+        server.stop()
 
 
 @pytest.mark.e2e
-def test_real_server_with_openai_sdk(start_server: Callable[[str], str]) -> None:
-    base = start_server("seed=7")
-    sdk = openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0)
+def test_real_server_with_openai_sdk(start_server: Callable[[str], _Server]) -> None:
+    server = start_server("seed=7")
+    sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0)
     completion = sdk.chat.completions.create(
         model="whatever-model-name",
         messages=[{"role": "user", "content": "hello from the sdk"}],
@@ -390,18 +403,21 @@ def test_real_server_with_openai_sdk(start_server: Callable[[str], str]) -> None
     assert [len(d.embedding) for d in embeddings.data] == [16, 16]
     assert math.isclose(math.fsum(x * x for x in embeddings.data[0].embedding), 1.0, rel_tol=1e-5)
 
-    stats = httpx.get(f"{base}/sim/stats").json()
+    stats = httpx.get(f"{server.url}/sim/stats").json()
     assert stats["completed"] == 2
 
 
 @pytest.mark.e2e
-def test_real_server_drop_is_a_transport_error(start_server: Callable[[str], str]) -> None:
-    base = start_server("drop_rate=1.0")
-    with pytest.raises(httpx.RemoteProtocolError):
-        httpx.post(f"{base}/v1/chat/completions", json=_chat())
-    sdk = openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0)
+def test_real_server_drop_is_a_transport_error(start_server: Callable[[str], _Server]) -> None:
+    server = start_server("drop_rate=1.0")
+    # The status line and headers arrive, then the socket closes before any body byte.
+    with pytest.raises(httpx.RemoteProtocolError, match="without sending complete message body"):
+        httpx.post(f"{server.url}/v1/chat/completions", json=_chat())
+    sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0)
     with pytest.raises(openai.APIConnectionError):
         sdk.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
-    stats = httpx.get(f"{base}/sim/stats").json()
+    stats = httpx.get(f"{server.url}/sim/stats").json()
     assert stats["faults"]["drop"] == 2
     assert stats["completed"] == 0
+    stderr = server.stop()
+    assert "Traceback" not in stderr  # injected drops are not logged as app crashes

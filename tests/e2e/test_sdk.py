@@ -1,0 +1,362 @@
+"""The OpenAI Batch API end to end: real api, scheduler, worker and engine-sim processes,
+driven with the official ``openai`` SDK."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.helpers import chat_file, parse_jsonl
+from tests.stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+TERMINAL = {"completed", "failed", "expired", "cancelled"}
+
+
+def wait_batch(client: openai.OpenAI, batch_id: str, timeout: float = 60) -> openai.types.Batch:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = client.batches.retrieve(batch_id)
+        if batch.status in TERMINAL:
+            return batch
+        time.sleep(0.2)
+    raise TimeoutError(f"batch {batch_id} still {batch.status}")
+
+
+def new_user_key(stack: Stack, name: str) -> str:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "inferbatch", "keys", "create", "--user", name],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_chat_batch_round_trip_with_the_sdk(stack: Stack) -> None:
+    client = stack.client()
+    uploaded = client.files.create(file=("in.jsonl", chat_file(200)), purpose="batch")
+    assert uploaded.purpose == "batch" and uploaded.bytes == len(chat_file(200))
+    batch = client.batches.create(
+        input_file_id=uploaded.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"project": "e2e"},
+    )
+    assert batch.status == "validating" and batch.metadata == {"project": "e2e"}
+    done = wait_batch(client, batch.id)
+    assert done.status == "completed"
+    assert done.request_counts is not None
+    assert (
+        done.request_counts.total,
+        done.request_counts.completed,
+        done.request_counts.failed,
+    ) == (200, 200, 0)
+    assert done.in_progress_at and done.finalizing_at and done.completed_at
+    assert done.expires_at == done.created_at + 24 * 3600
+    assert done.usage is not None and done.usage.output_tokens > 0
+    assert done.error_file_id is None and done.output_file_id
+    lines = parse_jsonl(client.files.content(done.output_file_id).text)
+    assert sorted(r["custom_id"] for r in lines) == sorted(f"req-{i}" for i in range(200))
+    first = lines[0]
+    assert first["id"].startswith("batch_req_") and first["error"] is None
+    assert first["response"]["status_code"] == 200
+    body = first["response"]["body"]
+    assert body["object"] == "chat.completion"
+    assert "[simulated]" in body["choices"][0]["message"]["content"]
+    out_file = client.files.retrieve(done.output_file_id)
+    assert out_file.purpose == "batch_output"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "object_type"),
+    [
+        (
+            "/v1/completions",
+            {"model": "m", "prompt": "Once upon", "max_tokens": 3},
+            "text_completion",
+        ),
+        ("/v1/embeddings", {"model": "e", "input": ["a", "b"]}, "list"),
+    ],
+)
+def test_completions_and_embeddings_batches(
+    stack: Stack, endpoint: str, body: dict, object_type: str
+) -> None:
+    client = stack.client()
+    content = "\n".join(
+        json.dumps({"custom_id": f"c{i}", "method": "POST", "url": endpoint, "body": body})
+        for i in range(5)
+    ).encode()
+    f = client.files.create(file=("x.jsonl", content), purpose="batch")
+    b = wait_batch(
+        client,
+        client.batches.create(input_file_id=f.id, endpoint=endpoint, completion_window="1h").id,
+    )  # type: ignore[arg-type]
+    assert b.status == "completed" and b.completion_window == "1h"
+    lines = parse_jsonl(client.files.content(b.output_file_id or "").text)
+    assert len(lines) == 5 and {r["response"]["body"]["object"] for r in lines} == {object_type}
+
+
+def test_invalid_file_fails_the_batch_with_line_numbers(stack: Stack) -> None:
+    client = stack.client()
+    content = (
+        chat_file(3)
+        + b'{"custom_id": "x", "method": "GET", "url": "/v1/chat/completions", '
+        + b'"body": {"model": "m"}}\n'
+    )
+    f = client.files.create(file=("bad.jsonl", content), purpose="batch")
+    b = wait_batch(
+        client,
+        client.batches.create(
+            input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+        ).id,
+    )
+    assert b.status == "failed" and b.failed_at
+    assert b.errors is not None and b.errors.data is not None
+    assert [(e.code, e.line) for e in b.errors.data] == [("invalid_method", 4)]
+
+
+def test_files_list_retrieve_delete(stack: Stack) -> None:
+    client = stack.client()
+    ids = [
+        client.files.create(file=(f"f{i}.jsonl", chat_file(1)), purpose="batch").id
+        for i in range(3)
+    ]
+    listed = [f.id for f in client.files.list()]
+    assert listed[:3] == ids[::-1]
+    assert client.files.retrieve(ids[0]).filename == "f0.jsonl"
+    deleted = client.files.delete(ids[0])
+    assert deleted.deleted and deleted.id == ids[0]
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(ids[0])
+    with pytest.raises(openai.NotFoundError):
+        client.files.content(ids[0])
+
+
+def test_batches_list_paginates_with_after_and_limit(stack: Stack) -> None:
+    client = stack.client()
+    f = client.files.create(file=("in.jsonl", chat_file(1)), purpose="batch")
+    created = [
+        client.batches.create(
+            input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+        ).id
+        for _ in range(5)
+    ]
+    page = client.batches.list(limit=2)
+    assert [b.id for b in page.data] == created[::-1][:2] and page.has_more
+    page2 = client.batches.list(limit=2, after=page.data[-1].id)
+    assert [b.id for b in page2.data] == created[::-1][2:4]
+    assert [b.id for b in client.batches.list(limit=2)] == created[::-1]  # auto-paginates
+
+
+def test_cancel_a_running_batch(db_url: str, tmp_path) -> None:
+    # a slow engine keeps the batch in progress long enough to cancel it
+    s = Stack(db_url, tmp_path, sim_args=("--base-latency-s", "0.5", "--max-concurrency", "2"))
+    s.start(dedicated=0)
+    try:
+        client = s.client()
+        f = client.files.create(file=("in.jsonl", chat_file(100)), purpose="batch")
+        b = client.batches.create(
+            input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        deadline = time.monotonic() + 30
+        while client.batches.retrieve(b.id).status != "in_progress":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        cancelling = client.batches.cancel(b.id)
+        assert cancelling.status == "cancelling" and cancelling.cancelling_at
+        done = wait_batch(client, b.id)
+        assert done.status == "cancelled" and done.cancelled_at
+        out = (
+            parse_jsonl(client.files.content(done.output_file_id).text)
+            if done.output_file_id
+            else []
+        )
+        err = parse_jsonl(client.files.content(done.error_file_id or "").text)
+        ids = [r["custom_id"] for r in out + err]
+        assert sorted(ids) == sorted(f"req-{i}" for i in range(100))
+        assert {r["error"]["code"] for r in err} == {"batch_cancelled"}
+        assert done.request_counts is not None
+        assert done.request_counts.completed == len(out) and done.request_counts.failed == len(err)
+        with pytest.raises(openai.ConflictError):
+            client.batches.cancel(
+                wait_batch(
+                    client,
+                    client.batches.create(
+                        input_file_id=client.files.create(
+                            file=("bad.jsonl", b"\n"), purpose="batch"
+                        ).id,
+                        endpoint="/v1/chat/completions",
+                        completion_window="24h",
+                    ).id,
+                ).id
+            )
+    finally:
+        s.close()
+
+
+def test_auth_and_isolation_between_users(stack: Stack) -> None:
+    with pytest.raises(openai.AuthenticationError):
+        stack.client("wrong-key").files.list()
+    r = httpx.get(stack.url + "/v1/batches")
+    assert r.status_code == 401 and r.json()["error"]["type"] == "invalid_request_error"
+    alice, bob = (
+        stack.client(new_user_key(stack, "alice")),
+        stack.client(new_user_key(stack, "bob")),
+    )
+    f = alice.files.create(file=("in.jsonl", chat_file(2)), purpose="batch")
+    b = alice.batches.create(
+        input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    for call in (
+        lambda: bob.files.retrieve(f.id),
+        lambda: bob.files.content(f.id),
+        lambda: bob.files.delete(f.id),
+        lambda: bob.batches.retrieve(b.id),
+        lambda: bob.batches.cancel(b.id),
+    ):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    with pytest.raises(openai.NotFoundError):
+        bob.batches.create(
+            input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+    assert [x.id for x in bob.batches.list()] == []
+    assert [x.id for x in bob.files.list()] == []
+    assert b.id in [x.id for x in stack.client().batches.list()]  # the admin sees all
+
+
+@pytest.mark.parametrize(
+    ("payload", "param"),
+    [
+        ({"endpoint": "/v1/chat/completions", "completion_window": "24h"}, "input_file_id"),
+        ({"endpoint": "/v1/images", "completion_window": "24h"}, "endpoint"),
+        ({"endpoint": "/v1/chat/completions", "completion_window": "soon"}, "completion_window"),
+        ({"endpoint": "/v1/chat/completions", "completion_window": "90d"}, "completion_window"),
+        (
+            {
+                "endpoint": "/v1/chat/completions",
+                "completion_window": "24h",
+                "metadata": {f"k{i}": "v" for i in range(17)},
+            },
+            "metadata",
+        ),
+        (
+            {
+                "endpoint": "/v1/chat/completions",
+                "completion_window": "24h",
+                "metadata": {"k" * 65: "v"},
+            },
+            "metadata",
+        ),
+        (
+            {
+                "endpoint": "/v1/chat/completions",
+                "completion_window": "24h",
+                "metadata": {"k": "v" * 513},
+            },
+            "metadata",
+        ),
+        (
+            {
+                "endpoint": "/v1/chat/completions",
+                "completion_window": "24h",
+                "metadata": {"priority": "high"},
+            },
+            "metadata.priority",
+        ),
+    ],
+)
+def test_bad_create_requests_get_openai_errors(stack: Stack, payload: dict, param: str) -> None:
+    client = stack.client()
+    f = client.files.create(file=("in.jsonl", chat_file(1)), purpose="batch")
+    body = {"input_file_id": f.id, **payload} if param != "input_file_id" else payload
+    r = httpx.post(
+        stack.url + "/v1/batches", json=body, headers={"authorization": f"Bearer {client.api_key}"}
+    )
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param
+    assert error["message"]
+
+
+def test_upload_errors(stack: Stack) -> None:
+    client = stack.client()
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.files.create(file=("in.jsonl", b"{}"), purpose="fine-tune")
+    assert exc.value.body["param"] == "purpose"  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError):
+        client.batches.create(
+            input_file_id="file-nope", endpoint="/v1/chat/completions", completion_window="24h"
+        )
+    r = httpx.post(
+        stack.url + "/v1/batches",
+        content=b"{not json",
+        headers={"authorization": f"Bearer {client.api_key}"},
+    )
+    assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
+
+
+def test_upload_over_the_size_limit_is_refused_while_streaming(db_url: str, tmp_path) -> None:
+    s = Stack(db_url, tmp_path, env={"INFERBATCH_MAX_UPLOAD_BYTES": "100000"}).start()
+    try:
+        client = s.client()
+
+        def body():  # no content-length: the limit must hold while streaming
+            for _ in range(100):
+                yield b"x" * 10_000
+
+        boundary = "b0undary"
+
+        def multipart():
+            yield (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n'
+                f'batch\r\n--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+                f'filename="big.jsonl"\r\n\r\n'
+            ).encode()
+            yield from body()
+            yield f"\r\n--{boundary}--\r\n".encode()
+
+        r = httpx.post(
+            s.url + "/v1/files",
+            content=multipart(),
+            headers={
+                "authorization": f"Bearer {client.api_key}",
+                "content-type": f"multipart/form-data; boundary={boundary}",
+            },
+        )
+        assert r.status_code == 413 and r.json()["error"]["code"] == "file_too_large"
+        with pytest.raises(openai.APIStatusError) as exc:
+            client.files.create(file=("big.jsonl", b"x" * 200_000), purpose="batch")
+        assert exc.value.status_code == 413
+        assert list(client.files.list()) == []
+        assert not any((tmp_path / "blobs").rglob("*.tmp-*"))
+        ok = client.files.create(file=("small.jsonl", chat_file(2)), purpose="batch")
+        assert client.files.content(ok.id).content == chat_file(2)
+    finally:
+        s.close()
+
+
+def test_models_health_readiness_and_metrics(stack: Stack) -> None:
+    models = stack.client().models.list()
+    assert [m.id for m in models.data] == ["sim"]
+    assert httpx.get(stack.url + "/healthz").json() == {"status": "ok"}
+    assert httpx.get(stack.url + "/readyz").status_code == 200
+    text = httpx.get(stack.url + "/metrics").text
+    for name in (
+        "inferbatch_batches{",
+        "inferbatch_queue_depth{",
+        "inferbatch_workers{",
+        "inferbatch_ingested_requests",
+    ):
+        assert name in text
+    assert 'inferbatch_workers{pool="spot",state="running"} 1.0' in text

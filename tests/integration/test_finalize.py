@@ -1,0 +1,152 @@
+"""Finishing batches: output and error files hold every custom_id exactly once, counts
+match the files, and expired or cancelled batches keep what finished."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from inferbatch.blobstore import LocalBlobStore
+from inferbatch.db import batches, files
+from inferbatch.db import requests as queue
+from inferbatch.db.requests import Outcome
+from inferbatch.db.types import Pool
+from inferbatch.domain import BatchRecord
+from inferbatch.scheduler.finalize import finish_ready
+from inferbatch.scheduler.ingest import ingest_next
+from tests.helpers import chat_file, parse_jsonl
+from tests.integration.fixtures import make_batch, make_user, utcnow
+
+pytestmark = pytest.mark.integration
+
+RETENTION = timedelta(days=30)
+
+
+async def _setup(pool: Pool, blobs: LocalBlobStore, n: int, window: str = "24h") -> str:
+    user = await make_user(pool)
+    batch = await make_batch(pool, blobs, user, chat_file(n), window=window)
+    await ingest_next(pool, blobs, max_requests=1000, now=utcnow)
+    return batch.id
+
+
+async def _content(pool: Pool, blobs: LocalBlobStore, file_id: str | None) -> list[dict]:
+    if file_id is None:
+        return []
+    async with pool.connection() as conn:
+        record = await files.get(conn, file_id, None)
+    assert record is not None and record.purpose == "batch_output"
+    return parse_jsonl(b"".join(blobs.iter_chunks(record.blob_key)).decode())
+
+
+async def _batch(pool: Pool, batch_id: str) -> BatchRecord:
+    async with pool.connection() as conn:
+        b = await batches.get(conn, batch_id, None)
+    assert b is not None
+    return b
+
+
+async def _claim(pool: Pool, n: int):
+    async with pool.connection() as conn:
+        return await queue.claim(conn, pool="spot", owner="w", n=n, lease_seconds=60)
+
+
+async def _record(pool: Pool, outcomes: list[Outcome]) -> set[int]:
+    async with pool.connection() as conn:
+        return await queue.record_outcomes(conn, "w", outcomes)
+
+
+async def test_completed_batch_splits_results_between_output_and_error_files(
+    pool: Pool, tmp_path: Path
+) -> None:
+    blobs = LocalBlobStore(tmp_path)
+    batch_id = await _setup(pool, blobs, 4)
+    claimed = await _claim(pool, 4)
+    assert await finish_ready(pool, blobs, retention=RETENTION, now=utcnow) == 0
+    await _record(
+        pool,
+        [
+            Outcome(
+                c.id,
+                c.attempt,
+                "completed" if i < 3 else "failed",
+                response_status=200 if i < 3 else 400,
+                response_body={"n": i},
+                prompt_tokens=2,
+                completion_tokens=3,
+            )
+            for i, c in enumerate(claimed)
+        ],
+    )
+    assert await finish_ready(pool, blobs, retention=RETENTION, now=utcnow) == 1
+    b = await _batch(pool, batch_id)
+    assert b.status == "completed" and b.finalizing_at and b.completed_at
+    out = await _content(pool, blobs, b.output_file_id)
+    err = await _content(pool, blobs, b.error_file_id)
+    assert [r["custom_id"] for r in out] == ["req-0", "req-1", "req-2"]
+    assert [r["response"]["status_code"] for r in err] == [400]
+    assert (b.total_count, b.completed_count, b.failed_count) == (4, 3, 1)
+    assert (b.input_tokens, b.output_tokens) == (8, 12)
+    assert out[0]["response"]["body"] == {"n": 0} and out[0]["error"] is None
+
+
+async def test_expired_batch_keeps_finished_work_and_lists_the_rest_as_expired(
+    pool: Pool, tmp_path: Path
+) -> None:
+    blobs = LocalBlobStore(tmp_path)
+    batch_id = await _setup(pool, blobs, 5, window="2s")
+    claimed = await _claim(pool, 3)
+    await _record(
+        pool,
+        [
+            Outcome(
+                claimed[0].id,
+                claimed[0].attempt,
+                "completed",
+                response_status=200,
+                response_body={},
+            )
+        ],
+    )
+    later = utcnow() + timedelta(seconds=5)
+    assert await finish_ready(pool, blobs, retention=RETENTION, now=lambda: later) == 1
+    b = await _batch(pool, batch_id)
+    assert b.status == "expired" and b.expired_at is not None
+    out = await _content(pool, blobs, b.output_file_id)
+    err = await _content(pool, blobs, b.error_file_id)
+    assert [r["custom_id"] for r in out] == ["req-0"]
+    assert sorted(r["custom_id"] for r in err) == ["req-1", "req-2", "req-3", "req-4"]
+    assert {r["error"]["code"] for r in err} == {"batch_expired"}
+    # a worker still running an expired request cannot complete it afterwards
+    late = claimed[1]
+    assert (
+        await _record(pool, [Outcome(late.id, late.attempt, "completed", response_status=200)])
+        == set()
+    )
+    assert (b.total_count, b.completed_count, b.failed_count) == (5, 1, 4)
+
+
+async def test_cancelled_batch_waits_for_running_requests_then_lists_the_rest(
+    pool: Pool, tmp_path: Path
+) -> None:
+    blobs = LocalBlobStore(tmp_path)
+    batch_id = await _setup(pool, blobs, 4)
+    [running] = await _claim(pool, 1)
+    async with pool.connection() as conn:
+        assert await batches.request_cancel(conn, batch_id, utcnow())
+        assert not await batches.request_cancel(conn, batch_id, utcnow())
+        assert await queue.cancel_queued(conn) == 3
+    assert await finish_ready(pool, blobs, retention=RETENTION, now=utcnow) == 0
+    assert await _record(
+        pool,
+        [Outcome(running.id, running.attempt, "completed", response_status=200, response_body={})],
+    ) == {running.id}
+    assert await finish_ready(pool, blobs, retention=RETENTION, now=utcnow) == 1
+    b = await _batch(pool, batch_id)
+    assert b.status == "cancelled" and b.cancelled_at and b.cancelling_at
+    out = await _content(pool, blobs, b.output_file_id)
+    err = await _content(pool, blobs, b.error_file_id)
+    assert [r["custom_id"] for r in out] == ["req-0"]
+    assert [r["error"]["code"] for r in err] == ["batch_cancelled"] * 3
+    assert (b.total_count, b.completed_count, b.failed_count) == (4, 1, 3)

@@ -1,0 +1,158 @@
+"""The queue: claim order, SKIP LOCKED between claimers, fencing, rescue, release."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from inferbatch.blobstore import LocalBlobStore
+from inferbatch.db import requests as queue
+from inferbatch.db.requests import Outcome
+from inferbatch.db.types import Pool
+from inferbatch.scheduler.ingest import ingest_next
+from tests.helpers import chat_file
+from tests.integration.fixtures import make_batch, make_user, utcnow
+
+pytestmark = pytest.mark.integration
+
+
+async def _queued_batch(pool: Pool, blobs: LocalBlobStore, n: int, **kw: object) -> str:
+    user = await make_user(pool)
+    batch = await make_batch(
+        pool,
+        blobs,
+        user,
+        chat_file(n, prefix=str(kw.get("prefix", "r"))),
+        **{k: v for k, v in kw.items() if k != "prefix"},
+    )  # type: ignore[arg-type]
+    assert await ingest_next(pool, blobs, max_requests=100_000, now=utcnow) == batch.id
+    return batch.id
+
+
+async def _claim(pool: Pool, owner: str, n: int, lease: float = 30.0, pool_name: str = "spot"):
+    async with pool.connection() as conn:
+        return await queue.claim(conn, pool=pool_name, owner=owner, n=n, lease_seconds=lease)
+
+
+async def test_claim_orders_by_priority_then_batch_age_then_id(pool: Pool, tmp_path: Path) -> None:
+    blobs = LocalBlobStore(tmp_path)
+    now = utcnow()
+    old_normal = await _queued_batch(
+        pool, blobs, 3, prefix="old", created_at=now - timedelta(hours=1)
+    )
+    new_normal = await _queued_batch(pool, blobs, 3, prefix="new", created_at=now)
+    high = await _queued_batch(
+        pool, blobs, 3, prefix="high", created_at=now, metadata={"priority": "10"}
+    )
+    claimed = await _claim(pool, "w1", 7)
+    assert [c.batch_id for c in claimed] == [high] * 3 + [old_normal] * 3 + [new_normal]
+    assert [c.custom_id for c in claimed[:3]] == ["high-0", "high-1", "high-2"]
+    assert all(c.attempt == 1 for c in claimed)
+    assert await _claim(pool, "w1", 7, pool_name="dedicated") == []
+
+
+async def test_concurrent_claimers_never_get_the_same_request(pool: Pool, tmp_path: Path) -> None:
+    await _queued_batch(pool, LocalBlobStore(tmp_path), 600)
+
+    async def claimer(name: str) -> list[int]:
+        got: list[int] = []
+        while batch := await _claim(pool, name, 25):
+            got += [c.id for c in batch]
+        return got
+
+    results = await asyncio.gather(*(claimer(f"w{i}") for i in range(4)))
+    all_ids = [i for r in results for i in r]
+    assert len(all_ids) == 600 == len(set(all_ids))
+    assert sum(1 for r in results if r) >= 2
+
+
+async def test_a_result_from_a_lost_lease_cannot_overwrite_a_newer_attempt(
+    pool: Pool, tmp_path: Path
+) -> None:
+    await _queued_batch(pool, LocalBlobStore(tmp_path), 1)
+    [first] = await _claim(pool, "old-worker", 1, lease=0.01)
+    await asyncio.sleep(0.05)
+    async with pool.connection() as conn:
+        assert await queue.rescue_expired(conn) == ["old-worker"]
+    [second] = await _claim(pool, "new-worker", 1)
+    assert second.id == first.id and second.attempt == first.attempt + 1
+    stale = Outcome(
+        first.id, first.attempt, "completed", response_status=200, response_body={"stale": True}
+    )
+    fresh = Outcome(
+        second.id, second.attempt, "completed", response_status=200, response_body={"fresh": True}
+    )
+    async with pool.connection() as conn:
+        assert await queue.record_outcomes(conn, "old-worker", [stale]) == set()
+        # even the right owner name with the old attempt number is refused
+        assert await queue.record_outcomes(conn, "new-worker", [stale]) == set()
+        assert await queue.record_outcomes(conn, "new-worker", [fresh]) == {first.id}
+        assert await queue.record_outcomes(conn, "new-worker", [fresh]) == set()
+        cur = await conn.execute(
+            "SELECT status, response_body FROM requests WHERE id = %s", (first.id,)
+        )
+        row = await cur.fetchone()
+    assert row == {"status": "completed", "response_body": {"fresh": True}}
+
+
+async def test_grouped_outcomes_write_completed_failed_and_retry(
+    pool: Pool, tmp_path: Path
+) -> None:
+    await _queued_batch(pool, LocalBlobStore(tmp_path), 3)
+    a, b, c = await _claim(pool, "w", 3)
+    outcomes = [
+        Outcome(
+            a.id,
+            a.attempt,
+            "completed",
+            response_status=200,
+            response_body={"x": 1},
+            prompt_tokens=5,
+            completion_tokens=7,
+        ),
+        Outcome(b.id, b.attempt, "failed", response_status=400, response_body={"error": {}}),
+        Outcome(
+            c.id,
+            c.attempt,
+            "retry",
+            error={"code": "engine_timeout", "message": "t"},
+            retry_after=60,
+        ),
+    ]
+    async with pool.connection() as conn:
+        assert await queue.record_outcomes(conn, "w", outcomes) == {a.id, b.id, c.id}
+        cur = await conn.execute(
+            """SELECT id, status, failed_attempts, prompt_tokens, lease_owner,
+                      next_attempt_at > now() + interval '50 seconds' AS delayed
+               FROM requests ORDER BY id"""
+        )
+        rows = {r["id"]: r for r in await cur.fetchall()}
+    assert rows[a.id]["status"] == "completed" and rows[a.id]["prompt_tokens"] == 5
+    assert rows[b.id]["status"] == "failed" and rows[b.id]["failed_attempts"] == 1
+    assert rows[c.id]["status"] == "queued" and rows[c.id]["delayed"]
+    assert rows[c.id]["lease_owner"] is None
+    assert await _claim(pool, "w", 3) == []  # the retry waits for its backoff
+
+
+async def test_heartbeat_keeps_a_lease_and_release_requeues_at_once(
+    pool: Pool, tmp_path: Path
+) -> None:
+    await _queued_batch(pool, LocalBlobStore(tmp_path), 2)
+    claimed = await _claim(pool, "w", 2, lease=0.5)
+    async with pool.connection() as conn:
+        assert await queue.extend_leases(conn, "w", 60) == 2
+    await asyncio.sleep(0.6)
+    async with pool.connection() as conn:
+        assert await queue.rescue_expired(conn) == []
+        released = await queue.release(
+            conn, "w", [(c.id, c.attempt) for c in claimed], interrupted=True
+        )
+        assert released == 2
+        cur = await conn.execute("SELECT sum(interruptions) AS n FROM requests")
+        row = await cur.fetchone()
+    assert row is not None and row["n"] == 2
+    again = await _claim(pool, "w2", 5)
+    assert sorted(c.id for c in again) == sorted(c.id for c in claimed)

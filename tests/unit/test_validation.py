@@ -1,0 +1,78 @@
+"""Input line validation and the canonical request hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from inferbatch.scheduler.validation import LineError, ParsedLine, canonical_json, parse_line
+
+pytestmark = pytest.mark.unit
+
+EP = "/v1/chat/completions"
+GOOD = {"custom_id": "a", "method": "POST", "url": EP, "body": {"model": "m", "messages": []}}
+
+
+def _with(**changes: object) -> bytes:
+    obj = {**GOOD, **changes}
+    return json.dumps({k: v for k, v in obj.items() if v is not ...}).encode()
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "param"),
+    [
+        (b"{not json", "invalid_json_line", None),
+        (b"[1, 2]", "invalid_json_line", None),
+        (b'{"custom_id": "\xff\xfe"}', "invalid_utf8", None),
+        (_with(custom_id=...), "invalid_custom_id", "custom_id"),
+        (_with(custom_id=7), "invalid_custom_id", "custom_id"),
+        (_with(custom_id=""), "invalid_custom_id", "custom_id"),
+        (_with(method="GET"), "invalid_method", "method"),
+        (_with(method=...), "invalid_method", "method"),
+        (_with(url="/v1/embeddings"), "invalid_url", "url"),
+        (_with(body=[1]), "invalid_body", "body"),
+        (_with(body="text"), "invalid_body", "body"),
+        (_with(body={"messages": []}), "missing_model", "body.model"),
+        (_with(body={"model": 3}), "missing_model", "body.model"),
+    ],
+)
+def test_bad_line_is_rejected_with_its_code_and_line(
+    raw: bytes, code: str, param: str | None
+) -> None:
+    result = parse_line(raw, 17, EP)
+    assert isinstance(result, LineError)
+    assert (result.code, result.param, result.line) == (code, param, 17)
+    assert result.message
+
+
+def test_good_line_parses_with_canonical_body_and_hash() -> None:
+    result = parse_line(_with(body={"model": "m", "z": 1, "a": {"y": 2, "b": "é"}}), 3, EP)
+    assert isinstance(result, ParsedLine)
+    assert result.custom_id == "a" and result.model == "m" and result.line == 3
+    assert result.body_json == '{"a":{"b":"é","y":2},"model":"m","z":1}'
+    expected = hashlib.sha256(
+        json.dumps(
+            {"url": EP, "body": {"z": 1, "model": "m", "a": {"y": 2, "b": "é"}}},
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+        ).encode()
+    ).digest()
+    assert result.input_hash == expected
+
+
+def test_hash_ignores_key_order_but_not_values() -> None:
+    a = parse_line(_with(body={"model": "m", "x": 1, "y": 2}), 1, EP)
+    b = parse_line(_with(body={"y": 2, "model": "m", "x": 1}), 1, EP)
+    c = parse_line(_with(body={"y": 3, "model": "m", "x": 1}), 1, EP)
+    assert isinstance(a, ParsedLine) and isinstance(b, ParsedLine) and isinstance(c, ParsedLine)
+    assert a.input_hash == b.input_hash != c.input_hash
+
+
+def test_canonical_json_is_compact_sorted_utf8() -> None:
+    assert (
+        canonical_json({"b": [1, {"d": 1, "c": 2}], "a": "ü"})
+        == '{"a":"ü","b":[1,{"c":2,"d":1}]}'.encode()
+    )
