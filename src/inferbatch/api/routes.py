@@ -192,12 +192,8 @@ async def cancel_batch(batch_id: str, user: UserDep, st: StateDep) -> dict[str, 
 
 @router.get("/models")
 async def list_models(user: UserDep, st: StateDep) -> dict[str, Any]:
-    names = set(st.engines.named_models)
-    wildcard = st.engines.for_model("\x00")
-    if wildcard is not None and hasattr(wildcard, "models"):
-        names.update(await wildcard.models())
     data = [
         {"id": name, "object": "model", "created": 0, "owned_by": "inferbatch"}
-        for name in sorted(names)
+        for name in await st.engines.served_models()
     ]
     return {"object": "list", "data": data}

@@ -87,9 +87,13 @@ class EngineRegistry:
     def for_model(self, model: str) -> Engine | None:
         return self._by_model.get(model) or self._by_model.get(ANY_MODEL)
 
-    @property
-    def named_models(self) -> list[str]:
-        return sorted(m for m in self._by_model if m != ANY_MODEL)
+    async def served_models(self) -> list[str]:
+        """Models named in the configuration, plus what a catch-all engine lists."""
+        names = {m for m in self._by_model if m != ANY_MODEL}
+        catch_all = self._by_model.get(ANY_MODEL)
+        if catch_all is not None:
+            names.update(await catch_all.models())
+        return sorted(names)
 
     @property
     def total_in_flight(self) -> int:
