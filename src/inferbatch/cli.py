@@ -122,6 +122,7 @@ def worker(
         drain_seconds=settings.drain_seconds,
         poll_seconds=settings.worker_poll_seconds,
         flush_seconds=settings.result_flush_seconds,
+        takes_spot=pool == "dedicated" and settings.dedicated_takes_spot,
     )
 
     async def main() -> None:

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=5, ge=1, description="Engine tries before failing.")
     retry_base_seconds: float = Field(default=1.0, gt=0)
     retry_max_seconds: float = Field(default=60.0, gt=0)
+    dedicated_takes_spot: bool = Field(
+        default=True, description="Dedicated workers run spot-pool work when otherwise idle."
+    )
     drain_seconds: float = Field(default=25.0, ge=0, description="Grace period on SIGTERM.")
     worker_poll_seconds: float = Field(default=0.5, gt=0, description="Max idle sleep.")
     result_flush_seconds: float = Field(default=0.05, gt=0)

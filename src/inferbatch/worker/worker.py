@@ -42,6 +42,8 @@ class WorkerConfig:
     drain_seconds: float
     poll_seconds: float
     flush_seconds: float
+    takes_spot: bool = False
+    """A dedicated worker that also runs spot-pool work when its own pool is empty."""
     flush_max: int = 256
 
 
@@ -160,14 +162,22 @@ class Worker:
     # -- the loops -----------------------------------------------------------------------
 
     async def _claim(self, n: int) -> list[ClaimedRequest]:
+        """Own pool first; spot-pool work fills the rest when ``takes_spot``."""
+        pools = [self.config.pool]
+        if self.config.takes_spot and self.config.pool != "spot":
+            pools.append("spot")
+        claimed: list[ClaimedRequest] = []
         async with self.db.connection() as conn:
-            claimed = await queue.claim(
-                conn,
-                pool=self.config.pool,
-                owner=self.id,
-                n=n,
-                lease_seconds=self.config.lease_seconds,
-            )
+            for pool in pools:
+                claimed += await queue.claim(
+                    conn,
+                    pool=pool,
+                    owner=self.id,
+                    n=n - len(claimed),
+                    lease_seconds=self.config.lease_seconds,
+                )
+                if len(claimed) >= n:
+                    break
         return claimed
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:

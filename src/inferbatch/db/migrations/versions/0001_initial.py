@@ -119,6 +119,8 @@ CREATE TABLE requests (
 CREATE INDEX requests_queue ON requests (pool, priority DESC, batch_created_at, id)
     WHERE status = 'queued';
 CREATE INDEX requests_batch_line ON requests (batch_id, line);
+-- Finds a batch's unfinished requests without scanning its finished ones.
+CREATE INDEX requests_unsettled ON requests (batch_id) WHERE status IN ('queued', 'running');
 CREATE INDEX requests_batch_custom_id ON requests (batch_id, custom_id);
 CREATE INDEX requests_running_lease ON requests (lease_expires_at) WHERE status = 'running';
 CREATE INDEX requests_lease_owner ON requests (lease_owner) WHERE status = 'running';

@@ -1,0 +1,128 @@
+"""The worker loop in-process, against a real database and an in-process engine."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inferbatch.blobstore import LocalBlobStore
+from inferbatch.db.types import Pool
+from inferbatch.engines.client import EngineResponse
+from inferbatch.engines.registry import ANY_MODEL, EngineRegistry
+from inferbatch.scheduler.ingest import ingest_next
+from inferbatch.worker.worker import Worker, WorkerConfig
+from tests.helpers import chat_file
+from tests.integration.fixtures import make_batch, make_user, utcnow
+
+pytestmark = pytest.mark.integration
+
+
+class CountingEngine:
+    """Answers 200 at once and records the bodies it saw and the peak concurrency."""
+
+    name = "counting"
+
+    def __init__(self, max_in_flight: int = 8, delay: float = 0.0) -> None:
+        self.max_in_flight = max_in_flight
+        self.delay = delay
+        self.calls: list[dict[str, Any]] = []
+        self.in_flight = self.peak = 0
+
+    async def call(self, url: str, body: dict[str, Any]) -> EngineResponse:
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            await asyncio.sleep(self.delay)
+            self.calls.append(body)
+            usage = {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3}
+            return EngineResponse(200, {"ok": True, "usage": usage}, "rid", None, 0.0)
+        finally:
+            self.in_flight -= 1
+
+    async def models(self) -> list[str]:
+        return []
+
+    async def aclose(self) -> None:
+        pass
+
+
+def _config(pool: str, takes_spot: bool = False) -> WorkerConfig:
+    return WorkerConfig(
+        pool=pool,
+        lease_seconds=30,
+        max_attempts=3,
+        retry_base_seconds=0.01,
+        retry_max_seconds=0.1,
+        drain_seconds=1,
+        poll_seconds=0.05,
+        flush_seconds=0.01,
+        takes_spot=takes_spot,
+    )
+
+
+async def _run_until(pool: Pool, worker: Worker, done: int, within: float = 20) -> int:
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    count = 0
+    try:
+        async with asyncio.timeout(within):
+            while count < done:
+                await asyncio.sleep(0.05)
+                async with pool.connection() as conn:
+                    cur = await conn.execute(
+                        "SELECT count(*) AS n FROM requests WHERE status = 'completed'"
+                    )
+                    row = await cur.fetchone()
+                count = row["n"] if row else 0
+    except TimeoutError:
+        pass
+    stop.set()
+    await task
+    return count
+
+
+async def _batch(pool: Pool, tmp_path: Path, n: int) -> None:
+    blobs = LocalBlobStore(tmp_path)
+    user = await make_user(pool)
+    await make_batch(pool, blobs, user, chat_file(n))
+    await ingest_next(pool, blobs, max_requests=10_000, now=utcnow)
+
+
+async def test_worker_drains_the_queue_keeping_the_engine_full(pool: Pool, tmp_path: Path) -> None:
+    await _batch(pool, tmp_path, 300)
+    engine = CountingEngine(max_in_flight=16, delay=0.01)
+    worker = Worker(_config("spot"), pool, EngineRegistry({ANY_MODEL: engine}))
+    assert await _run_until(pool, worker, 300) == 300
+    assert len(engine.calls) == 300
+    assert engine.peak == 16
+
+
+async def test_dedicated_worker_takes_spot_work_only_when_allowed(
+    pool: Pool, tmp_path: Path
+) -> None:
+    await _batch(pool, tmp_path, 20)
+    engine = CountingEngine()
+    strict = Worker(_config("dedicated"), pool, EngineRegistry({ANY_MODEL: engine}))
+    assert await _run_until(pool, strict, 20, within=0.5) == 0
+    helpful = Worker(
+        _config("dedicated", takes_spot=True), pool, EngineRegistry({ANY_MODEL: engine})
+    )
+    assert await _run_until(pool, helpful, 20) == 20
+    assert len(engine.calls) == 20
+
+
+async def test_unknown_model_fails_the_request_without_an_engine_call(
+    pool: Pool, tmp_path: Path
+) -> None:
+    await _batch(pool, tmp_path, 3)  # model "sim-model"
+    engine = CountingEngine()
+    worker = Worker(_config("spot"), pool, EngineRegistry({"other-model": engine}))
+    await _run_until(pool, worker, 1, within=1)
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT status, error->>'code' AS code FROM requests")
+        rows = await cur.fetchall()
+    assert rows == [{"status": "failed", "code": "model_not_found"}] * 3
+    assert engine.calls == []
