@@ -99,6 +99,11 @@ def create_app(
     async def _pool_timeout(request: Request, exc: psycopg_pool.PoolTimeout) -> JSONResponse:
         return _error(Unavailable())
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _error(InferbatchError("The server had an error processing the request."))
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _error(InvalidRequest(str(exc.errors()[0].get("msg", "invalid request"))))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from datetime import timedelta
 from typing import Annotated, Any
 
 import orjson
@@ -11,13 +9,13 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
 from inferbatch.api.deps import AppState, current_user, state
-from inferbatch.api.uploads import receive_upload
 from inferbatch.db import batches as batch_rows
 from inferbatch.db import files as file_rows
 from inferbatch.domain import User
-from inferbatch.errors import InvalidRequest, NotFound, TooLarge
-from inferbatch.ids import new_id
+from inferbatch.errors import InvalidRequest
 from inferbatch.services import batches as batch_service
+from inferbatch.services import files as file_service
+from inferbatch.services import requests as request_service
 from inferbatch.services.batches import owner_filter
 from inferbatch.services.serialize import batch_object, file_object, page
 
@@ -56,43 +54,16 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 @router.post("/files")
 async def upload_file(request: Request, user: UserDep, st: StateDep) -> dict[str, Any]:
-    limit = st.settings.max_upload_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
-        raise TooLarge(f"The file is larger than the limit of {limit} bytes.", param="file")
-    upload = await receive_upload(
-        request.headers.get("content-type", ""), request.stream(), st.blobs, limit
+    record = await file_service.upload(
+        st.db,
+        st.blobs,
+        st.settings,
+        user,
+        content_type=request.headers.get("content-type", ""),
+        content_length=request.headers.get("content-length"),
+        body=request.stream(),
+        now=st.now(),
     )
-    try:
-        purpose = upload.fields.get("purpose")
-        if purpose not in FILE_PURPOSES:
-            raise InvalidRequest("purpose must be 'batch'.", param="purpose")
-        if upload.blob_key is None:
-            raise InvalidRequest("A file part named 'file' is required.", param="file")
-        seconds = st.settings.file_retention_delta.total_seconds()
-        if "expires_after[seconds]" in upload.fields:
-            try:
-                seconds = int(upload.fields["expires_after[seconds]"])
-            except ValueError as exc:
-                raise InvalidRequest(
-                    "expires_after[seconds] must be an integer.", param="expires_after"
-                ) from exc
-        async with st.db.connection() as conn:
-            record = await file_rows.insert(
-                conn,
-                file_id=new_id("file-"),
-                owner_id=user.id,
-                purpose=purpose,
-                filename=upload.filename or "upload.jsonl",
-                size=upload.size,
-                sha256=upload.sha256,
-                blob_key=upload.blob_key,
-                expires_at=st.now() + timedelta(seconds=seconds),
-            )
-    except BaseException:
-        if upload.blob_key is not None:
-            await asyncio.to_thread(st.blobs.delete, upload.blob_key)
-        raise
     return file_object(record)
 
 
@@ -115,34 +86,20 @@ async def list_files(request: Request, user: UserDep, st: StateDep) -> dict[str,
     return page([file_object(f) for f in rows[:limit]], len(rows) > limit)
 
 
-async def _file(st: AppState, user: User, file_id: str) -> Any:
-    async with st.db.connection() as conn:
-        record = await file_rows.get(conn, file_id, owner_filter(user))
-    if record is None:
-        raise NotFound(f"No file with id {file_id!r}.")
-    return record
-
-
 @router.get("/files/{file_id}")
 async def retrieve_file(file_id: str, user: UserDep, st: StateDep) -> dict[str, Any]:
-    return file_object(await _file(st, user, file_id))
+    return file_object(await file_service.get(st.db, user, file_id))
 
 
 @router.delete("/files/{file_id}")
 async def delete_file(file_id: str, user: UserDep, st: StateDep) -> dict[str, Any]:
-    async with st.db.connection() as conn:
-        record = await file_rows.delete(conn, file_id, owner_filter(user))
-    if record is None:
-        raise NotFound(f"No file with id {file_id!r}.")
-    await asyncio.to_thread(st.blobs.delete, record.blob_key)
+    await file_service.delete(st.db, st.blobs, user, file_id)
     return {"id": file_id, "object": "file", "deleted": True}
 
 
 @router.get("/files/{file_id}/content")
 async def file_content(file_id: str, user: UserDep, st: StateDep) -> Response:
-    record = await _file(st, user, file_id)
-    if not st.blobs.exists(record.blob_key):
-        raise NotFound(f"The content of file {file_id!r} is gone.")
+    record = await file_service.content(st.db, st.blobs, user, file_id)
     return StreamingResponse(
         st.blobs.iter_chunks(record.blob_key),
         media_type="application/jsonl",
@@ -185,6 +142,50 @@ async def retrieve_batch(batch_id: str, user: UserDep, st: StateDep) -> dict[str
 async def cancel_batch(batch_id: str, user: UserDep, st: StateDep) -> dict[str, Any]:
     async with st.db.connection() as conn:
         return batch_object(await batch_service.cancel(conn, user, batch_id, st.now()))
+
+
+@router.get("/batches/{batch_id}/requests")
+async def list_batch_requests(
+    batch_id: str, request: Request, user: UserDep, st: StateDep
+) -> dict[str, Any]:
+    q = request.query_params
+    limit = _limit(q.get("limit"), default=100, high=1000)
+    async with st.db.connection() as conn:
+        data, has_more = await request_service.list_requests(
+            conn,
+            user,
+            batch_id,
+            status=q.get("status"),
+            custom_id=q.get("custom_id"),
+            after=q.get("after"),
+            limit=limit,
+        )
+    return page(data, has_more)
+
+
+@router.get("/requests/{request_id}")
+async def retrieve_request(request_id: str, user: UserDep, st: StateDep) -> dict[str, Any]:
+    async with st.db.connection() as conn:
+        row = await request_service.get_request(conn, user, request_id)
+    return request_service.request_object(row, detail=True)
+
+
+@router.post("/requests/{request_id}/retry")
+async def retry_request(request_id: str, user: UserDep, st: StateDep) -> dict[str, Any]:
+    async with st.db.connection() as conn:
+        return await request_service.retry_request(conn, user, request_id, st.now())
+
+
+@router.post("/batches/{batch_id}/retry")
+async def retry_batch(batch_id: str, user: UserDep, st: StateDep) -> dict[str, Any]:
+    async with st.db.connection() as conn:
+        return batch_object(await request_service.retry_batch(conn, user, batch_id, st.now()))
+
+
+@router.post("/batches/{batch_id}/clone")
+async def clone_batch(batch_id: str, user: UserDep, st: StateDep) -> dict[str, Any]:
+    async with st.db.connection() as conn:
+        return batch_object(await request_service.clone_batch(conn, user, batch_id, st.now()))
 
 
 # -- models ---------------------------------------------------------------------------------

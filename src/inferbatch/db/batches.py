@@ -295,3 +295,19 @@ async def ingested_total(conn: Conn) -> int:
     )
     row = await cur.fetchone()
     return int(row["n"]) if row else 0
+
+
+async def reopen(conn: Conn, batch_id: str, now: datetime) -> bool:
+    """completed -> in_progress, so re-queued requests get processed and the output
+    files are written again. Refused once the deadline has passed."""
+    cur = await conn.execute(
+        """
+        UPDATE batches SET status = 'in_progress', finalizing_at = NULL, completed_at = NULL,
+            output_file_id = NULL, error_file_id = NULL
+        WHERE id = %s AND status = 'completed' AND deadline_at > %s
+        """,
+        (batch_id, now),
+    )
+    if cur.rowcount == 1:
+        await add_event(conn, batch_id, "in_progress", "failed requests sent back to the queue")
+    return cur.rowcount == 1

@@ -249,3 +249,64 @@ async def settled_stats(conn: Conn) -> list[dict[str, Any]]:
         """
     )
     return await cur.fetchall()
+
+
+_DETAIL = """
+    id, batch_id, line, custom_id, url, model, status, pool, priority, attempts,
+    failed_attempts, interruptions,
+    nullif(next_attempt_at, '-infinity') AS next_attempt_at, worker_id, started_at, finished_at,
+    response_status, error, dedup_of, prompt_tokens, completion_tokens
+"""
+
+
+async def list_for_batch(
+    conn: Conn,
+    batch_id: str,
+    *,
+    status: str | None,
+    custom_id: str | None,
+    after_line: int,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Up to ``limit`` + 1 requests of a batch in input order after ``after_line``."""
+    cur = await conn.execute(
+        f"""
+        SELECT {_DETAIL} FROM requests
+        WHERE batch_id = %(batch)s AND line > %(after)s
+          AND (%(status)s::text IS NULL OR status = %(status)s)
+          AND (%(custom_id)s::text IS NULL OR custom_id = %(custom_id)s)
+        ORDER BY line LIMIT %(limit)s
+        """,
+        {
+            "batch": batch_id,
+            "after": after_line,
+            "status": status,
+            "custom_id": custom_id,
+            "limit": limit + 1,
+        },
+    )
+    return await cur.fetchall()
+
+
+async def get_detail(conn: Conn, request_id: int) -> dict[str, Any] | None:
+    """One request with its input and output bodies."""
+    cur = await conn.execute(
+        f"SELECT {_DETAIL}, body, response_body, response_request_id FROM requests WHERE id = %s",
+        (request_id,),
+    )
+    return await cur.fetchone()
+
+
+async def requeue_failed(conn: Conn, batch_id: str, request_id: int | None = None) -> int:
+    """failed -> queued (all of a batch's, or one), with a fresh retry budget."""
+    cur = await conn.execute(
+        """
+        UPDATE requests SET status = 'queued', failed_attempts = 0, next_attempt_at = now(),
+            error = NULL, response_status = NULL, response_body = NULL,
+            response_request_id = NULL, finished_at = NULL
+        WHERE batch_id = %(batch)s AND status = 'failed'
+          AND (%(id)s::bigint IS NULL OR id = %(id)s)
+        """,
+        {"batch": batch_id, "id": request_id},
+    )
+    return cur.rowcount

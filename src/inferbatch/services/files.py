@@ -1,0 +1,95 @@
+"""Storing, listing, reading and deleting files (metadata rows + blob contents)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+
+from inferbatch.blobstore import BlobStore
+from inferbatch.config import Settings
+from inferbatch.db import files as file_rows
+from inferbatch.db.types import Pool
+from inferbatch.domain import FileRecord, User
+from inferbatch.errors import InvalidRequest, NotFound, TooLarge
+from inferbatch.ids import new_id
+from inferbatch.services.batches import owner_filter
+from inferbatch.services.uploads import receive_upload
+
+FILE_PURPOSES = ("batch",)
+
+
+async def upload(
+    db: Pool,
+    blobs: BlobStore,
+    settings: Settings,
+    user: User,
+    *,
+    content_type: str,
+    content_length: str | None,
+    body: AsyncIterator[bytes],
+    now: datetime,
+) -> FileRecord:
+    """Stream a multipart upload (fields ``purpose``, ``file``, optional
+    ``expires_after[seconds]``) into the blob store and record it. Nothing is kept on
+    error."""
+    limit = settings.max_upload_bytes
+    if content_length and content_length.isdigit() and int(content_length) > limit + 64 * 1024:
+        raise TooLarge(f"The file is larger than the limit of {limit} bytes.", param="file")
+    received = await receive_upload(content_type, body, blobs, limit)
+    try:
+        purpose = received.fields.get("purpose")
+        if purpose not in FILE_PURPOSES:
+            raise InvalidRequest("purpose must be 'batch'.", param="purpose")
+        if received.blob_key is None:
+            raise InvalidRequest("A file part named 'file' is required.", param="file")
+        seconds = settings.file_retention_delta.total_seconds()
+        if "expires_after[seconds]" in received.fields:
+            try:
+                seconds = int(received.fields["expires_after[seconds]"])
+            except ValueError as exc:
+                raise InvalidRequest(
+                    "expires_after[seconds] must be an integer.", param="expires_after"
+                ) from exc
+        async with db.connection() as conn:
+            return await file_rows.insert(
+                conn,
+                file_id=new_id("file-"),
+                owner_id=user.id,
+                purpose=purpose,
+                filename=received.filename or "upload.jsonl",
+                size=received.size,
+                sha256=received.sha256,
+                blob_key=received.blob_key,
+                expires_at=now + timedelta(seconds=seconds),
+            )
+    except BaseException:
+        if received.blob_key is not None:
+            await asyncio.to_thread(blobs.delete, received.blob_key)
+        raise
+
+
+async def get(db: Pool, user: User, file_id: str) -> FileRecord:
+    async with db.connection() as conn:
+        record = await file_rows.get(conn, file_id, owner_filter(user))
+    if record is None:
+        raise NotFound(f"No file with id {file_id!r}.")
+    return record
+
+
+async def delete(db: Pool, blobs: BlobStore, user: User, file_id: str) -> FileRecord:
+    async with db.connection() as conn:
+        record = await file_rows.delete(conn, file_id, owner_filter(user))
+    if record is None:
+        raise NotFound(f"No file with id {file_id!r}.")
+    await asyncio.to_thread(blobs.delete, record.blob_key)
+    return record
+
+
+async def content(db: Pool, blobs: BlobStore, user: User, file_id: str) -> FileRecord:
+    """The file's record, after checking its bytes are still there (read them with
+    ``blobs.iter_chunks(record.blob_key)``)."""
+    record = await get(db, user, file_id)
+    if not blobs.exists(record.blob_key):
+        raise NotFound(f"The content of file {file_id!r} is gone.")
+    return record
