@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     public_url: str | None = Field(
         default=None, description="Base URL shown to users; default http://host:port."
     )
+    session_secret: str | None = Field(
+        default=None,
+        description="Signs portal session cookies. Unset: a random secret kept in the "
+        "database, so every api replica shares it. Set it (the same on every replica) to "
+        "keep it out of the database; changing it signs everyone out.",
+    )
 
     engine_url: str | None = Field(
         default=None, description="One OpenAI-compatible engine base URL for every model."

@@ -46,6 +46,14 @@ class Unauthorized(InferbatchError):
     code = "invalid_api_key"
 
 
+class Forbidden(InferbatchError):
+    """This needs an admin API key."""
+
+    status_code = 403
+    type = "invalid_request_error"
+    code = "permission_denied"
+
+
 class NotFound(InferbatchError):
     """No such object."""
 

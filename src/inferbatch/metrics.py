@@ -30,6 +30,12 @@ class WorkerMetrics:
             ["engine", "kind"],
             registry=registry,
         )
+        self.engine_up = Gauge(
+            "inferbatch_engine_up",
+            "1 while the engine answers, 0 after a connection to it failed.",
+            ["engine"],
+            registry=registry,
+        )
         self.claimed = Counter(
             "inferbatch_worker_claimed_total", "Requests claimed.", registry=registry
         )

@@ -169,3 +169,27 @@ def test_sigterm_drains_then_releases_the_rest_at_once(db_url: str, tmp_path: Pa
         assert done.request_counts.completed == 40
     finally:
         s.close()
+
+
+def test_api_without_its_database_answers_503_and_stays_healthy(tmp_path: Path) -> None:
+    from inferbatch.engines.local import free_port
+    from tests.stack import ADMIN_KEY, wait_http
+
+    s = Stack("postgresql://postgres@127.0.0.1:1/none", tmp_path, engine_url="http://x/v1")
+    s.port = free_port()
+    s.url = f"http://127.0.0.1:{s.port}"
+    try:
+        s.spawn("api", ["api", "--port", str(s.port)])
+        wait_http(s.url + "/healthz", proc=s.procs["api"])
+        assert httpx.get(s.url + "/readyz", timeout=10).status_code == 503
+        r = httpx.post(
+            s.url + "/v1/batches",
+            json={},
+            timeout=20,
+            headers={"authorization": f"Bearer {ADMIN_KEY}"},
+        )
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "service_unavailable"
+        assert s.procs["api"].poll() is None
+    finally:
+        s.close()

@@ -40,7 +40,8 @@ def _error(exc: InferbatchError) -> JSONResponse:
 
 async def _register_admin_key(pool: Pool, key: str) -> None:
     """Accept INFERBATCH_API_KEY as an admin key (retried until the database answers)."""
-    for delay in (0.2, 0.5, 1, 2, 5, 10):
+    delay = 0.2
+    while True:
         try:
             async with pool.connection() as conn:
                 admin = await users.ensure_user(conn, "admin", is_admin=True)
@@ -49,7 +50,7 @@ async def _register_admin_key(pool: Pool, key: str) -> None:
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             log.warning("registering the admin key failed (%s); retrying", exc)
             await asyncio.sleep(delay)
-    log.error("could not register INFERBATCH_API_KEY")
+            delay = min(30.0, delay * 2)
 
 
 def create_app(
@@ -64,10 +65,14 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = open_pool(database_url, min_size=1, max_size=16, name="inferbatch-api")
+        pool = open_pool(database_url, min_size=1, max_size=16, name="inferbatch-api", timeout=5)
         await pool.open(wait=False)
-        if settings.api_key:
-            await _register_admin_key(pool, settings.api_key)
+        # in the background: the API must come up (and answer 503) while the database is down
+        registering = (
+            asyncio.create_task(_register_admin_key(pool, settings.api_key))
+            if settings.api_key
+            else None
+        )
         app.state.inferbatch = AppState(
             settings=settings,
             db=pool,
@@ -80,6 +85,8 @@ def create_app(
         try:
             yield
         finally:
+            if registering is not None:
+                registering.cancel()
             await pool.close()
             await engines.aclose()
 

@@ -11,13 +11,14 @@ from fastapi.responses import Response, StreamingResponse
 from inferbatch.api.deps import AppState, current_user, state
 from inferbatch.db import batches as batch_rows
 from inferbatch.db import files as file_rows
+from inferbatch.db import workers as worker_rows
 from inferbatch.domain import User
-from inferbatch.errors import InvalidRequest
+from inferbatch.errors import Forbidden, InvalidRequest
 from inferbatch.services import batches as batch_service
 from inferbatch.services import files as file_service
 from inferbatch.services import requests as request_service
 from inferbatch.services.batches import owner_filter
-from inferbatch.services.serialize import batch_object, file_object, page
+from inferbatch.services.serialize import batch_object, file_object, page, ts
 
 router = APIRouter(prefix="/v1")
 
@@ -186,6 +187,30 @@ async def retry_batch(batch_id: str, user: UserDep, st: StateDep) -> dict[str, A
 async def clone_batch(batch_id: str, user: UserDep, st: StateDep) -> dict[str, Any]:
     async with st.db.connection() as conn:
         return batch_object(await request_service.clone_batch(conn, user, batch_id, st.now()))
+
+
+@router.get("/workers")
+async def list_workers(user: UserDep, st: StateDep) -> dict[str, Any]:
+    """Worker processes by pool with their state and in-flight count (admins only)."""
+    if not user.is_admin:
+        raise Forbidden()
+    async with st.db.connection() as conn:
+        rows = await worker_rows.list_recent(conn)
+    data = [
+        {
+            "id": r["id"],
+            "object": "worker",
+            "pool": r["pool"],
+            "host": r["host"],
+            "pid": r["pid"],
+            "state": r["state"],
+            "in_flight": r["in_flight"],
+            "started_at": ts(r["started_at"]),
+            "heartbeat_at": ts(r["heartbeat_at"]),
+        }
+        for r in rows
+    ]
+    return page(data, False)
 
 
 # -- models ---------------------------------------------------------------------------------

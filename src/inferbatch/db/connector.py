@@ -79,8 +79,9 @@ def open_pool(
 ) -> AsyncConnectionPool[AsyncConnection[dict[str, Any]]]:
     """An unopened async pool whose connections return rows as dicts.
 
-    The caller opens it (``await pool.open()``) and closes it. ``reconnect_timeout`` of 0
-    means the pool keeps trying forever when the server goes away.
+    The caller opens it (``await pool.open()``) and closes it. When the server goes away
+    the pool keeps reconnecting in the background with backoff; callers meanwhile get
+    ``PoolTimeout`` after ``timeout`` seconds and retry on their own schedule.
     """
     return AsyncConnectionPool(
         url,
@@ -91,7 +92,7 @@ def open_pool(
         kwargs={"row_factory": dict_row, "application_name": name},
         connection_class=AsyncConnection[dict[str, Any]],
         check=AsyncConnectionPool.check_connection,
-        reconnect_timeout=0,
+        reconnect_timeout=3600,
         timeout=timeout,
     )
 

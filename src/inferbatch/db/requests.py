@@ -24,7 +24,9 @@ class Outcome:
     """The result of one attempt, written back with :func:`record_outcomes`.
 
     ``completed``: a 2xx response. ``failed``: final, written to the error file.
-    ``retry``: back to the queue after ``retry_after`` seconds.
+    ``retry``: back to the queue after ``retry_after`` seconds. ``charged`` says whether
+    the attempt counts against the request's retry budget (an engine that could not be
+    reached at all is the engine's fault, not the request's).
     """
 
     request_id: int
@@ -37,6 +39,7 @@ class Outcome:
     retry_after: float = 0.0
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    charged: bool = True
 
 
 CLAIM = """
@@ -82,7 +85,7 @@ UPDATE requests r SET
     status = CASE WHEN v.kind = 'retry' THEN 'queued' ELSE v.kind END,
     lease_owner = NULL, lease_expires_at = NULL,
     finished_at = CASE WHEN v.kind = 'retry' THEN NULL ELSE now() END,
-    failed_attempts = r.failed_attempts + (v.kind <> 'completed')::int,
+    failed_attempts = r.failed_attempts + (v.kind <> 'completed' AND v.charged)::int,
     next_attempt_at = CASE WHEN v.kind = 'retry'
         THEN now() + make_interval(secs => v.retry_after) ELSE r.next_attempt_at END,
     response_status = v.response_status,
@@ -94,9 +97,9 @@ UPDATE requests r SET
 FROM unnest(
     %(ids)s::bigint[], %(attempts)s::int[], %(kinds)s::text[], %(statuses)s::int[],
     %(bodies)s::text[], %(rids)s::text[], %(errors)s::text[], %(delays)s::float8[],
-    %(pt)s::int[], %(ct)s::int[]
+    %(pt)s::int[], %(ct)s::int[], %(charged)s::bool[]
 ) AS v(id, attempt, kind, response_status, response_body, engine_request_id, error,
-       retry_after, prompt_tokens, completion_tokens)
+       retry_after, prompt_tokens, completion_tokens, charged)
 WHERE r.id = v.id AND r.status = 'running' AND r.lease_owner = %(owner)s
   AND r.attempts = v.attempt
 RETURNING r.id
@@ -126,6 +129,7 @@ async def record_outcomes(conn: Conn, owner: str, outcomes: Sequence[Outcome]) -
             "delays": [float(o.retry_after) for o in outcomes],
             "pt": [o.prompt_tokens for o in outcomes],
             "ct": [o.completion_tokens for o in outcomes],
+            "charged": [o.charged for o in outcomes],
         },
     )
     return {r["id"] for r in await cur.fetchall()}

@@ -44,3 +44,15 @@ async def live_by_pool(conn: Conn) -> list[dict[str, Any]]:
         """
     )
     return await cur.fetchall()
+
+
+async def list_recent(conn: Conn, limit: int = 200) -> list[dict[str, Any]]:
+    """Live workers first, then the most recently seen others."""
+    cur = await conn.execute(
+        """
+        SELECT id, pool, host, pid, state, in_flight, started_at, heartbeat_at FROM workers
+        ORDER BY state IN ('running', 'draining') DESC, heartbeat_at DESC LIMIT %s
+        """,
+        (limit,),
+    )
+    return await cur.fetchall()

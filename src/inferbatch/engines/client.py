@@ -25,6 +25,10 @@ class EngineResponse:
     seconds: float
 
 
+UNAVAILABLE = "engine_unavailable"
+"""The code of a transport error where the request never reached the engine."""
+
+
 class EngineTransportError(Exception):
     """No HTTP response: connection refused or dropped, or the request timed out."""
 
@@ -97,11 +101,15 @@ class HttpEngine:
         try:
             resp = await self._client.post(self.name + engine_path(url), content=orjson.dumps(body))
             content = await resp.aread()
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise EngineTransportError(
+                UNAVAILABLE, f"The engine could not be reached: {exc!r}"
+            ) from exc
         except httpx.TimeoutException as exc:
             raise EngineTransportError("engine_timeout", f"The engine timed out: {exc!r}") from exc
         except httpx.TransportError as exc:
             raise EngineTransportError(
-                "engine_unavailable", f"The engine could not be reached: {exc!r}"
+                "engine_connection_lost", f"The engine dropped the connection: {exc!r}"
             ) from exc
         try:
             parsed: Any = orjson.loads(content) if content else None
@@ -133,3 +141,22 @@ class HttpEngine:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+class NoopEngine:
+    """Answers every request at once with a tiny 200, in process: for benchmarks that
+    measure the queue and worker path without any engine cost."""
+
+    def __init__(self, max_in_flight: int = 256) -> None:
+        self.name = "noop"
+        self.max_in_flight = max_in_flight
+
+    async def call(self, url: str, body: dict[str, Any]) -> EngineResponse:
+        usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+        return EngineResponse(200, {"object": "noop", "usage": usage}, None, None, 0.0)
+
+    async def models(self) -> list[str]:
+        return []
+
+    async def aclose(self) -> None:
+        pass

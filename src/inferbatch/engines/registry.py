@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from inferbatch.config import Settings
-from inferbatch.engines.client import Engine, HttpEngine
+from inferbatch.engines.client import Engine, HttpEngine, NoopEngine
 
 ANY_MODEL = "*"
 
@@ -63,6 +63,18 @@ def parse_specs(path: Path, default_in_flight: int) -> dict[str, EngineSpec]:
     return specs
 
 
+NOOP_URL = "noop://"
+"""An engine URL that selects the in-process no-op engine (benchmarks only)."""
+
+
+def _engine_for(spec: EngineSpec, timeout: float) -> Engine:
+    if spec.url.startswith(NOOP_URL):
+        return NoopEngine(spec.max_in_flight)
+    return HttpEngine(
+        spec.url, max_in_flight=spec.max_in_flight, timeout=timeout, api_key=spec.api_key
+    )
+
+
 class EngineRegistry:
     """Engines by model; owns their clients."""
 
@@ -78,10 +90,7 @@ class EngineRegistry:
             known = by_url.get(spec.url)
             if known is None or spec.max_in_flight > known.max_in_flight:
                 by_url[spec.url] = spec
-        clients: dict[str, Engine] = {
-            url: HttpEngine(url, max_in_flight=s.max_in_flight, timeout=timeout, api_key=s.api_key)
-            for url, s in by_url.items()
-        }
+        clients: dict[str, Engine] = {url: _engine_for(s, timeout) for url, s in by_url.items()}
         return cls({model: clients[spec.url] for model, spec in specs.items()})
 
     def for_model(self, model: str) -> Engine | None:

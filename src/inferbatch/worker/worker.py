@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,13 +24,16 @@ from inferbatch.db import workers as registry
 from inferbatch.db.requests import Outcome
 from inferbatch.db.types import Pool
 from inferbatch.domain import ClaimedRequest
-from inferbatch.engines.client import EngineTransportError
+from inferbatch.engines.client import UNAVAILABLE, Engine, EngineTransportError
 from inferbatch.engines.registry import EngineRegistry
 from inferbatch.ids import new_id
 from inferbatch.metrics import WorkerMetrics
 from inferbatch.worker.retry import backoff_seconds, is_retryable
 
 log = logging.getLogger(__name__)
+
+ENGINE_DOWN_MAX_PAUSE = 15.0
+"""Longest pause before trying an unreachable engine again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +87,29 @@ class Worker:
         self._flushed = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._state = "running"
+        self._down_until: dict[int, float] = {}
+        self._down_failures: dict[int, int] = {}
 
     # -- running one request -------------------------------------------------------------
+
+    def _engine_down_for(self, engine: Engine) -> float:
+        return max(0.0, self._down_until.get(id(engine), 0.0) - time.monotonic())
+
+    def _mark_engine(self, engine: Engine, *, up: bool) -> None:
+        key = id(engine)
+        if up:
+            self._down_failures.pop(key, None)
+            self._down_until.pop(key, None)
+        else:
+            failures = self._down_failures.get(key, 0) + 1
+            self._down_failures[key] = failures
+            pause = min(ENGINE_DOWN_MAX_PAUSE, 0.25 * 2.0 ** (failures - 1))
+            self._down_until[key] = time.monotonic() + pause
+        if self.metrics:
+            self.metrics.engine_up.labels(engine.name).set(1 if up else 0)
+
+    def _all_engines_down_for(self) -> float:
+        return min((self._engine_down_for(e) for e in self.engines.engines), default=0.0)
 
     def _fail_or_retry(
         self, req: ClaimedRequest, retry_after: float | None, **kw: object
@@ -112,6 +137,12 @@ class Worker:
                     "message": f"No engine serves the model {req.model!r}.",
                 },
             )
+        down_for = self._engine_down_for(engine)
+        if down_for > 0:  # known down: give it back without spending the retry budget
+            error = {"code": UNAVAILABLE, "message": f"Engine {engine.name} is unreachable."}
+            return Outcome(
+                req.id, req.attempt, "retry", retry_after=down_for, error=error, charged=False
+            )
         async with self._slots[id(engine)]:
             try:
                 resp = await engine.call(req.url, req.body)
@@ -119,7 +150,19 @@ class Worker:
                 if self.metrics:
                     self.metrics.engine_errors.labels(engine.name, exc.code).inc()
                 error = {"code": exc.code, "message": exc.message}
+                if exc.code == UNAVAILABLE:
+                    self._mark_engine(engine, up=False)
+                    return Outcome(
+                        req.id,
+                        req.attempt,
+                        "retry",
+                        error=error,
+                        charged=False,
+                        retry_after=self._engine_down_for(engine),
+                    )
                 return self._fail_or_retry(req, None, error=error)
+        if self._down_failures.get(id(engine)):
+            self._mark_engine(engine, up=True)
         if self.metrics:
             self.metrics.engine_latency.labels(engine.name).observe(resp.seconds)
         common: dict[str, object] = {
@@ -183,6 +226,10 @@ class Worker:
     async def _claim_loop(self, stop: asyncio.Event) -> None:
         idle = self.config.poll_seconds / 8
         while not stop.is_set():
+            paused = self._all_engines_down_for()
+            if paused > 0:  # every engine is unreachable: claiming would only churn
+                await _wait_any(stop, timeout=paused)
+                continue
             free = self.capacity - len(self._running)
             if free <= 0:
                 self._slot_free.clear()
