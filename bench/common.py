@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import secrets
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from inferbatch.db.connector import embedded_url, migrate, stop_embedded
+from inferbatch.blobstore import LocalBlobStore, new_blob_key
+from inferbatch.config import Settings
+from inferbatch.db import files, users
+from inferbatch.db.connector import embedded_url, migrate, open_pool, stop_embedded
+from inferbatch.ids import new_id
+from inferbatch.scheduler.ingest import ingest_next
+from inferbatch.services import batches as batch_service
+
+WORDS = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota")
 
 
 def _with_dbname(url: str, name: str) -> str:
@@ -20,25 +31,107 @@ def _with_dbname(url: str, name: str) -> str:
 
 
 @contextmanager
-def bench_database() -> Iterator[str]:
-    """A fresh migrated database on INFERBATCH_BENCH_DATABASE_URL's server, or on an
-    embedded PostgreSQL; dropped afterwards."""
+def bench_server() -> Iterator[str]:
+    """INFERBATCH_BENCH_DATABASE_URL's server, or a private embedded PostgreSQL."""
     external = os.environ.get("INFERBATCH_BENCH_DATABASE_URL")
-    data_dir = None
     if external:
-        server = external
-    else:
-        data_dir = Path(tempfile.mkdtemp(prefix="ibbench-"))
-        server = embedded_url(data_dir)
+        yield external
+        return
+    data_dir = Path(tempfile.mkdtemp(prefix="ibbench-"))
+    try:
+        yield embedded_url(data_dir)
+    finally:
+        stop_embedded(data_dir)
+
+
+@contextmanager
+def fresh_database(server: str, *, migrated: bool = True) -> Iterator[str]:
+    """A new database on ``server`` (migrated unless told otherwise), dropped afterwards."""
     name = f"ib_bench_{secrets.token_hex(4)}"
     with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = _with_dbname(server, name)
     try:
-        migrate(url)
+        if migrated:
+            migrate(url)
         yield url
     finally:
         with psycopg.connect(server, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        if data_dir is not None:
-            stop_embedded(data_dir)
+
+
+@contextmanager
+def bench_database() -> Iterator[str]:
+    """A fresh migrated database on the benchmark server; dropped afterwards."""
+    with bench_server() as server, fresh_database(server) as url:
+        yield url
+
+
+def write_input(blobs: LocalBlobStore, n: int, prefix: str = "request") -> tuple[str, int]:
+    """An input file of ``n`` chat requests of about 1 KB each; returns (blob key, bytes)."""
+    rng = random.Random(7)
+    key = new_blob_key("upload")
+    with blobs.open_writer(key) as w:
+        buf: list[str] = []
+        for i in range(n):
+            text = " ".join(rng.choice(WORDS) for _ in range(140))[:900]
+            buf.append(
+                json.dumps(
+                    {
+                        "custom_id": f"{prefix}-{i}",
+                        "method": "POST",
+                        "url": "/v1/chat/completions",
+                        "body": {
+                            "model": "llama-3.1-8b-instruct",
+                            "messages": [{"role": "user", "content": text}],
+                            "max_tokens": 128,
+                        },
+                    }
+                )
+                + "\n"
+            )
+            if len(buf) == 5000:
+                w.write("".join(buf).encode())
+                buf.clear()
+        w.write("".join(buf).encode())
+    return key, w.size
+
+
+async def create_batch(url: str, blobs: LocalBlobStore, n: int, prefix: str = "request") -> str:
+    """A validating batch over a new ``n``-line input file (not ingested yet)."""
+    key, size = write_input(blobs, n, prefix)
+    now = datetime.now(UTC)
+    async with open_pool(url, max_size=1) as pool, pool.connection() as conn:
+        user = await users.ensure_user(conn, "bench", is_admin=False)
+        record = await files.insert(
+            conn,
+            file_id=new_id("file-"),
+            owner_id=user.id,
+            purpose="batch",
+            filename="in.jsonl",
+            size=size,
+            sha256="",
+            blob_key=key,
+            expires_at=now + timedelta(days=1),
+        )
+        batch = await batch_service.create(
+            conn,
+            user,
+            {
+                "input_file_id": record.id,
+                "endpoint": "/v1/chat/completions",
+                "completion_window": "7d",
+            },
+            Settings(max_requests_per_batch=n),
+            now,
+        )
+    return batch.id
+
+
+async def fill_queue(url: str, blobs: LocalBlobStore, n: int, prefix: str = "request") -> str:
+    """Queue ``n`` requests of about 1 KB (one batch, ingested); returns the batch id."""
+    batch_id = await create_batch(url, blobs, n, prefix)
+    async with open_pool(url, max_size=1) as pool:
+        done = await ingest_next(pool, blobs, max_requests=n, now=lambda: datetime.now(UTC))
+    assert done == batch_id
+    return batch_id

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
 import resource
 import subprocess
 import sys
@@ -28,45 +27,14 @@ from pathlib import Path
 
 import psycopg
 
-from bench.common import bench_database
-from inferbatch.blobstore import LocalBlobStore, new_blob_key
+from bench.common import bench_database, write_input
+from inferbatch.blobstore import LocalBlobStore
 from inferbatch.config import Settings
 from inferbatch.db import files, users
 from inferbatch.db.connector import open_pool
 from inferbatch.ids import new_id
 from inferbatch.scheduler.ingest import ingest_next
 from inferbatch.services import batches as batch_service
-
-WORDS = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota")
-
-
-def write_input(blobs: LocalBlobStore, n: int) -> tuple[str, int]:
-    rng = random.Random(7)
-    key = new_blob_key("upload")
-    with blobs.open_writer(key) as w:
-        buf: list[str] = []
-        for i in range(n):
-            text = " ".join(rng.choice(WORDS) for _ in range(140))[:900]
-            buf.append(
-                json.dumps(
-                    {
-                        "custom_id": f"request-{i}",
-                        "method": "POST",
-                        "url": "/v1/chat/completions",
-                        "body": {
-                            "model": "llama-3.1-8b-instruct",
-                            "messages": [{"role": "user", "content": text}],
-                            "max_tokens": 128,
-                        },
-                    }
-                )
-                + "\n"
-            )
-            if len(buf) == 5000:
-                w.write("".join(buf).encode())
-                buf.clear()
-        w.write("".join(buf).encode())
-    return key, w.size
 
 
 async def run_child(n: int) -> dict[str, float]:
