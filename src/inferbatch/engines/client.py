@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import httpx
+import aiohttp
 import orjson
 
 
@@ -74,6 +74,9 @@ def engine_path(url: str) -> str:
 
 
 class HttpEngine:
+    """An OpenAI-compatible engine over HTTP (aiohttp: its connection pool stays cheap
+    with hundreds of requests in flight)."""
+
     def __init__(
         self,
         base_url: str,
@@ -84,30 +87,37 @@ class HttpEngine:
     ) -> None:
         self.name = base_url.rstrip("/")
         self.max_in_flight = max_in_flight
-        headers = {"content-type": "application/json"}
+        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=10.0)
+        self._headers = {"content-type": "application/json"}
         if api_key:
-            headers["authorization"] = f"Bearer {api_key}"
-        self._client = httpx.AsyncClient(
-            base_url=self.name,
-            headers=headers,
-            timeout=httpx.Timeout(timeout, connect=10.0),
-            limits=httpx.Limits(
-                max_connections=max_in_flight, max_keepalive_connections=max_in_flight
-            ),
-        )
+            self._headers["authorization"] = f"Bearer {api_key}"
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        # created on first use: a session belongs to the running event loop
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                headers=self._headers,
+                timeout=self._timeout,
+                connector=aiohttp.TCPConnector(limit=self.max_in_flight, keepalive_timeout=60),
+            )
+        return self._session
 
     async def call(self, url: str, body: dict[str, Any]) -> EngineResponse:
         started = time.perf_counter()
         try:
-            resp = await self._client.post(self.name + engine_path(url), content=orjson.dumps(body))
-            content = await resp.aread()
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            async with self._client().post(
+                self.name + engine_path(url), data=orjson.dumps(body)
+            ) as resp:
+                content = await resp.read()
+                status, headers = resp.status, resp.headers
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise EngineTransportError(
                 UNAVAILABLE, f"The engine could not be reached: {exc!r}"
             ) from exc
-        except httpx.TimeoutException as exc:
+        except TimeoutError as exc:
             raise EngineTransportError("engine_timeout", f"The engine timed out: {exc!r}") from exc
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
             raise EngineTransportError(
                 "engine_connection_lost", f"The engine dropped the connection: {exc!r}"
             ) from exc
@@ -116,31 +126,27 @@ class HttpEngine:
         except orjson.JSONDecodeError:
             parsed = {"error": {"message": content[:2000].decode(errors="replace")}}
         return EngineResponse(
-            status=resp.status_code,
+            status=status,
             body=parsed,
-            request_id=resp.headers.get("x-request-id"),
-            retry_after=parse_retry_after(resp.headers.get("retry-after")),
+            request_id=headers.get("x-request-id"),
+            retry_after=parse_retry_after(headers.get("retry-after")),
             seconds=time.perf_counter() - started,
         )
 
     async def models(self) -> list[str]:
         """Model ids the engine lists at ``/models`` (empty when it cannot be asked)."""
         try:
-            resp = await self._client.get(self.name + "/models", timeout=3.0)
-            data = resp.json().get("data", [])
+            async with self._client().get(
+                self.name + "/models", timeout=aiohttp.ClientTimeout(total=3.0)
+            ) as resp:
+                data = (await resp.json(content_type=None)).get("data", [])
             return [m["id"] for m in data if isinstance(m, dict) and "id" in m]
-        except (httpx.HTTPError, ValueError, AttributeError):
+        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):
             return []
 
-    async def healthy(self) -> bool:
-        try:
-            resp = await self._client.get(self.name + "/models", timeout=3.0)
-        except httpx.HTTPError:
-            return False
-        return resp.status_code < 500
-
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
 
 class NoopEngine:

@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +81,10 @@ class Worker:
         self.id = worker_id or new_id(f"wrk_{config.pool}_", 12)
         self.capacity = max(1, engines.total_in_flight)
         self._running: dict[int, tuple[ClaimedRequest, asyncio.Task[None]]] = {}
+        # claimed, leased, not started yet: a finished request's slot is refilled from here
+        # at once, and the buffer is topped up in batches (fewer, larger claims)
+        self._ready: deque[ClaimedRequest] = deque()
+        self.prefetch = max(1, self.capacity // 2)
         self._slots: dict[int, asyncio.Semaphore] = {
             id(e): asyncio.Semaphore(e.max_in_flight) for e in engines.engines
         }
@@ -198,6 +203,7 @@ class Worker:
             )
         self._outcomes.append(outcome)
         self._running.pop(req.id, None)
+        self._start_ready()
         self._slot_free.set()
         if len(self._outcomes) >= self.config.flush_max:
             self._flushed.set()
@@ -223,6 +229,13 @@ class Worker:
                     break
         return claimed
 
+    def _start_ready(self) -> None:
+        """Start buffered requests while there are free in-flight slots."""
+        while self._ready and len(self._running) < self.capacity:
+            req = self._ready.popleft()
+            task = asyncio.create_task(self._run_one(req), name=f"req-{req.id}")
+            self._running[req.id] = (req, task)
+
     async def _claim_loop(self, stop: asyncio.Event) -> None:
         idle = self.config.poll_seconds / 8
         while not stop.is_set():
@@ -230,21 +243,22 @@ class Worker:
             if paused > 0:  # every engine is unreachable: claiming would only churn
                 await _wait_any(stop, timeout=paused)
                 continue
-            free = self.capacity - len(self._running)
-            if free <= 0:
+            held = len(self._running) + len(self._ready)
+            wanted = self.capacity + self.prefetch - held
+            # top up in batches: claim when a slot is free or half the buffer is used
+            if wanted < (self.prefetch + 1) // 2 and len(self._running) >= self.capacity:
                 self._slot_free.clear()
                 await _wait_any(stop, self._slot_free, timeout=self.config.poll_seconds)
                 continue
             try:
-                claimed = await self._claim(free)
+                claimed = await self._claim(wanted)
             except (psycopg.Error, OSError) as exc:
                 log.warning("claim failed (%s); retrying", exc)
                 await _wait_any(stop, timeout=min(5.0, idle * 4))
                 idle = min(self.config.poll_seconds, idle * 2)
                 continue
-            for req in claimed:
-                task = asyncio.create_task(self._run_one(req), name=f"req-{req.id}")
-                self._running[req.id] = (req, task)
+            self._ready.extend(claimed)
+            self._start_ready()
             if self.metrics and claimed:
                 self.metrics.claimed.inc(len(claimed))
             if claimed:
@@ -314,26 +328,30 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(10.0, delay * 2)
 
-    async def _release_running(self) -> None:
-        """Cancel what still runs and give it back to the queue (an interruption)."""
-        pending = list(self._running.values())
-        for _, task in pending:
-            task.cancel()
-        await asyncio.gather(*(t for _, t in pending), return_exceptions=True)
-        claims = [(req.id, req.attempt) for req, _ in pending]
-        self._running.clear()
+    async def _release(self, claims: list[tuple[int, int]], *, interrupted: bool) -> None:
+        """Give (id, attempt) leases back to the queue at once; ``interrupted`` counts an
+        interruption on each (work that had started and is lost)."""
         if not claims:
             return
         for delay in (0.1, 0.5, 1.0, 2.0, 5.0):
             try:
                 async with self.db.connection() as conn:
-                    n = await queue.release(conn, self.id, claims, interrupted=True)
+                    n = await queue.release(conn, self.id, claims, interrupted=interrupted)
                 log.info("released %d requests back to the queue", n)
                 return
             except (psycopg.Error, OSError) as exc:
                 log.warning("release failed (%s)", exc)
                 await asyncio.sleep(delay)
         log.error("could not release %d requests; their leases will expire", len(claims))
+
+    async def _release_running(self) -> None:
+        """Cancel what still runs and give it back to the queue."""
+        pending = list(self._running.values())
+        for _, task in pending:
+            task.cancel()
+        await asyncio.gather(*(t for _, t in pending), return_exceptions=True)
+        self._running.clear()
+        await self._release([(req.id, req.attempt) for req, _ in pending], interrupted=True)
 
     async def run(self, stop: asyncio.Event, abort: asyncio.Event | None = None) -> None:
         """Work until ``stop`` is set, then drain; ``abort`` cuts the drain short."""
@@ -347,6 +365,8 @@ class Worker:
             await self._claim_loop(stop)
         finally:
             self._state = "draining"
+            unstarted, self._ready = list(self._ready), deque()
+            await self._release([(req.id, req.attempt) for req in unstarted], interrupted=False)
             tasks = [t for _, t in self._running.values()]
             if tasks:
                 log.info("draining %d in-flight requests", len(tasks))
