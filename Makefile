@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test lint typecheck unit integration e2e bench bench-ingest clean
+.PHONY: up test lint typecheck unit integration e2e browser chaos bench bench-ingest bench-queue bench-saturation clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,11 +36,23 @@ integration: $(STAMP)
 e2e: $(STAMP)
 	$(BIN)/pytest -m e2e
 
+browser: $(STAMP)
+	$(BIN)/pytest -m browser
+
+chaos: $(STAMP)
+	$(BIN)/pytest -m chaos
+
 ## Benchmarks: each prints ratios against a reference measured in the same run.
-bench: bench-ingest
+bench: bench-ingest bench-queue bench-saturation
 
 bench-ingest: $(STAMP)
 	$(BIN)/python -m bench.ingest
+
+bench-queue: $(STAMP)
+	$(BIN)/python -m bench.queue
+
+bench-saturation: $(STAMP)
+	$(BIN)/python -m bench.saturation
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

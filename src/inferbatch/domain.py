@@ -16,7 +16,10 @@ BatchStatus = Literal[
     "cancelling",
     "cancelled",
 ]
-RequestStatus = Literal["queued", "running", "completed", "failed", "cancelled", "expired"]
+RequestStatus = Literal[
+    "queued", "running", "waiting", "completed", "failed", "cancelled", "expired"
+]
+"""``waiting``: follows an identical request that is queued or running (deduplication)."""
 Pool = Literal["spot", "dedicated"]
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
@@ -78,6 +81,8 @@ class BatchRecord:
     failed_count: int
     input_tokens: int
     output_tokens: int
+    deduplicated_count: int
+    dedup_tokens_saved: int
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> BatchRecord:

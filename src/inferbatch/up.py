@@ -153,7 +153,7 @@ def run_all(settings: Settings, engine: str) -> int:
             code = 1
         else:
             print(
-                f"\ninferbatch is up.\n  API:      {public}/v1\n"
+                f"\ninferbatch is up.\n  API:      {public}/v1\n  Portal:   {public}/\n"
                 f"  API key:  {key}\n  Logs:     {logs}\nPress Ctrl-C to stop.\n",
                 flush=True,
             )

@@ -40,12 +40,20 @@ async def _claim(pool: Pool, owner: str, n: int, lease: float = 30.0, pool_name:
 async def test_claim_orders_by_priority_then_batch_age_then_id(pool: Pool, tmp_path: Path) -> None:
     blobs = LocalBlobStore(tmp_path)
     now = utcnow()
+    # identical bodies across the batches: dedup off, or they would follow each other
     old_normal = await _queued_batch(
-        pool, blobs, 3, prefix="old", created_at=now - timedelta(hours=1)
+        pool,
+        blobs,
+        3,
+        prefix="old",
+        created_at=now - timedelta(hours=1),
+        metadata={"dedup": "off"},
     )
-    new_normal = await _queued_batch(pool, blobs, 3, prefix="new", created_at=now)
+    new_normal = await _queued_batch(
+        pool, blobs, 3, prefix="new", created_at=now, metadata={"dedup": "off"}
+    )
     high = await _queued_batch(
-        pool, blobs, 3, prefix="high", created_at=now, metadata={"priority": "10"}
+        pool, blobs, 3, prefix="high", created_at=now, metadata={"priority": "10", "dedup": "off"}
     )
     claimed = await _claim(pool, "w1", 7)
     assert [c.batch_id for c in claimed] == [high] * 3 + [old_normal] * 3 + [new_normal]

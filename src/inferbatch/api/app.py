@@ -26,6 +26,7 @@ from inferbatch.db.types import Pool
 from inferbatch.engines.registry import EngineRegistry
 from inferbatch.errors import InferbatchError, InvalidRequest, NotFound, Unavailable
 from inferbatch.metrics import SystemMetrics
+from inferbatch.portal import install as install_portal
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ def create_app(
 
     app = FastAPI(title="inferbatch", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.include_router(router)
+    install_portal(app)
 
     @app.exception_handler(InferbatchError)
     async def _known(request: Request, exc: InferbatchError) -> JSONResponse:

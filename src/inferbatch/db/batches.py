@@ -156,13 +156,18 @@ async def refresh_counts(conn: Conn) -> int:
         """
         UPDATE batches b SET
             completed_count = c.completed, failed_count = c.failed,
-            input_tokens = c.input_tokens, output_tokens = c.output_tokens
+            input_tokens = c.input_tokens, output_tokens = c.output_tokens,
+            deduplicated_count = c.deduplicated, dedup_tokens_saved = c.saved
         FROM (
             SELECT r.batch_id,
                 count(*) FILTER (WHERE r.status = 'completed') AS completed,
                 count(*) FILTER (WHERE r.status = 'failed') AS failed,
                 coalesce(sum(r.prompt_tokens), 0) AS input_tokens,
-                coalesce(sum(r.completion_tokens), 0) AS output_tokens
+                coalesce(sum(r.completion_tokens), 0) AS output_tokens,
+                count(*) FILTER (WHERE r.status = 'completed' AND r.dedup_of IS NOT NULL)
+                    AS deduplicated,
+                coalesce(sum(r.prompt_tokens + r.completion_tokens) FILTER (
+                    WHERE r.status = 'completed' AND r.dedup_of IS NOT NULL), 0) AS saved
             FROM requests r
             WHERE r.batch_id IN (
                 SELECT id FROM batches
@@ -170,8 +175,8 @@ async def refresh_counts(conn: Conn) -> int:
             GROUP BY r.batch_id
         ) c
         WHERE b.id = c.batch_id AND (b.completed_count, b.failed_count, b.input_tokens,
-            b.output_tokens) IS DISTINCT FROM (c.completed, c.failed, c.input_tokens,
-            c.output_tokens)
+            b.output_tokens, b.deduplicated_count) IS DISTINCT FROM (c.completed, c.failed,
+            c.input_tokens, c.output_tokens, c.deduplicated)
         """
     )
     return cur.rowcount
@@ -190,7 +195,7 @@ async def ready_to_finish(conn: Conn, now: datetime) -> list[tuple[str, str]]:
         FROM (
             SELECT id, status, deadline_at, created_at, EXISTS (
                 SELECT 1 FROM requests r WHERE r.batch_id = batches.id
-                  AND r.status IN ('queued', 'running')) AS unsettled
+                  AND r.status IN ('queued', 'running', 'waiting')) AS unsettled
             FROM batches
             WHERE ingested_at IS NOT NULL
               AND status IN ('in_progress', 'cancelling', 'finalizing')
@@ -238,6 +243,7 @@ async def mark_finished(
     error_file_id: str | None,
     counts: tuple[int, int, int],
     tokens: tuple[int, int],
+    deduplicated: tuple[int, int] = (0, 0),
 ) -> bool:
     """in_progress|finalizing|cancelling -> completed|expired|cancelled with final counts."""
     stamp = {"completed": "completed_at", "expired": "expired_at", "cancelled": "cancelled_at"}[
@@ -248,7 +254,8 @@ async def mark_finished(
         UPDATE batches SET status = %(status)s, {stamp} = %(now)s,
             output_file_id = %(out)s, error_file_id = %(err)s,
             total_count = %(total)s, completed_count = %(completed)s, failed_count = %(failed)s,
-            input_tokens = %(inp)s, output_tokens = %(outp)s
+            input_tokens = %(inp)s, output_tokens = %(outp)s,
+            deduplicated_count = %(dedup)s, dedup_tokens_saved = %(saved)s
         WHERE id = %(id)s AND status IN ('in_progress', 'finalizing', 'cancelling')
         """,
         {
@@ -261,6 +268,8 @@ async def mark_finished(
             "failed": counts[2],
             "inp": tokens[0],
             "outp": tokens[1],
+            "dedup": deduplicated[0],
+            "saved": deduplicated[1],
             "id": batch_id,
         },
     )

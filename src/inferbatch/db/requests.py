@@ -194,7 +194,7 @@ async def cancel_queued(conn: Conn) -> int:
     cur = await conn.execute(
         """
         UPDATE requests SET status = 'cancelled', finished_at = now()
-        WHERE status = 'queued'
+        WHERE status IN ('queued', 'waiting')
           AND batch_id IN (SELECT id FROM batches WHERE status = 'cancelling')
         """
     )
@@ -207,7 +207,7 @@ async def expire_unsettled(conn: Conn, batch_id: str) -> int:
     cur = await conn.execute(
         """
         UPDATE requests SET status = 'expired', finished_at = now(), lease_owner = NULL
-        WHERE batch_id = %s AND status IN ('queued', 'running')
+        WHERE batch_id = %s AND status IN ('queued', 'running', 'waiting')
         """,
         (batch_id,),
     )
@@ -224,7 +224,7 @@ async def iter_results(conn: Conn, batch_id: str) -> AsyncIterator[dict[str, Any
         await cur.execute(
             """
             SELECT id, custom_id, status, response_status, response_request_id,
-                response_body, error, prompt_tokens, completion_tokens
+                response_body, error, prompt_tokens, completion_tokens, dedup_of
             FROM requests WHERE batch_id = %s ORDER BY line
             """,
             (batch_id,),
@@ -239,7 +239,8 @@ async def queue_stats(conn: Conn) -> list[dict[str, Any]]:
         """
         SELECT status, pool, count(*) AS n,
             extract(epoch FROM now() - min(batch_created_at)) AS oldest_s
-        FROM requests WHERE status IN ('queued', 'running') GROUP BY status, pool
+        FROM requests WHERE status IN ('queued', 'running', 'waiting')
+        GROUP BY status, pool
         """
     )
     return await cur.fetchall()
@@ -249,7 +250,7 @@ async def settled_stats(conn: Conn) -> list[dict[str, Any]]:
     cur = await conn.execute(
         """
         SELECT status, pool, count(*) AS n FROM requests
-        WHERE status NOT IN ('queued', 'running') GROUP BY status, pool
+        WHERE status NOT IN ('queued', 'running', 'waiting') GROUP BY status, pool
         """
     )
     return await cur.fetchall()

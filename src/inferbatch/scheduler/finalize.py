@@ -88,21 +88,33 @@ class _Output:
             await asyncio.to_thread(self.writer.write, data)
 
 
+@dataclass
+class _Totals:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    deduplicated: int = 0
+    dedup_tokens_saved: int = 0
+
+
 async def _write_files(
     conn: Conn, blobs: BlobStore, batch: BatchRecord
-) -> tuple[_Output, _Output, int, int]:
+) -> tuple[_Output, _Output, _Totals]:
     out_key, err_key = new_blob_key("output"), new_blob_key("output")
     with blobs.open_writer(out_key) as out_writer, blobs.open_writer(err_key) as err_writer:
         out, err = _Output(out_writer, out_key), _Output(err_writer, err_key)
-        input_tokens = output_tokens = 0
+        totals = _Totals()
         async for row in queue.iter_results(conn, batch.id):
             ok, line = result_line(row)
             await (out if ok else err).add(line)
-            input_tokens += row["prompt_tokens"] or 0
-            output_tokens += row["completion_tokens"] or 0
+            tokens = (row["prompt_tokens"] or 0, row["completion_tokens"] or 0)
+            totals.input_tokens += tokens[0]
+            totals.output_tokens += tokens[1]
+            if ok and row["dedup_of"] is not None:
+                totals.deduplicated += 1
+                totals.dedup_tokens_saved += sum(tokens)
         await out.flush()
         await err.flush()
-    return out, err, input_tokens, output_tokens
+    return out, err, totals
 
 
 async def _register(
@@ -149,7 +161,7 @@ async def finish_batch(
             return False
         if outcome == "expired":
             await queue.expire_unsettled(conn, batch_id)
-        out, err, input_tokens, output_tokens = await _write_files(conn, blobs, batch)
+        out, err, totals = await _write_files(conn, blobs, batch)
         stamp = now()
         expiry = stamp + (
             timedelta(seconds=batch.output_expires_seconds)
@@ -166,7 +178,8 @@ async def finish_batch(
             output_file_id=output_file_id,
             error_file_id=error_file_id,
             counts=(out.lines + err.lines, out.lines, err.lines),
-            tokens=(input_tokens, output_tokens),
+            tokens=(totals.input_tokens, totals.output_tokens),
+            deduplicated=(totals.deduplicated, totals.dedup_tokens_saved),
         )
         log.info("batch %s %s: %d ok, %d errors", batch_id, outcome, out.lines, err.lines)
         return done

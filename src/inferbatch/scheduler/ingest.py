@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import BinaryIO
 
 from inferbatch.blobstore import BlobStore
-from inferbatch.db import batches, files
+from inferbatch.db import batches, dedup, files
 from inferbatch.db.types import Conn, Pool
 from inferbatch.domain import BatchRecord
 from inferbatch.scheduler.validation import LineError, ParsedLine, parse_line
@@ -195,6 +195,16 @@ async def ingest_next(
             )
             log.info("batch %s failed validation: %d errors", batch.id, invalid.total)
             return batch.id
+        reused, following = await dedup.deduplicate_batch(
+            conn, batch.id, batch.owner_id, batch.dedup_scope
+        )
+        if reused or following:
+            log.info(
+                "batch %s: %d reused earlier outputs, %d follow identical requests",
+                batch.id,
+                reused,
+                following,
+            )
         model = next(iter(v.models)) if len(v.models) == 1 else None
         await batches.mark_ingested(conn, batch.id, total=v.count, model=model, now=now())
         log.info("batch %s ingested: %d requests", batch.id, v.count)

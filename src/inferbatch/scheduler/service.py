@@ -3,6 +3,7 @@
 - ingest: validate and queue new batches;
 - cancel: cancel the queued requests of cancelling batches;
 - rescue: re-queue requests whose lease expired and mark silent workers lost;
+- follow: settle requests that wait for an identical one (deduplication);
 - progress: refresh request counts shown by the API;
 - finalize: write output files and finish batches (completed, expired, cancelled);
 - clean: delete files past their expiry.
@@ -19,7 +20,7 @@ import psycopg
 
 from inferbatch.blobstore import BlobStore
 from inferbatch.config import Settings
-from inferbatch.db import batches, files, workers
+from inferbatch.db import batches, dedup, files, workers
 from inferbatch.db import requests as queue
 from inferbatch.db.types import Pool
 from inferbatch.scheduler.finalize import finish_ready
@@ -69,6 +70,11 @@ class Scheduler:
         if owners:
             log.warning("re-queued requests whose lease expired (workers %s)", owners)
         return bool(owners)
+
+    async def follow(self) -> bool:
+        async with self.pool.connection() as conn:
+            done, requeued = await dedup.settle_followers(conn)
+        return done + requeued > 0
 
     async def progress(self) -> bool:
         async with self.pool.connection() as conn:
@@ -126,6 +132,7 @@ class Scheduler:
             ("ingest", self.ingest, tick / 2),
             ("cancel", self.cancel, tick),
             ("rescue", self.rescue, tick),
+            ("follow", self.follow, tick / 2),
             ("progress", self.progress, tick),
             ("finalize", self.finalize, tick),
             ("clean", self.clean, 60.0),

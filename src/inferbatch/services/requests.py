@@ -18,7 +18,7 @@ from inferbatch.services.batches import get as get_batch
 from inferbatch.services.batches import owner_filter
 from inferbatch.services.serialize import ts
 
-REQUEST_STATUSES = ("queued", "running", "completed", "failed", "cancelled", "expired")
+REQUEST_STATUSES = ("queued", "running", "waiting", "completed", "failed", "cancelled", "expired")
 
 
 def request_object(row: dict[str, Any], *, detail: bool = False) -> dict[str, Any]:

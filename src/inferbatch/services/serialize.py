@@ -51,6 +51,7 @@ def batch_object(b: BatchRecord) -> dict[str, Any]:
             "total": b.total_count,
             "completed": b.completed_count,
             "failed": b.failed_count,
+            "deduplicated": b.deduplicated_count,
         },
         "usage": {
             "input_tokens": b.input_tokens,
