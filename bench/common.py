@@ -97,7 +97,13 @@ def write_input(blobs: LocalBlobStore, n: int, prefix: str = "request") -> tuple
     return key, w.size
 
 
-async def create_batch(url: str, blobs: LocalBlobStore, n: int, prefix: str = "request") -> str:
+async def create_batch(
+    url: str,
+    blobs: LocalBlobStore,
+    n: int,
+    prefix: str = "request",
+    metadata: dict[str, str] | None = None,
+) -> str:
     """A validating batch over a new ``n``-line input file (not ingested yet)."""
     key, size = write_input(blobs, n, prefix)
     now = datetime.now(UTC)

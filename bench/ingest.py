@@ -22,63 +22,35 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 
-from bench.common import bench_database, write_input
+from bench.common import bench_database, create_batch
 from inferbatch.blobstore import LocalBlobStore
-from inferbatch.config import Settings
-from inferbatch.db import files, users
 from inferbatch.db.connector import open_pool
-from inferbatch.ids import new_id
 from inferbatch.scheduler.ingest import ingest_next
-from inferbatch.services import batches as batch_service
 
 
-async def run_child(n: int) -> dict[str, float]:
+async def run_child(n: int, dedup: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp, bench_database() as url:
         blobs = LocalBlobStore(Path(tmp))
-        key, size = write_input(blobs, n)
-        settings = Settings(max_requests_per_batch=n)
-        now = datetime.now(UTC)
+        batch_id = await create_batch(url, blobs, n, metadata={"dedup": dedup})
         async with open_pool(url, max_size=2) as pool:
-            async with pool.connection() as conn:
-                user = await users.ensure_user(conn, "bench", is_admin=False)
-                record = await files.insert(
-                    conn,
-                    file_id=new_id("file-"),
-                    owner_id=user.id,
-                    purpose="batch",
-                    filename="in.jsonl",
-                    size=size,
-                    sha256="",
-                    blob_key=key,
-                    expires_at=now + timedelta(days=1),
-                )
-                batch = await batch_service.create(
-                    conn,
-                    user,
-                    {
-                        "input_file_id": record.id,
-                        "endpoint": "/v1/chat/completions",
-                        "completion_window": "24h",
-                    },
-                    settings,
-                    now,
-                )
             rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             started = time.perf_counter()
             done = await ingest_next(pool, blobs, max_requests=n, now=lambda: datetime.now(UTC))
             ingest_s = time.perf_counter() - started
             rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            assert done == batch.id
+            assert done == batch_id
         dump = Path(tmp) / "rows.copy"
         cols = "batch_id, line, custom_id, url, model, body, input_hash, priority, batch_created_at"
         with psycopg.connect(url, autocommit=True) as conn:
             status = conn.execute("SELECT status, total_count FROM batches").fetchone()
             assert status == ("in_progress", n), status
+            size_row = conn.execute("SELECT bytes FROM files").fetchone()
+            size = size_row[0] if size_row else 0
             conn.execute("CREATE TABLE requests_ref (LIKE requests INCLUDING ALL)")
             conn.execute(
                 "ALTER TABLE requests_ref ADD FOREIGN KEY (batch_id) REFERENCES batches(id)"
@@ -112,14 +84,26 @@ async def run_child(n: int) -> dict[str, float]:
         }
 
 
+def _child(n: int, dedup: str) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.ingest", "--child", "--lines", str(n), "--dedup", dedup],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lines", type=int, action="append")
+    parser.add_argument("--dedup", default="user", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     sizes = args.lines or [50_000, 1_000_000]
     if args.child:
-        print(json.dumps(asyncio.run(run_child(sizes[0]))))
+        print(json.dumps(asyncio.run(run_child(sizes[0], args.dedup))))
         return
     print(
         f"{'lines':>10} {'MB':>7} {'ingest l/s':>11} {'COPY l/s':>10} {'ratio':>6} "
@@ -127,19 +111,20 @@ def main() -> None:
     )
     ok = True
     for n in sizes:
-        out = subprocess.run(
-            [sys.executable, "-m", "bench.ingest", "--child", "--lines", str(n)],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        r = json.loads(out.strip().splitlines()[-1])
+        r = _child(n, "user")
         print(
             f"{r['lines']:>10} {r['bytes'] / 1e6:>7.0f} {r['ingest_lines_per_s']:>11.0f} "
             f"{r['copy_lines_per_s']:>10.0f} {r['ratio']:>6.2f} {r['peak_rss_mb']:>11.0f}"
         )
         ok = ok and r["ratio"] >= 0.5 and r["peak_rss_mb"] < 300
     print("goals (ratio >= 0.5, peak RSS < 300 MB):", "met" if ok else "NOT met")
+    n = sizes[0]
+    on, off = _child(n, "user"), _child(n, "off")
+    ratio = on["ingest_lines_per_s"] / off["ingest_lines_per_s"]
+    print(
+        f"dedup on/off ({n} lines): {on['ingest_lines_per_s']:.0f} vs "
+        f"{off['ingest_lines_per_s']:.0f} lines/s: ratio {ratio:.2f} (goal >= 0.8)"
+    )
 
 
 if __name__ == "__main__":

@@ -79,3 +79,21 @@ async def test_followers_copy_a_successful_leader(pool: Pool, tmp_path: Path) ->
             "SELECT response_body, prompt_tokens FROM requests WHERE custom_id = 'c2'"
         )
         assert await cur.fetchone() == {"response_body": {"answer": 42}, "prompt_tokens": 3}
+
+
+async def test_a_batch_of_identical_lines_has_one_leader(pool: Pool, tmp_path: Path) -> None:
+    blobs = LocalBlobStore(tmp_path)
+    user = await make_user(pool)
+    content = "\n".join(chat_line(f"c{i}", "same") for i in range(3000)).encode()
+    await make_batch(pool, blobs, user, content)
+    await ingest_next(pool, blobs, max_requests=5000, now=utcnow)
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT status, count(*) AS n, count(DISTINCT dedup_of) AS leaders FROM requests "
+            "GROUP BY status ORDER BY status"
+        )
+        rows = await cur.fetchall()
+    assert rows == [
+        {"status": "queued", "n": 1, "leaders": 0},
+        {"status": "waiting", "n": 2999, "leaders": 1},
+    ]

@@ -18,36 +18,54 @@ _IN_SCOPE = """
         OR (%(scope)s = 'global' AND b.dedup_scope = 'global'))
 """
 
+# Both statements walk the new batch's rows and, for each, read the input_hash index in id
+# order and stop at the first earlier row that qualifies (LATERAL ... LIMIT 1), so even a
+# batch of thousands of identical lines costs one short index walk per line. The OFFSET 0
+# fence keeps that walk on the (input_hash, id) index: freshly copied, unanalysed rows
+# otherwise invite plans that scan the whole batch for every line.
+_SAME_INPUT = """
+    SELECT c.id, c.batch_id, c.status, c.dedup_of, c.response_status,
+        c.response_request_id, c.response_body, c.prompt_tokens, c.completion_tokens
+    FROM requests c WHERE c.input_hash = n2.input_hash AND c.id < {bound}
+    ORDER BY c.input_hash, c.id OFFSET 0
+"""
+# Earlier output can only come from before this batch: the walk stops at its first row.
+_BEFORE_BATCH = "(SELECT min(id) FROM requests WHERE batch_id = %(batch)s)"
 REUSE_COMPLETED = f"""
-WITH src AS (
-    SELECT DISTINCT ON (r.input_hash) r.input_hash, r.id, r.response_status,
-        r.response_request_id, r.response_body, r.prompt_tokens, r.completion_tokens
-    FROM requests r JOIN batches b ON b.id = r.batch_id
-    WHERE r.input_hash IN (SELECT input_hash FROM requests WHERE batch_id = %(batch)s)
-      AND r.batch_id <> %(batch)s AND r.status = 'completed'
-      AND r.response_status BETWEEN 200 AND 299 AND {_IN_SCOPE}
-    ORDER BY r.input_hash, r.dedup_of IS NULL DESC, r.id
-)
-UPDATE requests n SET status = 'completed', dedup_of = src.id, finished_at = now(),
-    response_status = src.response_status, response_request_id = src.response_request_id,
-    response_body = src.response_body, prompt_tokens = src.prompt_tokens,
-    completion_tokens = src.completion_tokens
-FROM src WHERE n.batch_id = %(batch)s AND n.status = 'queued' AND n.input_hash = src.input_hash
+UPDATE requests n SET status = 'completed', dedup_of = m.src_id, finished_at = now(),
+    response_status = m.response_status, response_request_id = m.response_request_id,
+    response_body = m.response_body, prompt_tokens = m.prompt_tokens,
+    completion_tokens = m.completion_tokens
+FROM (
+    SELECT n2.id AS new_id, src.*
+    FROM requests n2
+    CROSS JOIN LATERAL (
+        SELECT r.id AS src_id, r.response_status, r.response_request_id, r.response_body,
+            r.prompt_tokens, r.completion_tokens
+        FROM ({_SAME_INPUT.format(bound=_BEFORE_BATCH)}) r JOIN batches b ON b.id = r.batch_id
+        WHERE r.status = 'completed' AND r.response_status BETWEEN 200 AND 299
+          AND {_IN_SCOPE}
+        LIMIT 1
+    ) src
+    WHERE n2.batch_id = %(batch)s AND n2.status = 'queued'
+) m
+WHERE n.id = m.new_id
 """
 
 FOLLOW_IN_FLIGHT = f"""
-WITH leaders AS (
-    SELECT DISTINCT ON (r.input_hash) r.input_hash, r.id
-    FROM requests r JOIN batches b ON b.id = r.batch_id
-    WHERE r.input_hash IN (
-            SELECT input_hash FROM requests WHERE batch_id = %(batch)s AND status = 'queued')
-      AND r.status IN ('queued', 'running') AND r.dedup_of IS NULL AND {_IN_SCOPE}
-    ORDER BY r.input_hash, r.id
-)
-UPDATE requests n SET status = 'waiting', dedup_of = leaders.id
-FROM leaders
-WHERE n.batch_id = %(batch)s AND n.status = 'queued' AND n.input_hash = leaders.input_hash
-  AND n.id <> leaders.id
+UPDATE requests n SET status = 'waiting', dedup_of = m.leader_id
+FROM (
+    SELECT n2.id AS new_id, leader.id AS leader_id
+    FROM requests n2
+    CROSS JOIN LATERAL (
+        SELECT r.id FROM ({_SAME_INPUT.format(bound="n2.id")}) r
+        JOIN batches b ON b.id = r.batch_id
+        WHERE r.status IN ('queued', 'running') AND r.dedup_of IS NULL AND {_IN_SCOPE}
+        LIMIT 1
+    ) leader
+    WHERE n2.batch_id = %(batch)s AND n2.status = 'queued'
+) m
+WHERE n.id = m.new_id
 """
 
 

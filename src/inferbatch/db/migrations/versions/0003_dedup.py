@@ -20,7 +20,7 @@ ALTER TABLE requests ADD CONSTRAINT requests_status_check CHECK (status IN (
     'queued', 'running', 'waiting', 'completed', 'failed', 'cancelled', 'expired'));
 
 -- Finds an earlier identical request (same canonical {url, body}) to reuse or follow.
-CREATE INDEX requests_input_hash ON requests (input_hash);
+CREATE INDEX requests_input_hash ON requests (input_hash, id);
 -- Followers of each leader, to settle them when it finishes.
 CREATE INDEX requests_waiting ON requests (dedup_of) WHERE status = 'waiting';
 DROP INDEX requests_unsettled;
