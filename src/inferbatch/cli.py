@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -100,6 +101,7 @@ def worker(
     from inferbatch.db.connector import database_url, open_pool
     from inferbatch.engines.registry import EngineRegistry, load_specs
     from inferbatch.metrics import WorkerMetrics
+    from inferbatch.policy.escalation import policy_by_name
     from inferbatch.runtime import install_stop_signals, setup_logging
     from inferbatch.worker.worker import Worker, WorkerConfig
 
@@ -123,6 +125,7 @@ def worker(
         poll_seconds=settings.worker_poll_seconds,
         flush_seconds=settings.result_flush_seconds,
         takes_spot=pool == "dedicated" and settings.dedicated_takes_spot,
+        escalation=policy_by_name(settings.policy, settings.escalation).escalation,
     )
 
     async def main() -> None:
@@ -175,6 +178,32 @@ def engine_sim(
     )
     config.validate()
     run(config, host, port)
+
+
+@app.command()
+def simulate(
+    trace: Annotated[
+        list[Path],
+        typer.Option(help="Spot trace file or folder (repeatable); see shared spot-traces."),
+    ],
+    policy: Annotated[
+        str,
+        typer.Option(
+            help="all-dedicated, spot-only, greedy, uniform-progress, "
+            "deadline-aware, default, a comma-separated list, or all."
+        ),
+    ] = "default",
+    seed: Annotated[int, typer.Option(help="Random seed of the workload.")] = 0,
+    workload: Annotated[
+        Path | None, typer.Option(help="Workload JSON file (default: the preset).")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    jobs: Annotated[int, typer.Option(help="Processes (0: one per CPU).")] = 0,
+) -> None:
+    """Replay spot availability traces against a batch workload with an SLA policy."""
+    from inferbatch.simulate.command import run_simulation
+
+    raise typer.Exit(run_simulation(policy, trace, seed, workload, json_output, jobs=jobs))
 
 
 @keys_app.command("create")

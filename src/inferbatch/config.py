@@ -9,10 +9,13 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from inferbatch.policy.escalation import EscalationConfig
 
 DedupScope = Literal["user", "global", "off"]
 
@@ -97,6 +100,29 @@ class Settings(BaseSettings):
     result_flush_seconds: float = Field(default=0.05, gt=0)
     scheduler_tick_seconds: float = Field(default=1.0, gt=0)
 
+    policy: str = Field(
+        default="default",
+        description="SLA escalation policy: default (deadline-aware), greedy, "
+        "uniform-progress, spot-only or all-dedicated.",
+    )
+    escalate_after_interruptions: int = Field(
+        default=2,
+        ge=0,
+        description="Move a request to dedicated after this many spot interruptions (0: never).",
+    )
+    escalate_on_retry: bool = Field(
+        default=True, description="Retry a failed request on the dedicated pool."
+    )
+    max_dedicated_workers: int = Field(
+        default=8, ge=0, description="Most dedicated workers the autoscaler may run."
+    )
+    dedicated_cold_start_seconds: float = Field(
+        default=240.0, ge=0, description="Time for a new dedicated worker to serve."
+    )
+    spot_interruption_notice_seconds: float = Field(
+        default=120.0, ge=0, description="The cloud's notice before a spot reclaim."
+    )
+
     log_level: str = "INFO"
 
     @model_validator(mode="after")
@@ -106,6 +132,9 @@ class Settings(BaseSettings):
         if low > high:
             raise ValueError("min_completion_window exceeds max_completion_window")
         parse_duration(self.file_retention)
+        from inferbatch.policy.escalation import policy_by_name
+
+        policy_by_name(self.policy)  # raises ValueError for an unknown name
         if self.engine_url is not None and self.engines is not None:
             raise ValueError("set INFERBATCH_ENGINE_URL or INFERBATCH_ENGINES, not both")
         return self
@@ -123,3 +152,12 @@ class Settings(BaseSettings):
     @property
     def file_retention_delta(self) -> timedelta:
         return parse_duration(self.file_retention)
+
+    @property
+    def escalation(self) -> EscalationConfig:
+        from inferbatch.policy.escalation import EscalationConfig
+
+        return EscalationConfig(
+            max_spot_interruptions=self.escalate_after_interruptions or None,
+            max_failed_attempts=1 if self.escalate_on_retry else None,
+        )

@@ -83,6 +83,7 @@ class BatchRecord:
     output_tokens: int
     deduplicated_count: int
     dedup_tokens_saved: int
+    escalated_count: int
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> BatchRecord:
@@ -101,3 +102,5 @@ class ClaimedRequest:
     body: dict[str, Any]
     attempt: int
     failed_attempts: int
+    interruptions: int = 0
+    pool: str = "spot"

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from inferbatch.db import batches, workers
+from inferbatch.db import batches, escalation, workers
 from inferbatch.db import requests as queue
 from inferbatch.db.types import Conn
+
+DESIRED_DEDICATED = "dedicated_workers_desired"
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -80,6 +82,11 @@ class SystemMetrics:
             ["pool", "state"],
             registry=registry,
         )
+        self.dedicated_desired = Gauge(
+            "inferbatch_dedicated_workers_desired",
+            "Dedicated workers the SLA policy wants running (for an autoscaler).",
+            registry=registry,
+        )
         self.ingested = Gauge(
             "inferbatch_ingested_requests",
             "Requests ingested from input files (all batches ever accepted).",
@@ -110,6 +117,8 @@ class SystemMetrics:
                 self.queue_depth.labels(row["pool"]).set(row["n"])
                 self.oldest_queued.labels(row["pool"]).set(float(row["oldest_s"] or 0))
         self.ingested.set(await batches.ingested_total(conn))
+        desired = await escalation.published(conn, DESIRED_DEDICATED)
+        self.dedicated_desired.set(float(desired) if desired is not None else 0.0)
         self.workers.clear()
         for row in await workers.live_by_pool(conn):
             self.workers.labels(row["pool"], row["state"]).set(row["n"])

@@ -84,7 +84,8 @@ async def test_a_result_from_a_lost_lease_cannot_overwrite_a_newer_attempt(
     [first] = await _claim(pool, "old-worker", 1, lease=0.01)
     await asyncio.sleep(0.05)
     async with pool.connection() as conn:
-        assert await queue.rescue_expired(conn) == ["old-worker"]
+        rescued = await queue.rescue_expired(conn)
+        assert [(r["worker_id"], r["interruptions"]) for r in rescued] == [("old-worker", 1)]
     [second] = await _claim(pool, "new-worker", 1)
     assert second.id == first.id and second.attempt == first.attempt + 1
     stale = Outcome(

@@ -40,6 +40,8 @@ class Outcome:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     charged: bool = True
+    escalate: str | None = None
+    """With ``retry``: move the request to the dedicated pool, for this reason."""
 
 
 CLAIM = """
@@ -56,7 +58,7 @@ UPDATE requests r SET
     attempts = r.attempts + 1, started_at = now()
 FROM picked WHERE r.id = picked.id
 RETURNING r.id, r.batch_id, r.custom_id, r.url, r.model, r.body, r.attempts,
-    r.failed_attempts
+    r.failed_attempts, r.interruptions, r.pool
 """
 
 
@@ -75,6 +77,8 @@ async def claim(
             body=r["body"],
             attempt=r["attempts"],
             failed_attempts=r["failed_attempts"],
+            interruptions=r["interruptions"],
+            pool=r["pool"],
         )
         for r in await cur.fetchall()
     ]
@@ -83,6 +87,12 @@ async def claim(
 RECORD = """
 UPDATE requests r SET
     status = CASE WHEN v.kind = 'retry' THEN 'queued' ELSE v.kind END,
+    pool = CASE WHEN v.kind = 'retry' AND v.escalate IS NOT NULL THEN 'dedicated'
+        ELSE r.pool END,
+    escalation_reason = CASE WHEN v.kind = 'retry' AND v.escalate IS NOT NULL
+        AND r.pool = 'spot' THEN v.escalate ELSE r.escalation_reason END,
+    escalated_at = CASE WHEN v.kind = 'retry' AND v.escalate IS NOT NULL
+        AND r.pool = 'spot' THEN now() ELSE r.escalated_at END,
     lease_owner = NULL, lease_expires_at = NULL,
     finished_at = CASE WHEN v.kind = 'retry' THEN NULL ELSE now() END,
     failed_attempts = r.failed_attempts + (v.kind <> 'completed' AND v.charged)::int,
@@ -97,9 +107,9 @@ UPDATE requests r SET
 FROM unnest(
     %(ids)s::bigint[], %(attempts)s::int[], %(kinds)s::text[], %(statuses)s::int[],
     %(bodies)s::text[], %(rids)s::text[], %(errors)s::text[], %(delays)s::float8[],
-    %(pt)s::int[], %(ct)s::int[], %(charged)s::bool[]
+    %(pt)s::int[], %(ct)s::int[], %(charged)s::bool[], %(escalate)s::text[]
 ) AS v(id, attempt, kind, response_status, response_body, engine_request_id, error,
-       retry_after, prompt_tokens, completion_tokens, charged)
+       retry_after, prompt_tokens, completion_tokens, charged, escalate)
 WHERE r.id = v.id AND r.status = 'running' AND r.lease_owner = %(owner)s
   AND r.attempts = v.attempt
 RETURNING r.id
@@ -130,6 +140,7 @@ async def record_outcomes(conn: Conn, owner: str, outcomes: Sequence[Outcome]) -
             "pt": [o.prompt_tokens for o in outcomes],
             "ct": [o.completion_tokens for o in outcomes],
             "charged": [o.charged for o in outcomes],
+            "escalate": [o.escalate for o in outcomes],
         },
     )
     return {r["id"] for r in await cur.fetchall()}
@@ -171,8 +182,10 @@ async def release(
     return cur.rowcount
 
 
-async def rescue_expired(conn: Conn, limit: int = 5000) -> list[str]:
-    """Re-queue running requests whose lease ran out; returns the owners that lost them."""
+async def rescue_expired(conn: Conn, limit: int = 5000) -> list[dict[str, Any]]:
+    """Re-queue running requests whose lease ran out. A spot worker that stopped renewing
+    its leases was most likely reclaimed without notice: that counts as an interruption.
+    Returns the rescued rows (id, worker_id, pool, interruptions, failed_attempts)."""
     cur = await conn.execute(
         """
         WITH lost AS (
@@ -180,13 +193,14 @@ async def rescue_expired(conn: Conn, limit: int = 5000) -> list[str]:
             WHERE status = 'running' AND lease_expires_at < now()
             ORDER BY lease_expires_at LIMIT %s FOR UPDATE SKIP LOCKED
         )
-        UPDATE requests r SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL
+        UPDATE requests r SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,
+            interruptions = r.interruptions + (r.pool = 'spot')::int
         FROM lost WHERE r.id = lost.id
-        RETURNING r.worker_id
+        RETURNING r.id, r.worker_id, r.pool, r.interruptions, r.failed_attempts
         """,
         (limit,),
     )
-    return sorted({r["worker_id"] for r in await cur.fetchall() if r["worker_id"]})
+    return await cur.fetchall()
 
 
 async def cancel_queued(conn: Conn) -> int:
@@ -259,7 +273,8 @@ async def settled_stats(conn: Conn) -> list[dict[str, Any]]:
 _DETAIL = """
     id, batch_id, line, custom_id, url, model, status, pool, priority, attempts,
     failed_attempts, interruptions,
-    nullif(next_attempt_at, '-infinity') AS next_attempt_at, worker_id, started_at, finished_at,
+    nullif(next_attempt_at, '-infinity') AS next_attempt_at, worker_id,
+    escalation_reason, escalated_at, started_at, finished_at,
     response_status, error, dedup_of, prompt_tokens, completion_tokens
 """
 

@@ -4,6 +4,8 @@
 - cancel: cancel the queued requests of cancelling batches;
 - rescue: re-queue requests whose lease expired and mark silent workers lost;
 - follow: settle requests that wait for an identical one (deduplication);
+- escalate: run the SLA policy, move requests from spot to dedicated, publish the
+  desired dedicated worker count;
 - progress: refresh request counts shown by the API;
 - finalize: write output files and finish batches (completed, expired, cancelled);
 - clean: delete files past their expiry.
@@ -21,8 +23,11 @@ import psycopg
 from inferbatch.blobstore import BlobStore
 from inferbatch.config import Settings
 from inferbatch.db import batches, dedup, files, workers
+from inferbatch.db import escalation as escalation_rows
 from inferbatch.db import requests as queue
 from inferbatch.db.types import Pool
+from inferbatch.policy.escalation import escalate_request, policy_by_name
+from inferbatch.scheduler.escalate import EscalationLoop
 from inferbatch.scheduler.finalize import finish_ready
 from inferbatch.scheduler.ingest import ingest_next
 from inferbatch.scheduler.leadership import Leadership
@@ -48,6 +53,9 @@ class Scheduler:
         self.blobs = blobs
         self.leadership = leadership
         self.now = now
+        self.policy = policy_by_name(settings.policy, settings.escalation)
+        self.escalation = self.policy.escalation
+        self.escalator = EscalationLoop(settings, pool, self.policy)
 
     async def ingest(self) -> bool:
         batch_id = await ingest_next(
@@ -65,11 +73,27 @@ class Scheduler:
 
     async def rescue(self) -> bool:
         async with self.pool.connection() as conn:
-            owners = await queue.rescue_expired(conn)
+            rescued = await queue.rescue_expired(conn)
+            escalations = [
+                (row["id"], reason)
+                for row in rescued
+                if row["pool"] == "spot"
+                and (
+                    reason := escalate_request(
+                        row["interruptions"], row["failed_attempts"], self.escalation
+                    )
+                )
+            ]
+            await escalation_rows.escalate_requests(conn, escalations)
             await workers.mark_lost(conn, stale_seconds=self.settings.lease_seconds)
-        if owners:
+        if rescued:
+            owners = sorted({r["worker_id"] for r in rescued if r["worker_id"]})
             log.warning("re-queued requests whose lease expired (workers %s)", owners)
-        return bool(owners)
+        return bool(rescued)
+
+    async def escalate(self) -> bool:
+        await self.escalator.tick()
+        return False
 
     async def follow(self) -> bool:
         async with self.pool.connection() as conn:
@@ -133,6 +157,7 @@ class Scheduler:
             ("cancel", self.cancel, tick),
             ("rescue", self.rescue, tick),
             ("follow", self.follow, tick / 2),
+            ("escalate", self.escalate, tick),
             ("progress", self.progress, tick),
             ("finalize", self.finalize, tick),
             ("clean", self.clean, 60.0),

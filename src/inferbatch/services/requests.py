@@ -40,6 +40,8 @@ def request_object(row: dict[str, Any], *, detail: bool = False) -> dict[str, An
         "response_status": row["response_status"],
         "error": row["error"],
         "deduplicated_from": request_public_id(row["dedup_of"]) if row["dedup_of"] else None,
+        "escalation_reason": row["escalation_reason"],
+        "escalated_at": ts(row["escalated_at"]),
         "usage": {
             "prompt_tokens": row["prompt_tokens"],
             "completion_tokens": row["completion_tokens"],

@@ -52,6 +52,7 @@ def batch_object(b: BatchRecord) -> dict[str, Any]:
             "completed": b.completed_count,
             "failed": b.failed_count,
             "deduplicated": b.deduplicated_count,
+            "escalated": b.escalated_count,
         },
         "usage": {
             "input_tokens": b.input_tokens,

@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 
+from inferbatch.db import escalation as escalation_rows
 from inferbatch.db import requests as queue
 from inferbatch.db import workers as registry
 from inferbatch.db.requests import Outcome
@@ -29,6 +30,7 @@ from inferbatch.engines.client import UNAVAILABLE, Engine, EngineTransportError
 from inferbatch.engines.registry import EngineRegistry
 from inferbatch.ids import new_id
 from inferbatch.metrics import WorkerMetrics
+from inferbatch.policy.escalation import EscalationConfig, escalate_request
 from inferbatch.worker.retry import backoff_seconds, is_retryable
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,8 @@ class WorkerConfig:
     flush_seconds: float
     takes_spot: bool = False
     """A dedicated worker that also runs spot-pool work when its own pool is empty."""
+    escalation: EscalationConfig | None = None
+    """Per-request rule: move a request to dedicated after spot interruptions or on retry."""
     flush_max: int = 256
 
 
@@ -127,7 +131,19 @@ class Worker:
                 cap=self.config.retry_max_seconds,
                 retry_after=retry_after,
             )
-            return Outcome(req.id, req.attempt, "retry", retry_after=delay, **kw)  # type: ignore[arg-type]
+            escalate = (
+                escalate_request(req.interruptions, attempts_after, self.config.escalation)
+                if req.pool == "spot"
+                else None
+            )
+            return Outcome(
+                req.id,
+                req.attempt,
+                "retry",
+                retry_after=delay,
+                escalate=escalate,
+                **kw,  # type: ignore[arg-type]
+            )
         return Outcome(req.id, req.attempt, "failed", **kw)  # type: ignore[arg-type]
 
     async def _execute(self, req: ClaimedRequest) -> Outcome:
@@ -328,15 +344,28 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(10.0, delay * 2)
 
-    async def _release(self, claims: list[tuple[int, int]], *, interrupted: bool) -> None:
-        """Give (id, attempt) leases back to the queue at once; ``interrupted`` counts an
-        interruption on each (work that had started and is lost)."""
-        if not claims:
+    async def _release(self, reqs: list[ClaimedRequest], *, interrupted: bool) -> None:
+        """Give leases back to the queue at once; ``interrupted`` counts an interruption on
+        each (work that had started and is lost), which may move it to dedicated."""
+        if not reqs:
             return
+        claims = [(r.id, r.attempt) for r in reqs]
+        escalations = [
+            (r.id, reason)
+            for r in reqs
+            if interrupted
+            and r.pool == "spot"
+            and (
+                reason := escalate_request(
+                    r.interruptions + 1, r.failed_attempts, self.config.escalation
+                )
+            )
+        ]
         for delay in (0.1, 0.5, 1.0, 2.0, 5.0):
             try:
                 async with self.db.connection() as conn:
                     n = await queue.release(conn, self.id, claims, interrupted=interrupted)
+                    await escalation_rows.escalate_requests(conn, escalations)
                 log.info("released %d requests back to the queue", n)
                 return
             except (psycopg.Error, OSError) as exc:
@@ -351,7 +380,7 @@ class Worker:
             task.cancel()
         await asyncio.gather(*(t for _, t in pending), return_exceptions=True)
         self._running.clear()
-        await self._release([(req.id, req.attempt) for req, _ in pending], interrupted=True)
+        await self._release([req for req, _ in pending], interrupted=True)
 
     async def run(self, stop: asyncio.Event, abort: asyncio.Event | None = None) -> None:
         """Work until ``stop`` is set, then drain; ``abort`` cuts the drain short."""
@@ -366,7 +395,7 @@ class Worker:
         finally:
             self._state = "draining"
             unstarted, self._ready = list(self._ready), deque()
-            await self._release([(req.id, req.attempt) for req in unstarted], interrupted=False)
+            await self._release(unstarted, interrupted=False)
             tasks = [t for _, t in self._running.values()]
             if tasks:
                 log.info("draining %d in-flight requests", len(tasks))

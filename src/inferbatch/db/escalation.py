@@ -1,0 +1,118 @@
+"""Escalation statements: snapshots for the SLA policy, moving requests to the dedicated
+pool with a recorded reason, and the scheduler's published state."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from inferbatch.db.types import Conn
+
+
+async def unfinished_batches(conn: Conn) -> list[dict[str, Any]]:
+    """In-progress batches with their unsettled requests counted by status and pool (reads
+    only unsettled rows, through their partial index)."""
+    cur = await conn.execute(
+        """
+        SELECT b.id, extract(epoch FROM b.created_at)::float8 AS created_at,
+            extract(epoch FROM b.deadline_at)::float8 AS deadline_at,
+            b.total_count - b.deduplicated_count AS total,
+            count(*) FILTER (WHERE r.status = 'queued' AND r.pool = 'spot') AS queued_spot,
+            count(*) FILTER (WHERE r.status = 'queued' AND r.pool = 'dedicated')
+                AS queued_dedicated,
+            count(*) FILTER (WHERE r.status = 'running' AND r.pool = 'spot') AS running_spot,
+            count(*) FILTER (WHERE r.status = 'running' AND r.pool = 'dedicated')
+                AS running_dedicated
+        FROM batches b
+        JOIN requests r ON r.batch_id = b.id AND r.status IN ('queued', 'running', 'waiting')
+        WHERE b.status = 'in_progress'
+        GROUP BY b.id
+        """
+    )
+    return await cur.fetchall()
+
+
+async def service_times(conn: Conn, sample: int = 500) -> tuple[float | None, float | None]:
+    """(mean, max) seconds a recently finished request held a worker slot, from the last
+    ``sample`` finished by an engine; (None, None) before any finished."""
+    cur = await conn.execute(
+        """
+        SELECT avg(s)::float8 AS mean, max(s)::float8 AS longest FROM (
+            SELECT extract(epoch FROM finished_at - started_at) AS s FROM requests
+            WHERE finished_at IS NOT NULL AND started_at IS NOT NULL AND dedup_of IS NULL
+            ORDER BY finished_at DESC LIMIT %s
+        ) recent
+        """,
+        (sample,),
+    )
+    row = await cur.fetchone()
+    return (row["mean"], row["longest"]) if row else (None, None)
+
+
+async def live_workers(conn: Conn) -> dict[str, int]:
+    cur = await conn.execute(
+        "SELECT pool, count(*) AS n FROM workers WHERE state = 'running' GROUP BY pool"
+    )
+    return {r["pool"]: r["n"] for r in await cur.fetchall()}
+
+
+async def move_to_dedicated(conn: Conn, batch_id: str, n: int, reason: str) -> int:
+    """Move up to ``n`` of a batch's queued spot requests (oldest first) to dedicated."""
+    cur = await conn.execute(
+        """
+        UPDATE requests SET pool = 'dedicated', escalation_reason = %(reason)s,
+            escalated_at = now()
+        WHERE id IN (
+            SELECT id FROM requests
+            WHERE batch_id = %(batch)s AND status = 'queued' AND pool = 'spot'
+            ORDER BY id LIMIT %(n)s FOR UPDATE SKIP LOCKED)
+        """,
+        {"batch": batch_id, "n": n, "reason": reason},
+    )
+    moved = cur.rowcount
+    if moved:
+        await conn.execute(
+            "UPDATE batches SET escalated_count = escalated_count + %s WHERE id = %s",
+            (moved, batch_id),
+        )
+    return moved
+
+
+async def escalate_requests(conn: Conn, reasons: Sequence[tuple[int, str]]) -> int:
+    """Queued spot requests -> dedicated, each with its reason (per-request rule)."""
+    if not reasons:
+        return 0
+    cur = await conn.execute(
+        """
+        WITH moved AS (
+            UPDATE requests r SET pool = 'dedicated', escalation_reason = v.reason,
+                escalated_at = now()
+            FROM unnest(%(ids)s::bigint[], %(reasons)s::text[]) AS v(id, reason)
+            WHERE r.id = v.id AND r.status = 'queued' AND r.pool = 'spot'
+            RETURNING r.batch_id
+        ), per_batch AS (SELECT batch_id, count(*) AS n FROM moved GROUP BY batch_id)
+        UPDATE batches b SET escalated_count = b.escalated_count + per_batch.n
+        FROM per_batch WHERE b.id = per_batch.batch_id
+        RETURNING per_batch.n
+        """,
+        {"ids": [r[0] for r in reasons], "reasons": [r[1] for r in reasons]},
+    )
+    return sum(r["n"] for r in await cur.fetchall())
+
+
+async def publish(conn: Conn, name: str, value: Any) -> None:
+    await conn.execute(
+        """
+        INSERT INTO scheduler_state (name, value, updated_at) VALUES (%s, %s, now())
+        ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = now()
+        """,
+        (name, Jsonb(value)),
+    )
+
+
+async def published(conn: Conn, name: str) -> Any:
+    cur = await conn.execute("SELECT value FROM scheduler_state WHERE name = %s", (name,))
+    row = await cur.fetchone()
+    return row["value"] if row else None

@@ -1,0 +1,195 @@
+"""Metrics of a simulation run and the omniscient lower bound on cost.
+
+Cost model (``spot_price_ratio`` = p, dedicated price 1 per worker-second): cost =
+p * (spot worker-seconds of work run, useful or lost) + (dedicated worker-seconds existed,
+starting and idle included). ``W`` is the useful work of the whole workload: the sum over
+requests of ``service / slots_per_worker`` (one successful run each).
+
+- ``cost_vs_dedicated`` = cost / the cost of the ``all-dedicated`` policy on the same
+  workload (no spot at all, same autoscaler, cold starts and partly filled workers
+  included), so ``all-dedicated`` itself is exactly 1.
+- ``cost_vs_ideal`` = cost / W: against running every request once on dedicated with no
+  overhead at all.
+- ``cost_vs_lower_bound`` = cost / LB with LB = p * S + (W - S), where S is the most work
+  that *could* have run on spot: the maximum, over all fluid schedules, of work done on
+  the trace's spot capacity (workers available at each instant, no cold start, no notice,
+  no loss, work divisible across workers) by batches between their arrival and deadline.
+  S is computed exactly by earliest-deadline-first over the capacity timeline (Glover's
+  rule for interval windows). Every policy that meets every deadline costs at least LB:
+  its spot work fits in that capacity within the windows, it pays at least p for each
+  unit of it and 1 for each unit of the rest.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from inferbatch.simulate.engine import SimOutcome
+from inferbatch.simulate.workload import SimBatch
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    trace: str
+    policy: str
+    batches: int
+    requests: int
+    simulated_days: float
+    deadline_met_fraction: float
+    worst_window_deadline_met_fraction: float
+    spot_share: float
+    """Useful work done on spot / all useful work done."""
+    cost_vs_dedicated: float
+    cost_vs_lower_bound: float
+    cost_vs_ideal: float
+    lower_bound_spot_share: float
+    """S / W: the share of the work the omniscient schedule puts on spot."""
+    cost_gpu_hours: float
+    """Cost in dedicated GPU-hours."""
+    useful_gpu_seconds: float
+    wasted_gpu_seconds: float
+    """Work started and thrown away: spot interruptions, failed attempts, expiry."""
+    dedicated_idle_gpu_seconds: float
+    """Dedicated time billed with no work to show for it (starting, idle slots)."""
+    interruptions: int
+    escalated_requests: int
+    moved_requests: int
+    dedicated_starts: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def cost_of(outcome: SimOutcome, spot_price_ratio: float) -> float:
+    """Cost in dedicated worker-seconds (see the module docstring)."""
+    spot = outcome.useful_spot + outcome.wasted_spot
+    return spot_price_ratio * spot + outcome.dedicated_billed
+
+
+def spot_capacity_bound(
+    batches: Sequence[tuple[float, float, float]], segments: Iterable[tuple[float, float, int]]
+) -> float:
+    """Most work of ``(arrival, deadline, work)`` batches that fits on ``segments`` of
+    constant capacity ``(start, end, workers)``, each batch only within its window."""
+    order = sorted(range(len(batches)), key=lambda i: batches[i][0])
+    remaining = [w for _, _, w in batches]
+    cuts = sorted({t for a, d, _ in batches for t in (a, d)})
+    ready: list[tuple[float, int]] = []  # (deadline, index) of released batches
+    released, cut, done = 0, 0, 0.0
+    for start, end, workers in segments:
+        t = start
+        while t < end:
+            while cut < len(cuts) and cuts[cut] <= t:
+                cut += 1
+            stop = min(end, cuts[cut]) if cut < len(cuts) else end
+            while released < len(order) and batches[order[released]][0] <= t:
+                i = order[released]
+                heapq.heappush(ready, (batches[i][1], i))
+                released += 1
+            while ready and ready[0][0] <= t:
+                heapq.heappop(ready)
+            budget = workers * (stop - t)
+            while budget > 0 and ready:
+                _, i = ready[0]
+                take = min(budget, remaining[i])
+                remaining[i] -= take
+                budget -= take
+                done += take
+                if remaining[i] <= 0:
+                    heapq.heappop(ready)
+            t = stop
+    return done
+
+
+def build_report(
+    trace: str,
+    policy: str,
+    outcome: SimOutcome,
+    batches: Sequence[SimBatch],
+    segments: Iterable[tuple[float, float, int]],
+    *,
+    slots_per_worker: int,
+    spot_price_ratio: float,
+    metric_window: float,
+    dedicated_cost: float | None = None,
+) -> Report:
+    """Metrics of one run; ``segments`` is the spot capacity (workers) the run saw;
+    ``dedicated_cost``: the all-dedicated run's ``cost_of`` (None: this run is it)."""
+    p = spot_price_ratio
+    windows = [(b.arrival, b.deadline, sum(b.service) / slots_per_worker) for b in batches]
+    total = sum(w for _, _, w in windows)
+    spot_bound = spot_capacity_bound(windows, segments)
+    lower_bound = p * spot_bound + (total - spot_bound)
+    cost = cost_of(outcome, p)
+    reference = cost if dedicated_cost is None else dedicated_cost
+
+    met_by_window: dict[int, list[bool]] = {}
+    met_all = []
+    for spec, finished in outcome.batches:
+        met = finished is not None and finished <= spec.deadline
+        met_all.append(met)
+        met_by_window.setdefault(int(spec.arrival // metric_window), []).append(met)
+    useful = outcome.useful_spot + outcome.useful_dedicated
+
+    def fraction(values: Sequence[bool]) -> float:
+        return sum(values) / len(values) if values else 1.0
+
+    return Report(
+        trace=trace,
+        policy=policy,
+        batches=len(batches),
+        requests=sum(len(b.service) for b in batches),
+        simulated_days=outcome.end / 86400,
+        deadline_met_fraction=fraction(met_all),
+        worst_window_deadline_met_fraction=min(
+            (fraction(v) for v in met_by_window.values()), default=1.0
+        ),
+        spot_share=outcome.useful_spot / useful if useful else 0.0,
+        cost_vs_dedicated=cost / reference if reference else 0.0,
+        cost_vs_lower_bound=cost / lower_bound if lower_bound else 0.0,
+        cost_vs_ideal=cost / total if total else 0.0,
+        lower_bound_spot_share=spot_bound / total if total else 0.0,
+        cost_gpu_hours=cost / 3600,
+        useful_gpu_seconds=useful,
+        wasted_gpu_seconds=outcome.wasted_spot + outcome.wasted_dedicated,
+        dedicated_idle_gpu_seconds=outcome.dedicated_billed
+        - outcome.useful_dedicated
+        - outcome.wasted_dedicated,
+        interruptions=outcome.interruptions,
+        escalated_requests=outcome.escalated_requests,
+        moved_requests=outcome.moved_requests,
+        dedicated_starts=outcome.dedicated_starts,
+    )
+
+
+def markdown_table(reports: Sequence[Report]) -> str:
+    """One row per trace, one column per policy (in the given order); each cell is
+    ``deadline_met_fraction / cost_vs_lower_bound / spot_share``."""
+    policies = list(dict.fromkeys(r.policy for r in reports))
+    rows: dict[str, dict[str, Report]] = {}
+    for r in reports:
+        rows.setdefault(r.trace, {})[r.policy] = r
+    lines = [
+        "Each cell: deadline_met_fraction / cost_vs_lower_bound / spot_share.",
+        "",
+        "| trace | LB spot share | " + " | ".join(policies) + " |",
+        "| --- | ---: | " + " | ".join(":---:" for _ in policies) + " |",
+    ]
+    for trace, by_policy in rows.items():
+        first = next(iter(by_policy.values()))
+        cells = []
+        for name in policies:
+            cell = by_policy.get(name)
+            cells.append(
+                "-"
+                if cell is None
+                else f"{cell.deadline_met_fraction:.3f} / {cell.cost_vs_lower_bound:.3f} / "
+                f"{cell.spot_share:.3f}"
+            )
+        lines.append(
+            f"| {trace} | {first.lower_bound_spot_share:.3f} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines)

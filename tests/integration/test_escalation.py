@@ -1,0 +1,124 @@
+"""SLA escalation against real PostgreSQL: the policy's moves, the per-request rules, and
+the published desired dedicated worker count."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from inferbatch.blobstore import LocalBlobStore
+from inferbatch.config import Settings
+from inferbatch.db import escalation as rows
+from inferbatch.db import requests as queue
+from inferbatch.db.types import Pool
+from inferbatch.metrics import DESIRED_DEDICATED
+from inferbatch.policy.escalation import policy_by_name
+from inferbatch.scheduler.escalate import EscalationLoop
+from inferbatch.scheduler.ingest import ingest_next
+from inferbatch.scheduler.leadership import Leadership
+from inferbatch.scheduler.service import Scheduler
+from tests.helpers import chat_file
+from tests.integration.fixtures import make_batch, make_user, utcnow
+
+pytestmark = pytest.mark.integration
+
+
+async def _batch(pool: Pool, tmp_path: Path, n: int, window: str) -> str:
+    blobs = LocalBlobStore(tmp_path)
+    user = await make_user(pool)
+    batch = await make_batch(
+        pool,
+        blobs,
+        user,
+        chat_file(n),
+        window=window,
+        settings=Settings(min_completion_window="1s"),
+    )
+    await ingest_next(pool, blobs, max_requests=10_000, now=utcnow)
+    return batch.id
+
+
+async def _pools(pool: Pool) -> dict[str, int]:
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT pool, count(*) AS n FROM requests GROUP BY pool")
+        return {r["pool"]: r["n"] for r in await cur.fetchall()}
+
+
+def _loop(pool: Pool, policy: str = "default") -> EscalationLoop:
+    settings = Settings(
+        engine_max_in_flight=4,
+        dedicated_cold_start_seconds=60,
+        max_dedicated_workers=10,
+        scheduler_tick_seconds=1,
+    )
+    return EscalationLoop(settings, pool, policy_by_name(policy, settings.escalation))
+
+
+async def _finish_one(pool: Pool, seconds: float) -> None:
+    """Give the loop a measured service time: one request that ran ``seconds``."""
+    async with pool.connection() as conn:
+        await conn.execute(
+            """UPDATE requests SET status = 'completed', response_status = 200,
+                   started_at = now() - make_interval(secs => %s), finished_at = now()
+               WHERE id = (SELECT min(id) FROM requests)""",
+            (seconds,),
+        )
+
+
+async def test_ample_slack_stays_on_spot(pool: Pool, tmp_path: Path) -> None:
+    await _batch(pool, tmp_path, 200, "7d")
+    await _finish_one(pool, 1.0)
+    decision = await _loop(pool).tick()
+    assert dict(decision.moves) == {} or not any(decision.moves.values())
+    assert await _pools(pool) == {"spot": 200}
+
+
+async def test_a_deadline_out_of_reach_on_spot_moves_work_to_dedicated(
+    pool: Pool, tmp_path: Path
+) -> None:
+    batch_id = await _batch(pool, tmp_path, 400, "2m")
+    await _finish_one(pool, 20.0)  # 400 x 20 s / 4 slots = 2,000 worker-seconds in 2 minutes
+    loop = _loop(pool)
+    decision = await loop.tick()
+    pools = await _pools(pool)
+    assert decision.moves.get(batch_id, 0) > 0 and pools.get("dedicated", 0) > 0
+    assert decision.dedicated_workers_desired > 0
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT count(*) AS n, min(escalation_reason) AS reason FROM requests "
+            "WHERE pool = 'dedicated' AND escalated_at IS NOT NULL"
+        )
+        moved = await cur.fetchone()
+        cur = await conn.execute("SELECT escalated_count FROM batches")
+        counted = await cur.fetchone()
+        assert await rows.published(conn, DESIRED_DEDICATED) >= 1
+    assert moved is not None and moved["n"] == pools["dedicated"] and moved["reason"]
+    assert counted == {"escalated_count": pools["dedicated"]}
+
+
+async def test_spot_only_never_moves_anything(pool: Pool, tmp_path: Path) -> None:
+    await _batch(pool, tmp_path, 400, "2m")
+    await _finish_one(pool, 20.0)
+    await _loop(pool, "spot-only").tick()
+    assert "dedicated" not in await _pools(pool)
+
+
+async def test_a_request_lost_twice_on_spot_moves_to_dedicated(
+    pool: Pool, tmp_path: Path, db_url: str
+) -> None:
+    await _batch(pool, tmp_path, 1, "1h")
+    scheduler = Scheduler(Settings(), pool, LocalBlobStore(tmp_path), Leadership(db_url))
+    for round_ in range(2):
+        async with pool.connection() as conn:
+            await queue.claim(conn, pool="spot", owner="w", n=1, lease_seconds=0.01)
+            await conn.execute("SELECT pg_sleep(0.05)")
+        assert await scheduler.rescue()  # the lease ran out: counted as an interruption
+        assert await _pools(pool) == ({"spot": 1} if round_ == 0 else {"dedicated": 1})
+    async with pool.connection() as conn:
+        assert await queue.claim(conn, pool="spot", owner="w", n=1, lease_seconds=5) == []
+        [again] = await queue.claim(conn, pool="dedicated", owner="d", n=1, lease_seconds=5)
+        cur = await conn.execute("SELECT escalation_reason FROM requests")
+        row = await cur.fetchone()
+    assert again.pool == "dedicated" and again.interruptions == 2
+    assert row is not None and "interrupted on spot 2 times" in row["escalation_reason"]
