@@ -194,3 +194,43 @@ def test_api_without_its_database_answers_503_and_stays_healthy(tmp_path: Path) 
         assert s.procs["api"].poll() is None
     finally:
         s.close()
+
+
+def test_sigterm_releases_at_once_what_cannot_finish_in_the_drain(
+    db_url: str, tmp_path: Path
+) -> None:
+    s = Stack(
+        db_url,
+        tmp_path,
+        sim_args=("--base-latency-s", "4", "--max-concurrency", "8"),
+        env={
+            "INFERBATCH_DRAIN_SECONDS": "1",
+            "INFERBATCH_LEASE_SECONDS": "60",
+            "INFERBATCH_ENGINE_MAX_IN_FLIGHT": "8",
+        },
+    )
+    s.start(spot=1, dedicated=0)
+    try:
+        _run(s, 40)
+        url = s.env["INFERBATCH_DATABASE_URL"]
+        deadline = time.monotonic() + 60
+        while True:  # the first wave finished (4 s each): the worker has measured them
+            with psycopg.connect(url) as conn:
+                done = conn.execute(
+                    "SELECT count(*) FROM requests WHERE status = 'completed'"
+                ).fetchone()
+            if done and done[0] >= 8:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert s.stop("worker-spot-0", sig=signal.SIGTERM, timeout=20) == 0
+        # the second wave had just started: ~4 s left, more than the 1 s drain
+        assert "would not finish within the 1 s drain period" in s.log("worker-spot-0")
+        with psycopg.connect(url) as conn:
+            row = conn.execute(
+                "SELECT count(*) FILTER (WHERE status = 'running'), sum(interruptions) "
+                "FROM requests"
+            ).fetchone()
+        assert row is not None and row[0] == 0 and row[1] == 8
+    finally:
+        s.close()

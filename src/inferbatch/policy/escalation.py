@@ -18,6 +18,9 @@ instance to many batches of small requests on fleets, earliest deadline first):
   dedicated workers could still finish every batch in time" with the fewest dedicated
   workers warm: a worker started now is ready after the cold start, one started at the
   next tick after cold start plus a tick; only the difference has to be running already.
+  During an outage it holds released workers until the deadlines would call them back
+  when that is cheaper than a restart (``Decision.hold_s``, applied by
+  ``autoscale_target``).
 - ``all-dedicated`` and ``spot-only``: the references.
 
 Per request, independently of the batch policy: ``escalate_request`` moves a request to

@@ -85,6 +85,9 @@ class Worker:
         self.id = worker_id or new_id(f"wrk_{config.pool}_", 12)
         self.capacity = max(1, engines.total_in_flight)
         self._running: dict[int, tuple[ClaimedRequest, asyncio.Task[None]]] = {}
+        self._started: dict[int, float] = {}
+        self._service_ewma: float | None = None
+        """Smoothed seconds an engine call takes here: predicts what a drain can finish."""
         # claimed, leased, not started yet: a finished request's slot is refilled from here
         # at once, and the buffer is topped up in batches (fewer, larger claims)
         self._ready: deque[ClaimedRequest] = deque()
@@ -186,6 +189,8 @@ class Worker:
             self._mark_engine(engine, up=True)
         if self.metrics:
             self.metrics.engine_latency.labels(engine.name).observe(resp.seconds)
+        ewma = self._service_ewma
+        self._service_ewma = resp.seconds if ewma is None else 0.8 * ewma + 0.2 * resp.seconds
         common: dict[str, object] = {
             "response_status": resp.status,
             "response_body": resp.body,
@@ -219,6 +224,7 @@ class Worker:
             )
         self._outcomes.append(outcome)
         self._running.pop(req.id, None)
+        self._started.pop(req.id, None)
         self._start_ready()
         self._slot_free.set()
         if len(self._outcomes) >= self.config.flush_max:
@@ -251,6 +257,7 @@ class Worker:
             req = self._ready.popleft()
             task = asyncio.create_task(self._run_one(req), name=f"req-{req.id}")
             self._running[req.id] = (req, task)
+            self._started[req.id] = time.monotonic()
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
         idle = self.config.poll_seconds / 8
@@ -373,13 +380,25 @@ class Worker:
                 await asyncio.sleep(delay)
         log.error("could not release %d requests; their leases will expire", len(claims))
 
-    async def _release_running(self) -> None:
-        """Cancel what still runs and give it back to the queue."""
-        pending = list(self._running.values())
+    def _unlikely_to_finish(self, within: float) -> list[int]:
+        """Running requests that, at the measured service time, will not finish within
+        ``within`` seconds (none while nothing has been measured)."""
+        if self._service_ewma is None:
+            return []
+        now = time.monotonic()
+        return [
+            rid
+            for rid in self._running
+            if self._started.get(rid, now) + self._service_ewma - now > within
+        ]
+
+    async def _release_running(self, ids: list[int] | None = None) -> None:
+        """Cancel what still runs (or just ``ids``) and give it back to the queue."""
+        chosen = list(self._running) if ids is None else ids
+        pending = [self._running.pop(rid) for rid in chosen if rid in self._running]
         for _, task in pending:
             task.cancel()
         await asyncio.gather(*(t for _, t in pending), return_exceptions=True)
-        self._running.clear()
         await self._release([req for req, _ in pending], interrupted=True)
 
     async def run(self, stop: asyncio.Event, abort: asyncio.Event | None = None) -> None:
@@ -396,6 +415,15 @@ class Worker:
             self._state = "draining"
             unstarted, self._ready = list(self._ready), deque()
             await self._release(unstarted, interrupted=False)
+            doomed = self._unlikely_to_finish(self.config.drain_seconds)
+            if doomed:
+                log.info(
+                    "releasing %d requests at once: they would not finish within the "
+                    "%.0f s drain period",
+                    len(doomed),
+                    self.config.drain_seconds,
+                )
+                await self._release_running(doomed)
             tasks = [t for _, t in self._running.values()]
             if tasks:
                 log.info("draining %d in-flight requests", len(tasks))
