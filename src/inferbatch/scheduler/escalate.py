@@ -68,7 +68,8 @@ class EscalationLoop:
                 running_spot=r["running_spot"],
                 running_dedicated=r["running_dedicated"],
                 mean_service_seconds=mean,
-                tail_service_seconds=longest or mean,
+                # before anything finished, the longest a request may take is the timeout
+                tail_service_seconds=longest or self.settings.engine_timeout_seconds,
             )
             for r in snapshot
         ]
