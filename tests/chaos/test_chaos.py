@@ -127,7 +127,13 @@ def test_sigkill_random_workers(chaos_db: ChaosDatabase, tmp_path: Path) -> None
 
 
 def test_repeated_spot_interruptions(chaos_db: ChaosDatabase, tmp_path: Path) -> None:
-    s = _stack(chaos_db, tmp_path, sim_args=("--base-latency-s", "0.05"))
+    # requests take longer than the drain period, so each interruption loses some work
+    s = _stack(
+        chaos_db,
+        tmp_path,
+        sim_args=("--base-latency-s", "0.3"),
+        env={"INFERBATCH_DRAIN_SECONDS": "0.1"},
+    )
     s.start(spot=3, dedicated=1)  # escalated requests (2+ interruptions) run there
     stop = threading.Event()
     try:

@@ -150,3 +150,36 @@ async def test_cancelled_batch_waits_for_running_requests_then_lists_the_rest(
     assert [r["custom_id"] for r in out] == ["req-0"]
     assert [r["error"]["code"] for r in err] == ["batch_cancelled"] * 3
     assert (b.total_count, b.completed_count, b.failed_count) == (4, 1, 3)
+
+
+async def test_a_retry_while_finalizing_sends_the_batch_back_to_in_progress(
+    pool: Pool, tmp_path: Path
+) -> None:
+    from inferbatch.scheduler.finalize import finish_batch
+    from inferbatch.services.requests import retry_request
+
+    blobs = LocalBlobStore(tmp_path)
+    batch_id = await _setup(pool, blobs, 2)
+    a, b = await _claim(pool, 2)
+    await _record(
+        pool,
+        [
+            Outcome(a.id, a.attempt, "completed", response_status=200),
+            Outcome(b.id, b.attempt, "failed", response_status=400),
+        ],
+    )
+    async with pool.connection() as conn:
+        assert await batches.mark_finalizing(conn, batch_id, utcnow())
+        user = await make_user(pool)  # the same owner: ensure_user returns alice
+        from inferbatch.ids import request_public_id
+
+        await retry_request(conn, user, request_public_id(b.id), utcnow())
+    assert (await _batch(pool, batch_id)).status == "in_progress"
+    # the finalizer, had it been between its two steps, steps back too
+    async with pool.connection() as conn:
+        await conn.execute("UPDATE batches SET status = 'finalizing' WHERE id = %s", (batch_id,))
+    assert not await finish_batch(
+        pool, blobs, batch_id, "completed", retention=RETENTION, now=utcnow
+    )
+    after = await _batch(pool, batch_id)
+    assert after.status == "in_progress" and after.output_file_id is None

@@ -306,6 +306,38 @@ async def ingested_total(conn: Conn) -> int:
     return int(row["n"]) if row else 0
 
 
+async def lock(conn: Conn, batch_id: str) -> BatchRecord | None:
+    """The batch row, locked until the transaction ends (serialises re-runs with the
+    finalizer)."""
+    cur = await conn.execute(
+        f"SELECT {_COLUMNS} FROM batches WHERE id = %s FOR UPDATE", (batch_id,)
+    )
+    row = await cur.fetchone()
+    return BatchRecord.from_row(row) if row else None
+
+
+async def has_unsettled(conn: Conn, batch_id: str) -> bool:
+    cur = await conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM requests WHERE batch_id = %s "
+        "AND status IN ('queued', 'running', 'waiting')) AS any",
+        (batch_id,),
+    )
+    row = await cur.fetchone()
+    return bool(row and row["any"])
+
+
+async def unfinalize(conn: Conn, batch_id: str) -> bool:
+    """finalizing -> in_progress: requests were sent back to the queue meanwhile."""
+    cur = await conn.execute(
+        """
+        UPDATE batches SET status = 'in_progress', finalizing_at = NULL
+        WHERE id = %s AND status = 'finalizing'
+        """,
+        (batch_id,),
+    )
+    return cur.rowcount == 1
+
+
 async def reopen(conn: Conn, batch_id: str, now: datetime) -> bool:
     """completed -> in_progress, so re-queued requests get processed and the output
     files are written again. Refused once the deadline has passed."""

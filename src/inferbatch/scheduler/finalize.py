@@ -159,6 +159,10 @@ async def finish_batch(
         batch = await batches.lock_for_finish(conn, batch_id)
         if batch is None:
             return False
+        if outcome == "completed" and await batches.has_unsettled(conn, batch_id):
+            # a retry re-queued requests after the batch looked done: not finished after all
+            await batches.unfinalize(conn, batch_id)
+            return False
         if outcome == "expired":
             await queue.expire_unsettled(conn, batch_id)
         out, err, totals = await _write_files(conn, blobs, batch)

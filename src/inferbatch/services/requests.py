@@ -99,7 +99,12 @@ async def get_request(conn: Conn, user: User, public_id: str) -> dict[str, Any]:
 
 
 async def _requeue(conn: Conn, batch: BatchRecord, request_id: int | None, now: datetime) -> int:
-    if batch.status == "completed":
+    # the lock orders this with the finalizer: files are written either before (the batch
+    # is reopened) or after (the finalizer sees the re-queued requests and steps back)
+    batch = await batch_rows.lock(conn, batch.id) or batch
+    if batch.status == "finalizing":
+        await batch_rows.unfinalize(conn, batch.id)
+    elif batch.status == "completed":
         if not await batch_rows.reopen(conn, batch.id, now):
             raise Conflict(f"Batch {batch.id!r} is past its deadline; clone it instead.")
     elif batch.status != "in_progress":
