@@ -304,15 +304,17 @@ def main() -> None:
         for n in args.sizes:
             for w in args.workers:
                 noop = best(r, partial(ours, server, n, w, "noop://"))
-                with _engine_sim() as sim_url:
-                    sim = best(r, partial(ours, server, n, w, sim_url))
+                sim = None
+                if n <= args.sim_max:
+                    with _engine_sim() as sim_url:
+                        sim = best(r, partial(ours, server, n, w, sim_url))
                 proc = None
                 if n <= args.procrastinate_max:
                     with fresh_database(server, migrated=False) as url:
                         proc = drain_procrastinate(url, n, w)
                 top = best(r, partial(ceiling, server, n, w))
                 print(
-                    f"{n:>7} {w:>4} {noop.rate:>9.0f} {sim.rate:>8.0f} "
+                    f"{n:>7} {w:>4} {noop.rate:>9.0f} {(sim.rate if sim else float('nan')):>8.0f} "
                     f"{(proc.rate if proc else float('nan')):>9.0f} {top.rate:>11.0f} "
                     f"{(noop.rate / proc.rate if proc else float('nan')):>7.1f} "
                     f"{noop.rate / top.rate:>8.2f} {noop.commits_per_request:>8.3f} "

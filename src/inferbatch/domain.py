@@ -99,7 +99,8 @@ class ClaimedRequest:
     custom_id: str
     url: str
     model: str
-    body: dict[str, Any]
+    body: bytes
+    """The request body as JSON text, sent to the engine as it is (never parsed here)."""
     attempt: int
     failed_attempts: int
     interruptions: int = 0

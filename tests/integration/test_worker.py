@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,12 @@ class CountingEngine:
         self.calls: list[dict[str, Any]] = []
         self.in_flight = self.peak = 0
 
-    async def call(self, url: str, body: dict[str, Any]) -> EngineResponse:
+    async def call(self, url: str, body: bytes) -> EngineResponse:
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
         try:
             await asyncio.sleep(self.delay)
-            self.calls.append(body)
+            self.calls.append(json.loads(body))
             usage = {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3}
             return EngineResponse(200, {"ok": True, "usage": usage}, "rid", None, 0.0)
         finally:

@@ -57,7 +57,7 @@ UPDATE requests r SET
     lease_expires_at = now() + make_interval(secs => %(lease)s),
     attempts = r.attempts + 1, started_at = now()
 FROM picked WHERE r.id = picked.id
-RETURNING r.id, r.batch_id, r.custom_id, r.url, r.model, r.body, r.attempts,
+RETURNING r.id, r.batch_id, r.custom_id, r.url, r.model, r.body::text AS body, r.attempts,
     r.failed_attempts, r.interruptions, r.pool
 """
 
@@ -74,7 +74,7 @@ async def claim(
             custom_id=r["custom_id"],
             url=r["url"],
             model=r["model"],
-            body=r["body"],
+            body=r["body"].encode(),
             attempt=r["attempts"],
             failed_attempts=r["failed_attempts"],
             interruptions=r["interruptions"],

@@ -44,7 +44,9 @@ class Engine(Protocol):
     name: str
     max_in_flight: int
 
-    async def call(self, url: str, body: dict[str, Any]) -> EngineResponse: ...
+    async def call(self, url: str, body: bytes) -> EngineResponse:
+        """POST the JSON ``body`` to the engine's path for ``url``."""
+        ...
 
     async def models(self) -> list[str]: ...
 
@@ -103,11 +105,11 @@ class HttpEngine:
             )
         return self._session
 
-    async def call(self, url: str, body: dict[str, Any]) -> EngineResponse:
+    async def call(self, url: str, body: bytes) -> EngineResponse:
         started = time.perf_counter()
         try:
             async with self._client().post(
-                self.name + engine_path(url), data=orjson.dumps(body)
+                self.name + engine_path(url), data=body
             ) as resp:
                 content = await resp.read()
                 status, headers = resp.status, resp.headers
@@ -157,7 +159,7 @@ class NoopEngine:
         self.name = "noop"
         self.max_in_flight = max_in_flight
 
-    async def call(self, url: str, body: dict[str, Any]) -> EngineResponse:
+    async def call(self, url: str, body: bytes) -> EngineResponse:
         usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
         return EngineResponse(200, {"object": "noop", "usage": usage}, None, None, 0.0)
 

@@ -226,7 +226,8 @@ class Worker:
         self._running.pop(req.id, None)
         self._started.pop(req.id, None)
         self._start_ready()
-        self._slot_free.set()
+        if len(self._ready) <= self.prefetch // 2:  # wake the claimer only to top up
+            self._slot_free.set()
         if len(self._outcomes) >= self.config.flush_max:
             self._flushed.set()
 
