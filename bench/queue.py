@@ -286,6 +286,12 @@ def main() -> None:
         help="largest size also run through Procrastinate",
     )
     parser.add_argument(
+        "--sim-max",
+        type=int,
+        default=20_000,
+        help="largest size also run through engine-sim (its own HTTP serving bounds it)",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=2,
