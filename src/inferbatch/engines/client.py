@@ -108,9 +108,7 @@ class HttpEngine:
     async def call(self, url: str, body: bytes) -> EngineResponse:
         started = time.perf_counter()
         try:
-            async with self._client().post(
-                self.name + engine_path(url), data=body
-            ) as resp:
+            async with self._client().post(self.name + engine_path(url), data=body) as resp:
                 content = await resp.read()
                 status, headers = resp.status, resp.headers
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
