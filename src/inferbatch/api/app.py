@@ -74,6 +74,7 @@ def create_app(
             if settings.api_key
             else None
         )
+        app.state.registering = registering
         app.state.inferbatch = AppState(
             settings=settings,
             db=pool,
@@ -133,6 +134,10 @@ def create_app(
     @app.get("/readyz", include_in_schema=False)
     async def readyz(request: Request) -> Response:
         st: AppState = request.app.state.inferbatch
+        registering = request.app.state.registering
+        if registering is not None and not registering.done():
+            # not ready until INFERBATCH_API_KEY is accepted: clients would get 401s
+            return JSONResponse({"status": "starting", "database": "admin key pending"}, 503)
         try:
             async with st.db.connection(timeout=2.0) as conn:
                 await conn.execute("SELECT 1")
