@@ -123,7 +123,15 @@ class Settings(BaseSettings):
         default=120.0, ge=0, description="The cloud's notice before a spot reclaim."
     )
 
+    metrics_port: int | None = Field(
+        default=None,
+        description="Scheduler and worker: serve Prometheus /metrics on this port "
+        "(the api serves /metrics on its own port).",
+    )
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text, or json: one JSON object per line."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
