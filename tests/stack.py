@@ -69,6 +69,7 @@ class Stack:
         self.env["INFERBATCH_ENGINE_URL"] = engine_url
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.metrics_urls: dict[str, str] = {}
 
     def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115
@@ -81,14 +82,27 @@ class Stack:
         self.procs[name] = proc
         return proc
 
-    def start(self, *, spot: int = 1, dedicated: int = 1, scheduler: bool = True) -> Stack:
+    def start(
+        self, *, spot: int = 1, dedicated: int = 1, scheduler: bool = True, metrics: bool = False
+    ) -> Stack:
+        """Start the api and the other roles; with ``metrics`` each of those serves
+        /metrics on a port of its own (``metrics_urls``, by process name)."""
+
+        def spawn(name: str, args: list[str]) -> None:
+            if metrics:
+                port = free_port()
+                args = [*args, "--metrics-port", str(port)]
+                self.metrics_urls[name] = f"http://127.0.0.1:{port}/metrics"
+            self.spawn(name, args)
+
         self.spawn("api", ["api", "--port", str(self.port)])
+        self.metrics_urls["api"] = self.url + "/metrics"
         if scheduler:
-            self.spawn("scheduler", ["scheduler"])
+            spawn("scheduler", ["scheduler"])
         for i in range(spot):
-            self.spawn(f"worker-spot-{i}", ["worker", "--pool", "spot"])
+            spawn(f"worker-spot-{i}", ["worker", "--pool", "spot"])
         for i in range(dedicated):
-            self.spawn(f"worker-dedicated-{i}", ["worker", "--pool", "dedicated"])
+            spawn(f"worker-dedicated-{i}", ["worker", "--pool", "dedicated"])
         wait_http(self.url + "/readyz", proc=self.procs["api"])
         return self
 

@@ -68,10 +68,17 @@ def api(
 
 
 @app.command()
-def scheduler() -> None:
+def scheduler(
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve /metrics here (default INFERBATCH_METRICS_PORT).")
+    ] = None,
+) -> None:
     """Run the scheduler duties (one leader at a time across replicas)."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
     from inferbatch.blobstore import LocalBlobStore
     from inferbatch.db.connector import database_url, open_pool
+    from inferbatch.metrics import SchedulerMetrics
     from inferbatch.runtime import install_stop_signals, setup_logging
     from inferbatch.scheduler.leadership import Leadership
     from inferbatch.scheduler.service import Scheduler
@@ -79,12 +86,23 @@ def scheduler() -> None:
     settings = _settings()
     setup_logging(settings, "scheduler")
     url = database_url(settings)
+    registry = CollectorRegistry()
+    metrics = SchedulerMetrics(registry)
+    port = metrics_port if metrics_port is not None else settings.metrics_port
+    if port is not None:
+        start_http_server(port, registry=registry)
 
     async def main() -> None:
         stop = asyncio.Event()
         install_stop_signals(stop)
         async with open_pool(url, max_size=4, name="inferbatch-scheduler") as pool:
-            sched = Scheduler(settings, pool, LocalBlobStore(settings.blob_root), Leadership(url))
+            sched = Scheduler(
+                settings,
+                pool,
+                LocalBlobStore(settings.blob_root),
+                Leadership(url),
+                metrics=metrics,
+            )
             await sched.run(stop)
 
     asyncio.run(main())
@@ -93,7 +111,9 @@ def scheduler() -> None:
 @app.command()
 def worker(
     pool: Annotated[str, typer.Option(help="spot or dedicated")] = "spot",
-    metrics_port: Annotated[int | None, typer.Option(help="Serve /metrics here.")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve /metrics here (default INFERBATCH_METRICS_PORT).")
+    ] = None,
 ) -> None:
     """Claim requests of one pool and run them against the engines."""
     from prometheus_client import CollectorRegistry, start_http_server
@@ -113,8 +133,9 @@ def worker(
     url = database_url(settings)
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry)
-    if metrics_port is not None:
-        start_http_server(metrics_port, registry=registry)
+    port = metrics_port if metrics_port is not None else settings.metrics_port
+    if port is not None:
+        start_http_server(port, registry=registry)
     config = WorkerConfig(
         pool=pool,
         lease_seconds=settings.lease_seconds,

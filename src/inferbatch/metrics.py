@@ -1,27 +1,125 @@
 """Prometheus metrics, one registry per process (never the global default registry).
 
-Gauges that describe the whole system (batches by status, queue depth, live workers)
-are read from PostgreSQL when ``/metrics`` is scraped, so any api replica reports them.
+The catalogue is ``docs/metrics.md``. Counters and histograms count what happens in the
+process that exports them (sum them across instances); the system gauges describe the
+whole system and are read from PostgreSQL when the api's ``/metrics`` is scraped, so any
+api replica reports them (aggregate those with ``max``).
+
+Labels take bounded values only: ``model`` passes the first :data:`MAX_MODEL_LABELS`
+names a process sees and maps the rest to ``other``; ``priority`` is a class.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from inferbatch.db import batches, escalation, workers
 from inferbatch.db import requests as queue
+from inferbatch.db.requests import Tally
 from inferbatch.db.types import Conn
-
-DESIRED_DEDICATED = "dedicated_workers_desired"
+from inferbatch.policy.escalation import escalation_kind
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+API_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+DUTY_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+MAX_MODEL_LABELS = 64
+BATCH_STATUSES = (
+    "validating",
+    "failed",
+    "in_progress",
+    "finalizing",
+    "completed",
+    "expired",
+    "cancelling",
+    "cancelled",
+)
+PRIORITY_CLASSES = ("normal", "medium", "high")
 
 
-class WorkerMetrics:
+def priority_class(priority: int) -> str:
+    """The label for a batch priority: 1-4 normal, 5-9 medium, 10 and above high."""
+    if priority >= 10:
+        return "high"
+    return "medium" if priority >= 5 else "normal"
+
+
+class ModelLabels:
+    """Bounds the ``model`` label: the first ``limit`` names pass, later ones are ``other``."""
+
+    def __init__(self, limit: int = MAX_MODEL_LABELS) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, model: str) -> str:
+        if model in self._seen:
+            return model
+        if len(self._seen) < self.limit:
+            self._seen.add(model)
+            return model
+        return "other"
+
+
+class RequestCounters:
+    """Terminal request outcomes and tokens, shared by workers and the scheduler."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.model = ModelLabels()
+        self.requests = Counter(
+            "inferbatch_requests_total",
+            "Requests that reached a terminal status.",
+            ["status", "endpoint", "model", "pool"],
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "inferbatch_tokens_total",
+            "Tokens the engines reported, by direction (input, output).",
+            ["direction", "model", "pool"],
+            registry=registry,
+        )
+        self.escalations = Counter(
+            "inferbatch_escalations_total",
+            "Requests moved from the spot to the dedicated pool, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.interruptions = Counter(
+            "inferbatch_spot_interruptions_total",
+            "Spot work lost to an interruption: drain (SIGTERM), lease_lost (worker vanished).",
+            ["source"],
+            registry=registry,
+        )
+        for kind in ("deadline", "interruptions", "retry"):
+            self.escalations.labels(kind)
+        for source in ("drain", "lease_lost"):
+            self.interruptions.labels(source)
+
+    def finished(self, status: str, endpoint: str, model: str, pool: str, n: float = 1.0) -> None:
+        self.requests.labels(status, endpoint, self.model(model), pool).inc(n)
+
+    def escalated(self, by_reason: Mapping[str, int]) -> None:
+        for reason, n in by_reason.items():
+            self.escalations.labels(escalation_kind(reason)).inc(n)
+
+    def tallied(self, status: str, tallies: Iterable[Tally]) -> None:
+        for t in tallies:
+            self.finished(status, t.endpoint, t.model, t.pool, t.n)
+
+
+class WorkerMetrics(RequestCounters):
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__(registry)
+        self.engine_requests = Counter(
+            "inferbatch_engine_requests_total",
+            "Engine calls started.",
+            ["engine"],
+            registry=registry,
+        )
         self.engine_latency = Histogram(
             "inferbatch_engine_request_duration_seconds",
-            "Engine request latency.",
+            "Time of engine calls that got an answer.",
             ["engine"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
@@ -36,6 +134,18 @@ class WorkerMetrics:
             "inferbatch_engine_up",
             "1 while the engine answers, 0 after a connection to it failed.",
             ["engine"],
+            registry=registry,
+        )
+        self.busy = Counter(
+            "inferbatch_worker_busy_seconds",
+            "Engine time spent on requests (GPU-seconds of work), by pool.",
+            ["pool"],
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "inferbatch_worker_in_flight",
+            "Requests running now.",
+            ["pool"],
             registry=registry,
         )
         self.claimed = Counter(
@@ -54,10 +164,88 @@ class WorkerMetrics:
         )
 
 
+class SchedulerMetrics(RequestCounters):
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__(registry)
+        self.dedup_hits = Counter(
+            "inferbatch_dedup_hits_total",
+            "Requests completed from an identical request's output: reused, coalesced.",
+            ["kind"],
+            registry=registry,
+        )
+        self.dedup_tokens_saved = Counter(
+            "inferbatch_dedup_tokens_saved_total",
+            "Input and output tokens of outputs copied by deduplication.",
+            registry=registry,
+        )
+        self.ingested_lines = Counter(
+            "inferbatch_ingested_lines_total",
+            "Input lines queued by ingest.",
+            registry=registry,
+        )
+        self.ingest_batches = Counter(
+            "inferbatch_ingest_batches_total",
+            "Batches ingested, by outcome (queued, failed).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.deadline_misses = Counter(
+            "inferbatch_deadline_misses_total",
+            "Batches that expired or finished after their deadline.",
+            registry=registry,
+        )
+        self.batches_finished = Counter(
+            "inferbatch_batches_finished_total",
+            "Batches finalized, by status.",
+            ["status"],
+            registry=registry,
+        )
+        self.leader = Gauge(
+            "inferbatch_scheduler_leader",
+            "1 on the scheduler replica that holds leadership.",
+            registry=registry,
+        )
+        self.duty_duration = Histogram(
+            "inferbatch_scheduler_duty_duration_seconds",
+            "Time of one run of a scheduler duty.",
+            ["duty"],
+            buckets=DUTY_BUCKETS,
+            registry=registry,
+        )
+        self.duty_errors = Counter(
+            "inferbatch_scheduler_duty_errors_total",
+            "Duty runs that failed (and will be retried).",
+            ["duty"],
+            registry=registry,
+        )
+        for kind in ("reused", "coalesced"):
+            self.dedup_hits.labels(kind)
+        for status in ("queued", "failed"):
+            self.ingest_batches.labels(status)
+        for status in ("completed", "expired", "cancelled"):
+            self.batches_finished.labels(status)
+
+
+class ApiMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.duration = Histogram(
+            "inferbatch_api_request_duration_seconds",
+            "HTTP requests by route template, method and status code.",
+            ["route", "method", "status"],
+            buckets=API_BUCKETS,
+            registry=registry,
+        )
+
+
 class SystemMetrics:
     """System-wide gauges refreshed from the database at scrape time."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.ready = Gauge(
+            "inferbatch_ready",
+            "1 when the api reaches PostgreSQL.",
+            registry=registry,
+        )
         self.batches = Gauge(
             "inferbatch_batches", "Batches by status.", ["status"], registry=registry
         )
@@ -68,12 +256,20 @@ class SystemMetrics:
             registry=registry,
         )
         self.queue_depth = Gauge(
-            "inferbatch_queue_depth", "Queued requests by pool.", ["pool"], registry=registry
+            "inferbatch_queue_depth",
+            "Queued requests by pool and priority class.",
+            ["pool", "priority"],
+            registry=registry,
         )
         self.oldest_queued = Gauge(
             "inferbatch_queue_oldest_age_seconds",
-            "Age of the oldest queued request's batch, by pool.",
-            ["pool"],
+            "Age of the oldest queued request's batch, by pool and priority class.",
+            ["pool", "priority"],
+            registry=registry,
+        )
+        self.at_risk = Gauge(
+            "inferbatch_batches_at_risk",
+            "In-progress batches the SLA policy expects to miss their deadline.",
             registry=registry,
         )
         self.workers = Gauge(
@@ -94,31 +290,33 @@ class SystemMetrics:
         )
 
     async def refresh(self, conn: Conn) -> None:
-        for status in (
-            "validating",
-            "failed",
-            "in_progress",
-            "finalizing",
-            "completed",
-            "expired",
-            "cancelling",
-            "cancelled",
-        ):
+        for status in BATCH_STATUSES:
             self.batches.labels(status).set(0)
         for status, n in (await batches.status_counts(conn)).items():
             self.batches.labels(status).set(n)
         self.requests.clear()
-        for pool in ("spot", "dedicated"):
-            self.queue_depth.labels(pool).set(0)
-            self.oldest_queued.labels(pool).set(0)
-        for row in await queue.queue_stats(conn) + await queue.settled_stats(conn):
-            self.requests.labels(row["status"], row["pool"]).set(row["n"])
+        depth = {(p, c): 0 for p in ("spot", "dedicated") for c in PRIORITY_CLASSES}
+        oldest = dict.fromkeys(depth, 0.0)
+        live: dict[tuple[str, str], int] = {}
+        for row in await queue.queue_stats(conn):
+            key = (row["status"], row["pool"])
+            live[key] = live.get(key, 0) + row["n"]
             if row["status"] == "queued":
-                self.queue_depth.labels(row["pool"]).set(row["n"])
-                self.oldest_queued.labels(row["pool"]).set(float(row["oldest_s"] or 0))
+                where = (row["pool"], priority_class(row["priority"]))
+                depth[where] += row["n"]
+                oldest[where] = max(oldest[where], float(row["oldest_s"] or 0))
+        for (status, pool), n in live.items():
+            self.requests.labels(status, pool).set(n)
+        for (pool, cls), n in depth.items():
+            self.queue_depth.labels(pool, cls).set(n)
+            self.oldest_queued.labels(pool, cls).set(oldest[pool, cls])
+        for row in await queue.settled_stats(conn):
+            self.requests.labels(row["status"], row["pool"]).set(row["n"])
         self.ingested.set(await batches.ingested_total(conn))
-        desired = await escalation.published(conn, DESIRED_DEDICATED)
+        desired = await escalation.published(conn, escalation.DESIRED_DEDICATED)
         self.dedicated_desired.set(float(desired) if desired is not None else 0.0)
+        at_risk = await escalation.published(conn, escalation.BATCHES_AT_RISK)
+        self.at_risk.set(float(at_risk) if at_risk is not None else 0.0)
         self.workers.clear()
         for row in await workers.live_by_pool(conn):
             self.workers.labels(row["pool"], row["state"]).set(row["n"])

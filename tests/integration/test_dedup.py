@@ -43,7 +43,7 @@ async def test_followers_of_a_failed_leader_run_themselves(pool: Pool, tmp_path:
         await queue.record_outcomes(
             conn, "w", [Outcome(leader.id, leader.attempt, "failed", response_status=400)]
         )
-        assert await dedup.settle_followers(conn) == (0, 2)
+        assert await dedup.settle_followers(conn) == ([], 2)
     assert await _statuses(pool) == {
         "c0": ("failed", False),
         "c1": ("queued", False),
@@ -74,7 +74,9 @@ async def test_followers_copy_a_successful_leader(pool: Pool, tmp_path: Path) ->
                 )
             ],
         )
-        assert await dedup.settle_followers(conn) == (2, 0)
+        done, requeued = await dedup.settle_followers(conn)
+        assert (queue.total(done), requeued) == (2, 0)
+        assert {t.pool for t in done} == {"none"}
         cur = await conn.execute(
             "SELECT response_body, prompt_tokens FROM requests WHERE custom_id = 'c2'"
         )

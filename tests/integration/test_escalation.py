@@ -12,7 +12,6 @@ from inferbatch.config import Settings
 from inferbatch.db import escalation as rows
 from inferbatch.db import requests as queue
 from inferbatch.db.types import Pool
-from inferbatch.metrics import DESIRED_DEDICATED
 from inferbatch.policy.escalation import policy_by_name
 from inferbatch.scheduler.escalate import EscalationLoop
 from inferbatch.scheduler.ingest import ingest_next
@@ -92,7 +91,7 @@ async def test_a_deadline_out_of_reach_on_spot_moves_work_to_dedicated(
         moved = await cur.fetchone()
         cur = await conn.execute("SELECT escalated_count FROM batches")
         counted = await cur.fetchone()
-        assert await rows.published(conn, DESIRED_DEDICATED) >= 1
+        assert await rows.published(conn, rows.DESIRED_DEDICATED) >= 1
     assert moved is not None and moved["n"] == pools["dedicated"] and moved["reason"]
     assert counted == {"escalated_count": pools["dedicated"]}
 

@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from inferbatch.blobstore import LocalBlobStore
 from inferbatch.db import batches, files
@@ -14,6 +15,7 @@ from inferbatch.db import requests as queue
 from inferbatch.db.requests import Outcome
 from inferbatch.db.types import Pool
 from inferbatch.domain import BatchRecord
+from inferbatch.metrics import SchedulerMetrics
 from inferbatch.scheduler.finalize import finish_ready
 from inferbatch.scheduler.ingest import ingest_next
 from tests.helpers import chat_file, parse_jsonl
@@ -110,9 +112,20 @@ async def test_expired_batch_keeps_finished_work_and_lists_the_rest_as_expired(
         ],
     )
     later = utcnow() + timedelta(seconds=5)
-    assert await finish_ready(pool, blobs, retention=RETENTION, now=lambda: later) == 1
+    registry = CollectorRegistry()
+    metrics = SchedulerMetrics(registry)
+    assert (
+        await finish_ready(pool, blobs, retention=RETENTION, now=lambda: later, metrics=metrics)
+        == 1
+    )
     b = await _batch(pool, batch_id)
     assert b.status == "expired" and b.expired_at is not None
+    assert registry.get_sample_value("inferbatch_deadline_misses_total") == 1
+    assert (
+        registry.get_sample_value("inferbatch_batches_finished_total", {"status": "expired"}) == 1
+    )
+    expired = {"status": "expired", "endpoint": "/v1/chat/completions", "model": "sim-model"}
+    assert registry.get_sample_value("inferbatch_requests_total", {**expired, "pool": "spot"}) == 4
     out = await _content(pool, blobs, b.output_file_id)
     err = await _content(pool, blobs, b.error_file_id)
     assert [r["custom_id"] for r in out] == ["req-0"]
@@ -136,7 +149,7 @@ async def test_cancelled_batch_waits_for_running_requests_then_lists_the_rest(
     async with pool.connection() as conn:
         assert await batches.request_cancel(conn, batch_id, utcnow())
         assert not await batches.request_cancel(conn, batch_id, utcnow())
-        assert await queue.cancel_queued(conn) == 3
+        assert queue.total(await queue.cancel_queued(conn)) == 3
     assert await finish_ready(pool, blobs, retention=RETENTION, now=utcnow) == 0
     assert await _record(
         pool,

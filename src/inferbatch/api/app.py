@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inferbatch.api.deps import AppState
+from inferbatch.api.observe import RequestMetrics
 from inferbatch.api.routes import router
 from inferbatch.blobstore import BlobStore
 from inferbatch.config import Settings
@@ -25,7 +26,7 @@ from inferbatch.db.connector import open_pool
 from inferbatch.db.types import Pool
 from inferbatch.engines.registry import EngineRegistry
 from inferbatch.errors import InferbatchError, InvalidRequest, NotFound, Unavailable
-from inferbatch.metrics import SystemMetrics
+from inferbatch.metrics import ApiMetrics, SystemMetrics
 from inferbatch.portal import install as install_portal
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ def create_app(
 ) -> FastAPI:
     registry = CollectorRegistry()
     metrics = SystemMetrics(registry)
+    api_metrics = ApiMetrics(registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -95,6 +97,7 @@ def create_app(
     app = FastAPI(title="inferbatch", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.include_router(router)
     install_portal(app)
+    app.add_middleware(RequestMetrics, metrics=api_metrics)
 
     @app.exception_handler(InferbatchError)
     async def _known(request: Request, exc: InferbatchError) -> JSONResponse:
@@ -151,7 +154,9 @@ def create_app(
         try:
             async with st.db.connection(timeout=2.0) as conn:
                 await metrics.refresh(conn)
+            metrics.ready.set(1)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            metrics.ready.set(0)
             log.warning("metrics refresh failed: %s", exc)
         return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -9,6 +9,7 @@ reuses nothing and is reused by nobody. Only 2xx results are ever reused.
 
 from __future__ import annotations
 
+from inferbatch.db.requests import Tally, fetch_tallies, tallied
 from inferbatch.db.types import Conn
 
 # Requests visible to batch %(batch)s of owner %(owner)s under scope %(scope)s.
@@ -71,24 +72,27 @@ WHERE n.id = m.new_id
 
 async def deduplicate_batch(
     conn: Conn, batch_id: str, owner_id: str, scope: str
-) -> tuple[int, int]:
+) -> tuple[list[Tally], int]:
     """At ingest: complete the batch's requests that match a finished 2xx request in scope,
     and make the rest that match a queued or running one (in this batch or another) wait
-    for it. Returns (completed from earlier output, now waiting)."""
+    for it. Returns (completed from earlier output, counted; how many now wait)."""
     if scope == "off":
-        return 0, 0
+        return [], 0
     params = {"batch": batch_id, "owner": owner_id, "scope": scope}
-    reused = await conn.execute(REUSE_COMPLETED, params)
+    reused = await fetch_tallies(
+        await conn.execute(tallied(REUSE_COMPLETED, "n", pool="none"), params)
+    )
     following = await conn.execute(FOLLOW_IN_FLIGHT, params)
-    return reused.rowcount, following.rowcount
+    return reused, following.rowcount
 
 
-async def settle_followers(conn: Conn) -> tuple[int, int]:
+async def settle_followers(conn: Conn) -> tuple[list[Tally], int]:
     """Followers of a leader that completed (2xx) complete with a copy of its output; those
     of a leader that ended otherwise go back to the queue to run themselves. Returns
-    (completed, re-queued)."""
+    (completed, counted; how many were re-queued)."""
     done = await conn.execute(
-        """
+        tallied(
+            """
         UPDATE requests f SET status = 'completed', finished_at = now(),
             response_status = l.response_status, response_request_id = l.response_request_id,
             response_body = l.response_body, prompt_tokens = l.prompt_tokens,
@@ -96,7 +100,10 @@ async def settle_followers(conn: Conn) -> tuple[int, int]:
         FROM requests l
         WHERE f.status = 'waiting' AND l.id = f.dedup_of AND l.status = 'completed'
           AND l.response_status BETWEEN 200 AND 299
-        """
+        """,
+            "f",
+            pool="none",
+        )
     )
     requeued = await conn.execute(
         """
@@ -107,4 +114,4 @@ async def settle_followers(conn: Conn) -> tuple[int, int]:
           AND NOT (l.status = 'completed' AND l.response_status BETWEEN 200 AND 299)
         """
     )
-    return done.rowcount, requeued.rowcount
+    return await fetch_tallies(done), requeued.rowcount

@@ -10,6 +10,11 @@ from psycopg.types.json import Jsonb
 
 from inferbatch.db.types import Conn
 
+DESIRED_DEDICATED = "dedicated_workers_desired"
+"""Published by the escalate duty: the autoscaler's target for dedicated workers."""
+BATCHES_AT_RISK = "batches_at_risk"
+"""Published by the escalate duty: batches the policy expects to miss their deadline."""
+
 
 async def unfinished_batches(conn: Conn) -> list[dict[str, Any]]:
     """In-progress batches with their unsettled requests counted by status and pool (reads
@@ -80,10 +85,11 @@ async def move_to_dedicated(conn: Conn, batch_id: str, n: int, reason: str) -> i
     return moved
 
 
-async def escalate_requests(conn: Conn, reasons: Sequence[tuple[int, str]]) -> int:
-    """Queued spot requests -> dedicated, each with its reason (per-request rule)."""
+async def escalate_requests(conn: Conn, reasons: Sequence[tuple[int, str]]) -> dict[str, int]:
+    """Queued spot requests -> dedicated, each with its reason (per-request rule). Returns
+    how many moved, by reason."""
     if not reasons:
-        return 0
+        return {}
     cur = await conn.execute(
         """
         WITH moved AS (
@@ -91,15 +97,17 @@ async def escalate_requests(conn: Conn, reasons: Sequence[tuple[int, str]]) -> i
                 escalated_at = now()
             FROM unnest(%(ids)s::bigint[], %(reasons)s::text[]) AS v(id, reason)
             WHERE r.id = v.id AND r.status = 'queued' AND r.pool = 'spot'
-            RETURNING r.batch_id
-        ), per_batch AS (SELECT batch_id, count(*) AS n FROM moved GROUP BY batch_id)
-        UPDATE batches b SET escalated_count = b.escalated_count + per_batch.n
-        FROM per_batch WHERE b.id = per_batch.batch_id
-        RETURNING per_batch.n
+            RETURNING r.batch_id, v.reason
+        ), per_batch AS (SELECT batch_id, count(*) AS n FROM moved GROUP BY batch_id),
+        counted AS (
+            UPDATE batches b SET escalated_count = b.escalated_count + per_batch.n
+            FROM per_batch WHERE b.id = per_batch.batch_id
+        )
+        SELECT reason, count(*) AS n FROM moved GROUP BY reason
         """,
         {"ids": [r[0] for r in reasons], "reasons": [r[1] for r in reasons]},
     )
-    return sum(r["n"] for r in await cur.fetchall())
+    return {r["reason"]: r["n"] for r in await cur.fetchall()}
 
 
 async def publish(conn: Conn, name: str, value: Any) -> None:

@@ -44,6 +44,41 @@ class Outcome:
     """With ``retry``: move the request to the dedicated pool, for this reason."""
 
 
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """How many requests of one endpoint, model and pool a statement settled, with their
+    input + output tokens (for metrics)."""
+
+    endpoint: str
+    model: str
+    pool: str
+    n: int
+    tokens: int = 0
+
+
+def tallied(update: str, alias: str = "requests", pool: str | None = None) -> str:
+    """Wrap an UPDATE of ``requests`` (aliased ``alias``) so that it returns its rows
+    counted as :class:`Tally` rows; ``pool`` overrides the pool reported."""
+    pool_expr = f"'{pool}'" if pool else f"{alias}.pool"
+    return f"""
+    WITH settled AS ({update}
+        RETURNING {alias}.url, {alias}.model, {pool_expr} AS pool,
+            coalesce({alias}.prompt_tokens, 0) + coalesce({alias}.completion_tokens, 0) AS t)
+    SELECT url, model, pool, count(*)::int AS n, coalesce(sum(t), 0)::bigint AS tokens
+    FROM settled GROUP BY url, model, pool
+    """
+
+
+async def fetch_tallies(cur: Any) -> list[Tally]:
+    return [
+        Tally(r["url"], r["model"], r["pool"], r["n"], r["tokens"]) for r in await cur.fetchall()
+    ]
+
+
+def total(tallies: Sequence[Tally]) -> int:
+    return sum(t.n for t in tallies)
+
+
 CLAIM = """
 WITH picked AS (
     SELECT id FROM requests
@@ -203,29 +238,33 @@ async def rescue_expired(conn: Conn, limit: int = 5000) -> list[dict[str, Any]]:
     return await cur.fetchall()
 
 
-async def cancel_queued(conn: Conn) -> int:
+async def cancel_queued(conn: Conn) -> list[Tally]:
     """Queued requests of cancelling batches -> cancelled."""
     cur = await conn.execute(
-        """
-        UPDATE requests SET status = 'cancelled', finished_at = now()
-        WHERE status IN ('queued', 'waiting')
-          AND batch_id IN (SELECT id FROM batches WHERE status = 'cancelling')
-        """
+        tallied(
+            """
+            UPDATE requests SET status = 'cancelled', finished_at = now()
+            WHERE status IN ('queued', 'waiting')
+              AND batch_id IN (SELECT id FROM batches WHERE status = 'cancelling')
+            """
+        )
     )
-    return cur.rowcount
+    return await fetch_tallies(cur)
 
 
-async def expire_unsettled(conn: Conn, batch_id: str) -> int:
+async def expire_unsettled(conn: Conn, batch_id: str) -> list[Tally]:
     """Queued and running requests of a batch past its deadline -> expired. A running
     request's late result is then refused by the fence."""
     cur = await conn.execute(
-        """
-        UPDATE requests SET status = 'expired', finished_at = now(), lease_owner = NULL
-        WHERE batch_id = %s AND status IN ('queued', 'running', 'waiting')
-        """,
+        tallied(
+            """
+            UPDATE requests SET status = 'expired', finished_at = now(), lease_owner = NULL
+            WHERE batch_id = %s AND status IN ('queued', 'running', 'waiting')
+            """
+        ),
         (batch_id,),
     )
-    return cur.rowcount
+    return await fetch_tallies(cur)
 
 
 async def iter_results(conn: Conn, batch_id: str) -> AsyncIterator[dict[str, Any]]:
@@ -248,13 +287,13 @@ async def iter_results(conn: Conn, batch_id: str) -> AsyncIterator[dict[str, Any
 
 
 async def queue_stats(conn: Conn) -> list[dict[str, Any]]:
-    """Counts of live requests by status and pool (queued and running only: cheap)."""
+    """Counts of live requests by status, pool and priority (unsettled rows only: cheap)."""
     cur = await conn.execute(
         """
-        SELECT status, pool, count(*) AS n,
+        SELECT status, pool, priority, count(*) AS n,
             extract(epoch FROM now() - min(batch_created_at)) AS oldest_s
         FROM requests WHERE status IN ('queued', 'running', 'waiting')
-        GROUP BY status, pool
+        GROUP BY status, pool, priority
         """
     )
     return await cur.fetchall()

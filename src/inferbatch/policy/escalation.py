@@ -64,6 +64,15 @@ def escalate_request(
     return None
 
 
+def escalation_kind(reason: str) -> str:
+    """The bounded kind of an escalation reason: interruptions, retry or deadline."""
+    if reason.startswith("interrupted"):
+        return "interruptions"
+    if reason.startswith("retry"):
+        return "retry"
+    return "deadline"
+
+
 @dataclass(frozen=True, slots=True)
 class BatchState:
     """One unfinished batch, as counted from the ``requests`` table at ``now``."""
@@ -138,6 +147,8 @@ class Decision:
     hold_s: float = 0.0
     """Keep dedicated workers this long after they stop being desired (see
     ``autoscale_target``): a restart would cost a cold start."""
+    at_risk: tuple[str, ...] = ()
+    """Batches expected to miss their deadline even with every dedicated worker allowed."""
 
 
 class Policy(Protocol):
@@ -433,7 +444,9 @@ class DeadlineAwarePolicy:
         moves, reasons = fill_dedicated_queue(ordered[:critical], desired, cluster, reason)
         for batch_id in at_risk:
             reasons[batch_id] = "at risk: the whole dedicated quota is too late"
-        return Decision(moves, desired, reasons, hold_for(prefixes, now, cluster, ready))
+        return Decision(
+            moves, desired, reasons, hold_for(prefixes, now, cluster, ready), tuple(at_risk)
+        )
 
 
 def hold_for(

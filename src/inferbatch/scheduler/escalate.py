@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from inferbatch.config import Settings
 from inferbatch.db import escalation as rows
 from inferbatch.db.types import Pool
-from inferbatch.metrics import DESIRED_DEDICATED
+from inferbatch.metrics import SchedulerMetrics
 from inferbatch.policy.escalation import (
     BatchState,
     ClusterState,
@@ -37,6 +37,7 @@ class EscalationLoop:
     settings: Settings
     pool: Pool
     policy: Policy
+    metrics: SchedulerMetrics | None = None
     recent: tuple[tuple[float, int], ...] = field(default=())
 
     def cluster(self, live: dict[str, int]) -> ClusterState:
@@ -82,6 +83,15 @@ class EscalationLoop:
                     reason = decision.reasons.get(batch_id, self.policy.name)
                     moved = await rows.move_to_dedicated(conn, batch_id, n, reason)
                     if moved:
-                        log.info("batch %s: %d requests to dedicated (%s)", batch_id, moved, reason)
-            await rows.publish(conn, DESIRED_DEDICATED, desired)
+                        log.info(
+                            "batch %s: %d requests to dedicated (%s)",
+                            batch_id,
+                            moved,
+                            reason,
+                            extra={"batch_id": batch_id},
+                        )
+                        if self.metrics:
+                            self.metrics.escalated({reason: moved})
+            await rows.publish(conn, rows.DESIRED_DEDICATED, desired)
+            await rows.publish(conn, rows.BATCHES_AT_RISK, len(decision.at_risk))
         return decision

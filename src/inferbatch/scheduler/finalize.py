@@ -23,6 +23,7 @@ from inferbatch.db import requests as queue
 from inferbatch.db.types import Conn, Pool
 from inferbatch.domain import BatchRecord
 from inferbatch.ids import new_id, request_public_id
+from inferbatch.metrics import SchedulerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,7 @@ async def finish_batch(
     *,
     retention: timedelta,
     now: Callable[[], datetime],
+    metrics: SchedulerMetrics | None = None,
 ) -> bool:
     """Finish one batch as ``outcome``; False if another actor changed it first."""
     if outcome == "completed":
@@ -163,8 +165,7 @@ async def finish_batch(
             # a retry re-queued requests after the batch looked done: not finished after all
             await batches.unfinalize(conn, batch_id)
             return False
-        if outcome == "expired":
-            await queue.expire_unsettled(conn, batch_id)
+        expired = await queue.expire_unsettled(conn, batch_id) if outcome == "expired" else []
         out, err, totals = await _write_files(conn, blobs, batch)
         stamp = now()
         expiry = stamp + (
@@ -185,12 +186,29 @@ async def finish_batch(
             tokens=(totals.input_tokens, totals.output_tokens),
             deduplicated=(totals.deduplicated, totals.dedup_tokens_saved),
         )
-        log.info("batch %s %s: %d ok, %d errors", batch_id, outcome, out.lines, err.lines)
-        return done
+        log.info(
+            "batch %s %s: %d ok, %d errors",
+            batch_id,
+            outcome,
+            out.lines,
+            err.lines,
+            extra={"batch_id": batch_id},
+        )
+    if done and metrics:
+        metrics.tallied("expired", expired)
+        metrics.batches_finished.labels(outcome).inc()
+        if outcome == "expired" or (outcome == "completed" and stamp > batch.deadline_at):
+            metrics.deadline_misses.inc()
+    return done
 
 
 async def finish_ready(
-    pool: Pool, blobs: BlobStore, *, retention: timedelta, now: Callable[[], datetime]
+    pool: Pool,
+    blobs: BlobStore,
+    *,
+    retention: timedelta,
+    now: Callable[[], datetime],
+    metrics: SchedulerMetrics | None = None,
 ) -> int:
     """Finish every batch that is ready; returns how many were finished."""
     async with pool.connection() as conn:
@@ -198,6 +216,8 @@ async def finish_ready(
         await conn.commit()
     finished = 0
     for batch_id, outcome in ready:
-        if await finish_batch(pool, blobs, batch_id, outcome, retention=retention, now=now):
+        if await finish_batch(
+            pool, blobs, batch_id, outcome, retention=retention, now=now, metrics=metrics
+        ):
             finished += 1
     return finished

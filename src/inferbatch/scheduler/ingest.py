@@ -17,8 +17,10 @@ from typing import BinaryIO
 
 from inferbatch.blobstore import BlobStore
 from inferbatch.db import batches, dedup, files
+from inferbatch.db.requests import Tally, total
 from inferbatch.db.types import Conn, Pool
 from inferbatch.domain import BatchRecord
+from inferbatch.metrics import SchedulerMetrics
 from inferbatch.scheduler.validation import LineError, ParsedLine, parse_line
 
 log = logging.getLogger(__name__)
@@ -163,18 +165,37 @@ async def _copy_input(
 
 
 async def ingest_next(
-    pool: Pool, blobs: BlobStore, *, max_requests: int, now: Callable[[], datetime]
+    pool: Pool,
+    blobs: BlobStore,
+    *,
+    max_requests: int,
+    now: Callable[[], datetime],
+    metrics: SchedulerMetrics | None = None,
 ) -> str | None:
     """Ingest the oldest batch waiting for it; returns its id, or None if none waits."""
+    batch_id, queued, reused = await _ingest(pool, blobs, max_requests, now)
+    if metrics and batch_id is not None:
+        metrics.ingest_batches.labels("queued" if queued else "failed").inc()
+        metrics.ingested_lines.inc(queued)
+        metrics.tallied("deduplicated", reused)
+        metrics.dedup_hits.labels("reused").inc(total(reused))
+        metrics.dedup_tokens_saved.inc(sum(t.tokens for t in reused))
+    return batch_id
+
+
+async def _ingest(
+    pool: Pool, blobs: BlobStore, max_requests: int, now: Callable[[], datetime]
+) -> tuple[str | None, int, list[Tally]]:
+    """(batch id or None, requests queued, requests completed from earlier output)."""
     async with pool.connection() as conn, conn.transaction():
         batch = await batches.next_to_ingest(conn)
         if batch is None:
-            return None
+            return None, 0, []
         record = await files.get(conn, batch.input_file_id, None)
         if record is None or not blobs.exists(record.blob_key):
             error = LineError("file_not_found", "The input file no longer exists.", None)
             await batches.mark_invalid(conn, batch.id, [error.as_dict()], now())
-            return batch.id
+            return batch.id, 0, []
         try:
             async with conn.transaction():
                 reader = blobs.open_reader(record.blob_key)
@@ -193,8 +214,13 @@ async def ingest_next(
             await batches.mark_invalid(
                 conn, batch.id, _error_entries(invalid.errors, invalid.total), now()
             )
-            log.info("batch %s failed validation: %d errors", batch.id, invalid.total)
-            return batch.id
+            log.info(
+                "batch %s failed validation: %d errors",
+                batch.id,
+                invalid.total,
+                extra={"batch_id": batch.id},
+            )
+            return batch.id, 0, []
         reused, following = await dedup.deduplicate_batch(
             conn, batch.id, batch.owner_id, batch.dedup_scope
         )
@@ -202,10 +228,11 @@ async def ingest_next(
             log.info(
                 "batch %s: %d reused earlier outputs, %d follow identical requests",
                 batch.id,
-                reused,
+                total(reused),
                 following,
+                extra={"batch_id": batch.id},
             )
         model = next(iter(v.models)) if len(v.models) == 1 else None
         await batches.mark_ingested(conn, batch.id, total=v.count, model=model, now=now())
-        log.info("batch %s ingested: %d requests", batch.id, v.count)
-        return batch.id
+        log.info("batch %s ingested: %d requests", batch.id, v.count, extra={"batch_id": batch.id})
+        return batch.id, v.count, reused

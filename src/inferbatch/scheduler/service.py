@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import psycopg
+from prometheus_client import CollectorRegistry
 
 from inferbatch.blobstore import BlobStore
 from inferbatch.config import Settings
@@ -26,6 +28,7 @@ from inferbatch.db import batches, dedup, files, workers
 from inferbatch.db import escalation as escalation_rows
 from inferbatch.db import requests as queue
 from inferbatch.db.types import Pool
+from inferbatch.metrics import SchedulerMetrics
 from inferbatch.policy.escalation import escalate_request, policy_by_name
 from inferbatch.scheduler.escalate import EscalationLoop
 from inferbatch.scheduler.finalize import finish_ready
@@ -47,15 +50,17 @@ class Scheduler:
         blobs: BlobStore,
         leadership: Leadership,
         now: Callable[[], datetime] = utcnow,
+        metrics: SchedulerMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
         self.blobs = blobs
         self.leadership = leadership
         self.now = now
+        self.metrics = metrics or SchedulerMetrics(CollectorRegistry())
         self.policy = policy_by_name(settings.policy, settings.escalation)
         self.escalation = self.policy.escalation
-        self.escalator = EscalationLoop(settings, pool, self.policy)
+        self.escalator = EscalationLoop(settings, pool, self.policy, self.metrics)
 
     async def ingest(self) -> bool:
         batch_id = await ingest_next(
@@ -63,13 +68,15 @@ class Scheduler:
             self.blobs,
             max_requests=self.settings.max_requests_per_batch,
             now=self.now,
+            metrics=self.metrics,
         )
         return batch_id is not None
 
     async def cancel(self) -> bool:
         async with self.pool.connection() as conn:
-            n = await queue.cancel_queued(conn)
-        return n > 0
+            cancelled = await queue.cancel_queued(conn)
+        self.metrics.tallied("cancelled", cancelled)
+        return bool(cancelled)
 
     async def rescue(self) -> bool:
         async with self.pool.connection() as conn:
@@ -84,8 +91,12 @@ class Scheduler:
                     )
                 )
             ]
-            await escalation_rows.escalate_requests(conn, escalations)
+            moved = await escalation_rows.escalate_requests(conn, escalations)
             await workers.mark_lost(conn, stale_seconds=self.settings.lease_seconds)
+        self.metrics.escalated(moved)
+        lost_on_spot = sum(1 for r in rescued if r["pool"] == "spot")
+        if lost_on_spot:
+            self.metrics.interruptions.labels("lease_lost").inc(lost_on_spot)
         if rescued:
             owners = sorted({r["worker_id"] for r in rescued if r["worker_id"]})
             log.warning("re-queued requests whose lease expired (workers %s)", owners)
@@ -98,7 +109,10 @@ class Scheduler:
     async def follow(self) -> bool:
         async with self.pool.connection() as conn:
             done, requeued = await dedup.settle_followers(conn)
-        return done + requeued > 0
+        self.metrics.tallied("deduplicated", done)
+        self.metrics.dedup_hits.labels("coalesced").inc(queue.total(done))
+        self.metrics.dedup_tokens_saved.inc(sum(t.tokens for t in done))
+        return bool(done) or requeued > 0
 
     async def progress(self) -> bool:
         async with self.pool.connection() as conn:
@@ -111,6 +125,7 @@ class Scheduler:
             self.blobs,
             retention=self.settings.file_retention_delta,
             now=self.now,
+            metrics=self.metrics,
         )
         return n > 0
 
@@ -130,23 +145,28 @@ class Scheduler:
         while True:
             more = False
             if self.leadership.is_leader:
+                started = time.monotonic()
                 try:
                     more = await duty()
                     failures = 0
                 except (psycopg.Error, OSError) as exc:
                     failures += 1
-                    log.warning("%s failed (%s); retrying", name, exc)
+                    self.metrics.duty_errors.labels(name).inc()
+                    log.warning("%s failed (%s); retrying", name, exc, extra={"duty": name})
                     await asyncio.sleep(min(30.0, every * 2**failures))
                 except Exception:
                     failures += 1
-                    log.exception("%s failed; retrying", name)
+                    self.metrics.duty_errors.labels(name).inc()
+                    log.exception("%s failed; retrying", name, extra={"duty": name})
                     await asyncio.sleep(min(30.0, every * 2**failures))
+                self.metrics.duty_duration.labels(name).observe(time.monotonic() - started)
             if not more:
                 await asyncio.sleep(every)
 
     async def _lead(self, every: float) -> None:
         while True:
             await self.leadership.refresh()
+            self.metrics.leader.set(1 if self.leadership.is_leader else 0)
             await asyncio.sleep(every)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -162,6 +182,8 @@ class Scheduler:
             ("finalize", self.finalize, tick),
             ("clean", self.clean, 60.0),
         ]
+        for name, _, _ in duties:
+            self.metrics.duty_errors.labels(name)
         tasks = [asyncio.create_task(self._lead(tick), name="leadership")]
         tasks += [asyncio.create_task(self._loop(n, d, e), name=n) for n, d, e in duties]
         try:

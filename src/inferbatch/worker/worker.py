@@ -96,6 +96,8 @@ class Worker:
             id(e): asyncio.Semaphore(e.max_in_flight) for e in engines.engines
         }
         self._outcomes: list[Outcome] = []
+        self._labels: dict[int, tuple[str, str]] = {}
+        """(endpoint, model) of each outcome not yet written, for metrics."""
         self._flushed = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._state = "running"
@@ -168,6 +170,8 @@ class Worker:
                 req.id, req.attempt, "retry", retry_after=down_for, error=error, charged=False
             )
         async with self._slots[id(engine)]:
+            if self.metrics:
+                self.metrics.engine_requests.labels(engine.name).inc()
             try:
                 resp = await engine.call(req.url, req.body)
             except EngineTransportError as exc:
@@ -189,6 +193,7 @@ class Worker:
             self._mark_engine(engine, up=True)
         if self.metrics:
             self.metrics.engine_latency.labels(engine.name).observe(resp.seconds)
+            self.metrics.busy.labels(self.config.pool).inc(resp.seconds)
         ewma = self._service_ewma
         self._service_ewma = resp.seconds if ewma is None else 0.8 * ewma + 0.2 * resp.seconds
         common: dict[str, object] = {
@@ -218,11 +223,16 @@ class Worker:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must not lose the request: retry it
-            log.exception("request %s failed unexpectedly", req.id)
+            log.exception(
+                "request %s failed unexpectedly",
+                req.id,
+                extra={"request_id": req.id, "batch_id": req.batch_id, "worker_id": self.id},
+            )
             outcome = self._fail_or_retry(
                 req, None, error={"code": "worker_error", "message": repr(exc)}
             )
         self._outcomes.append(outcome)
+        self._labels[req.id] = (req.url, req.model)
         self._running.pop(req.id, None)
         self._started.pop(req.id, None)
         self._start_ready()
@@ -303,11 +313,31 @@ class Worker:
             log.warning("writing %d results failed (%s); will retry", len(batch), exc)
             self._outcomes = batch + self._outcomes
             raise
+        labels = [self._labels.pop(o.request_id, ("", "")) for o in batch]
         if self.metrics:
-            for o in batch:
-                if o.request_id in accepted:
-                    self.metrics.outcomes.labels(self.config.pool, o.kind).inc()
-            self.metrics.fenced.inc(len(batch) - len(accepted))
+            self._count(batch, labels, accepted)
+
+    def _count(
+        self, batch: list[Outcome], labels: list[tuple[str, str]], accepted: set[int]
+    ) -> None:
+        assert self.metrics is not None
+        m, pool = self.metrics, self.config.pool
+        for o, (endpoint, model) in zip(batch, labels, strict=True):
+            if o.request_id not in accepted:
+                continue
+            m.outcomes.labels(pool, o.kind).inc()
+            if o.kind == "retry":
+                if o.escalate:
+                    m.escalated({o.escalate: 1})
+                continue
+            m.finished(o.kind, endpoint, model, pool)
+            model_label = m.model(model)
+            if o.prompt_tokens:
+                m.tokens.labels("input", model_label, pool).inc(o.prompt_tokens)
+            if o.completion_tokens:
+                m.tokens.labels("output", model_label, pool).inc(o.completion_tokens)
+        m.fenced.inc(len(batch) - len(accepted))
+        m.in_flight.labels(pool).set(len(self._running))
 
     async def _flush_loop(self, done: asyncio.Event) -> None:
         failures = 0
@@ -373,8 +403,12 @@ class Worker:
             try:
                 async with self.db.connection() as conn:
                     n = await queue.release(conn, self.id, claims, interrupted=interrupted)
-                    await escalation_rows.escalate_requests(conn, escalations)
-                log.info("released %d requests back to the queue", n)
+                    moved = await escalation_rows.escalate_requests(conn, escalations)
+                log.info("released %d requests back to the queue", n, extra={"worker_id": self.id})
+                if self.metrics:
+                    self.metrics.escalated(moved)
+                    if interrupted and self.config.pool == "spot":
+                        self.metrics.interruptions.labels("drain").inc(n)
                 return
             except (psycopg.Error, OSError) as exc:
                 log.warning("release failed (%s)", exc)
