@@ -129,10 +129,18 @@ def run_all(settings: Settings, engine: str) -> int:
         print(f"inferbatch: --engine must be local, sim or a URL, not {engine!r}", file=sys.stderr)
         return 2
 
-    scheduler = _spawn(["scheduler"], env, logs, "scheduler")
+    # INFERBATCH_METRICS_PORT=M: the scheduler serves /metrics on M, the spot worker on
+    # M + 1, the dedicated worker on M + 2 (the api on its own port)
+    env.pop("INFERBATCH_METRICS_PORT", None)
+    first = settings.metrics_port
+
+    def metrics_args(offset: int) -> list[str]:
+        return [] if first is None else ["--metrics-port", str(first + offset)]
+
+    scheduler = _spawn(["scheduler", *metrics_args(0)], env, logs, "scheduler")
     workers = [
-        _spawn(["worker", "--pool", "spot"], env, logs, "worker-spot"),
-        _spawn(["worker", "--pool", "dedicated"], env, logs, "worker-dedicated"),
+        _spawn(["worker", "--pool", "spot", *metrics_args(1)], env, logs, "worker-spot"),
+        _spawn(["worker", "--pool", "dedicated", *metrics_args(2)], env, logs, "worker-dedicated"),
     ]
     api = _spawn(["api", "--host", settings.host, "--port", str(settings.port)], env, logs, "api")
     children = [api, *workers, scheduler]
@@ -152,8 +160,12 @@ def run_all(settings: Settings, engine: str) -> int:
             print(f"inferbatch: the API did not start; see {logs}", file=sys.stderr)
             code = 1
         else:
+            metrics = f"{public}/metrics"
+            if first is not None:
+                metrics += f" (scheduler, workers: ports {first}-{first + 2})"
             print(
                 f"\ninferbatch is up.\n  API:      {public}/v1\n  Portal:   {public}/\n"
+                f"  Metrics:  {metrics}\n"
                 f"  API key:  {key}\n  Logs:     {logs}\nPress Ctrl-C to stop.\n",
                 flush=True,
             )
