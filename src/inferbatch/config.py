@@ -119,6 +119,12 @@ class Settings(BaseSettings):
     dedicated_cold_start_seconds: float = Field(
         default=240.0, ge=0, description="Time for a new dedicated worker to serve."
     )
+    spot_price_ratio: float = Field(
+        default=0.3,
+        gt=0,
+        le=1,
+        description="Spot price over dedicated price per GPU-second (the policy's trade-off).",
+    )
     spot_interruption_notice_seconds: float = Field(
         default=120.0, ge=0, description="The cloud's notice before a spot reclaim."
     )

@@ -20,9 +20,12 @@ from inferbatch.policy import (
     policy_by_name,
 )
 from inferbatch.policy.escalation import (
+    AVAILABILITY_HALFLIFE_S,
+    FleetMemory,
     _ready_times,
     edf,
     planning_quota,
+    smoothed_availability,
     warm_workers_needed,
 )
 
@@ -305,3 +308,24 @@ def test_hold_bridges_an_outage_only_to_a_near_call_back() -> None:
     assert far.hold_s == 0.0  # the call-back is past the break-even: release at once
     up = policy.decide(0.0, [batch(requests=2000, deadline_in=latest + 600)], CLUSTER)
     assert up.hold_s == 0.0  # spot serves: nothing will call the workers back
+
+
+def test_availability_forgets_with_its_halflife() -> None:
+    assert smoothed_availability(1.0, False, AVAILABILITY_HALFLIFE_S) == pytest.approx(0.5)
+    assert smoothed_availability(0.5, True, AVAILABILITY_HALFLIFE_S) == pytest.approx(0.75)
+    assert smoothed_availability(0.2, True, 0.0) == 0.2
+
+
+def test_fleet_memory_tracks_workers_that_are_still_starting() -> None:
+    fleet = FleetMemory(cold_start_s=100.0)
+    fleet.observe(0.0, spot_up=2, dedicated_up=0, desired=0)
+    fleet.ask(0.0, desired=2, dedicated_up=0)
+    assert fleet.boot_remaining(30.0) == (70.0, 70.0)
+    fleet.observe(40.0, spot_up=0, dedicated_up=0, desired=2)
+    fleet.ask(40.0, desired=3, dedicated_up=0)  # one more, asked later
+    assert fleet.boot_remaining(50.0) == (50.0, 50.0, 90.0)
+    fleet.observe(110.0, spot_up=0, dedicated_up=2, desired=3)  # the first two serve
+    assert fleet.boot_remaining(110.0) == (30.0,)
+    fleet.ask(110.0, desired=2, dedicated_up=2)  # the third is no longer wanted
+    assert fleet.boot_remaining(120.0) == ()
+    assert 0.0 < fleet.availability < 1.0  # spot was gone for 70 of 110 s

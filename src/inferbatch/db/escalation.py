@@ -21,7 +21,7 @@ async def unfinished_batches(conn: Conn) -> list[dict[str, Any]]:
     only unsettled rows, through their partial index)."""
     cur = await conn.execute(
         """
-        SELECT b.id, extract(epoch FROM b.created_at)::float8 AS created_at,
+        SELECT b.id, b.model, extract(epoch FROM b.created_at)::float8 AS created_at,
             extract(epoch FROM b.deadline_at)::float8 AS deadline_at,
             b.total_count - b.deduplicated_count AS total,
             count(*) FILTER (WHERE r.status = 'queued' AND r.pool = 'spot') AS queued_spot,
@@ -39,21 +39,24 @@ async def unfinished_batches(conn: Conn) -> list[dict[str, Any]]:
     return await cur.fetchall()
 
 
-async def service_times(conn: Conn, sample: int = 500) -> tuple[float | None, float | None]:
-    """(mean, max) seconds a recently finished request held a worker slot, from the last
-    ``sample`` finished by an engine; (None, None) before any finished."""
+async def service_times(conn: Conn, sample: int = 500) -> dict[str | None, tuple[float, float]]:
+    """(mean, max) seconds a recently finished request held a worker slot, per model and
+    over all models (key None), from the last ``sample`` finished by an engine; empty
+    before any finished."""
     cur = await conn.execute(
         """
-        SELECT avg(s)::float8 AS mean, max(s)::float8 AS longest FROM (
-            SELECT extract(epoch FROM finished_at - started_at) AS s FROM requests
+        SELECT model, avg(s)::float8 AS mean, max(s)::float8 AS longest FROM (
+            SELECT model, extract(epoch FROM finished_at - started_at) AS s FROM requests
             WHERE finished_at IS NOT NULL AND started_at IS NOT NULL AND dedup_of IS NULL
             ORDER BY finished_at DESC LIMIT %s
         ) recent
+        GROUP BY GROUPING SETS ((model), ())
         """,
         (sample,),
     )
-    row = await cur.fetchone()
-    return (row["mean"], row["longest"]) if row else (None, None)
+    return {
+        r["model"]: (r["mean"], r["longest"]) for r in await cur.fetchall() if r["mean"] is not None
+    }
 
 
 async def live_workers(conn: Conn) -> dict[str, int]:

@@ -479,6 +479,52 @@ def hold_for(
     return call_back + restart
 
 
+AVAILABILITY_HALFLIFE_S = 6 * 3600.0
+"""How fast the measured spot availability forgets: half its weight after six hours."""
+
+
+def smoothed_availability(
+    previous: float, spot_up: bool, elapsed_s: float, halflife_s: float = AVAILABILITY_HALFLIFE_S
+) -> float:
+    """Exponentially weighted share of time with spot capacity, updated after
+    ``elapsed_s`` seconds in which spot was (``spot_up``) or was not available."""
+    decay: float = 0.5 ** (max(0.0, elapsed_s) / halflife_s)
+    return decay * previous + (1 - decay) * (1.0 if spot_up else 0.0)
+
+
+@dataclass
+class FleetMemory:
+    """What the policy needs to know about the fleet that one database snapshot does not
+    show: the measured spot availability, and the dedicated workers asked for that are not
+    serving yet (assumed to serve ``cold_start_s`` after they were asked for). The
+    scheduler keeps one; the simulator measures the same quantities itself."""
+
+    cold_start_s: float
+    availability: float = 1.0
+    last_seen: float | None = None
+    asked_at: list[float] = field(default_factory=list)
+    """When each dedicated worker still starting was asked for, oldest first."""
+
+    def observe(self, now: float, spot_up: int, dedicated_up: int, desired: int) -> None:
+        """Record a tick's live worker counts; ``desired`` is the count last asked for."""
+        if self.last_seen is not None:
+            self.availability = smoothed_availability(
+                self.availability, spot_up > 0, now - self.last_seen
+            )
+        self.last_seen = now
+        starting = max(0, desired - dedicated_up)
+        del self.asked_at[: max(0, len(self.asked_at) - starting)]  # the oldest now serve
+
+    def ask(self, now: float, desired: int, dedicated_up: int) -> None:
+        """The policy now wants ``desired`` dedicated workers."""
+        starting = max(0, desired - dedicated_up)
+        del self.asked_at[starting:]  # asked for fewer: the newest requests are withdrawn
+        self.asked_at.extend([now] * (starting - len(self.asked_at)))
+
+    def boot_remaining(self, now: float) -> tuple[float, ...]:
+        return tuple(max(0.0, self.cold_start_s - (now - t)) for t in self.asked_at)
+
+
 def autoscale_target(
     now: float, decision: Decision, recent: tuple[tuple[float, int], ...]
 ) -> tuple[int, tuple[tuple[float, int], ...]]:

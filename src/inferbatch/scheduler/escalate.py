@@ -1,7 +1,8 @@
 """The escalate duty: run the SLA policy on database snapshots and apply its decision.
 
 Each tick: count every in-progress batch's unsettled requests by status and pool, measure
-recent service times and live workers, ask the policy (``inferbatch.policy``, the same
+recent service times per model, live workers, spot availability (smoothed over hours) and
+the dedicated workers asked for but still starting, ask the policy (``inferbatch.policy``, the same
 code the simulator replays against spot traces) which queued spot requests must move to
 the dedicated pool and how many dedicated workers are needed, move them with the reason
 recorded on each request, and publish the desired dedicated worker count (held through a
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from inferbatch.config import Settings
 from inferbatch.db import escalation as rows
@@ -22,6 +24,7 @@ from inferbatch.policy.escalation import (
     BatchState,
     ClusterState,
     Decision,
+    FleetMemory,
     Policy,
     autoscale_target,
 )
@@ -39,9 +42,16 @@ class EscalationLoop:
     policy: Policy
     metrics: SchedulerMetrics | None = None
     recent: tuple[tuple[float, int], ...] = field(default=())
+    fleet: FleetMemory | None = None
+    desired: int = 0
 
-    def cluster(self, live: dict[str, int]) -> ClusterState:
-        s = self.settings
+    def __post_init__(self) -> None:
+        if self.fleet is None:
+            self.fleet = FleetMemory(cold_start_s=self.settings.dedicated_cold_start_seconds)
+
+    def cluster(self, live: dict[str, int], now: float) -> ClusterState:
+        s, fleet = self.settings, self.fleet
+        assert fleet is not None
         return ClusterState(
             slots_per_worker=s.engine_max_in_flight,
             max_dedicated_workers=s.max_dedicated_workers,
@@ -49,34 +59,46 @@ class EscalationLoop:
             tick_s=s.scheduler_tick_seconds,
             interruption_notice_s=s.spot_interruption_notice_seconds,
             spot_workers_up=live.get("spot", 0),
+            spot_availability=fleet.availability,
             dedicated_workers_up=live.get("dedicated", 0),
+            dedicated_boot_remaining_s=fleet.boot_remaining(now),
+            spot_price_ratio=s.spot_price_ratio,
+        )
+
+    def batch_state(
+        self, row: dict[str, Any], times: dict[str | None, tuple[float, float]]
+    ) -> BatchState:
+        """A batch as the policy sees it, with the service times measured for its model
+        (or over all models while its own has none, or the defaults before any)."""
+        mean, longest = times.get(row["model"]) or times.get(None) or (None, None)
+        return BatchState(
+            batch_id=row["id"],
+            created_at=row["created_at"],
+            deadline_at=row["deadline_at"],
+            total=row["total"],
+            queued_spot=row["queued_spot"],
+            queued_dedicated=row["queued_dedicated"],
+            running_spot=row["running_spot"],
+            running_dedicated=row["running_dedicated"],
+            mean_service_seconds=mean or DEFAULT_SERVICE_SECONDS,
+            # before anything finished, the longest a request may take is the timeout
+            tail_service_seconds=longest or self.settings.engine_timeout_seconds,
         )
 
     async def tick(self) -> Decision:
         async with self.pool.connection() as conn:
             snapshot = await rows.unfinished_batches(conn)
-            mean, longest = await rows.service_times(conn)
+            times = await rows.service_times(conn)
             live = await rows.live_workers(conn)
-        mean = mean or DEFAULT_SERVICE_SECONDS
-        batches = [
-            BatchState(
-                batch_id=r["id"],
-                created_at=r["created_at"],
-                deadline_at=r["deadline_at"],
-                total=r["total"],
-                queued_spot=r["queued_spot"],
-                queued_dedicated=r["queued_dedicated"],
-                running_spot=r["running_spot"],
-                running_dedicated=r["running_dedicated"],
-                mean_service_seconds=mean,
-                # before anything finished, the longest a request may take is the timeout
-                tail_service_seconds=longest or self.settings.engine_timeout_seconds,
-            )
-            for r in snapshot
-        ]
         now = time.time()
-        decision = self.policy.decide(now, batches, self.cluster(live))
+        fleet = self.fleet
+        assert fleet is not None
+        fleet.observe(now, live.get("spot", 0), live.get("dedicated", 0), self.desired)
+        batches = [self.batch_state(r, times) for r in snapshot]
+        decision = self.policy.decide(now, batches, self.cluster(live, now))
         desired, self.recent = autoscale_target(now, decision, self.recent)
+        fleet.ask(now, desired, live.get("dedicated", 0))
+        self.desired = desired
         async with self.pool.connection() as conn:
             for batch_id, n in decision.moves.items():
                 if n > 0:

@@ -42,6 +42,7 @@ from inferbatch.policy.escalation import (
     Policy,
     autoscale_target,
     escalate_request,
+    smoothed_availability,
 )
 from inferbatch.simulate.traces import SpotTrace
 from inferbatch.simulate.workload import ClusterSpec, SimBatch
@@ -387,9 +388,9 @@ class Simulation:
     # -- the scheduler tick ----------------------------------------------------------------
 
     def _tick(self) -> None:
-        decay = 0.5 ** (self.c.tick_s / self.c.availability_halflife_s)
-        up = 1.0 if self.capacity > 0 else 0.0
-        self.availability = decay * self.availability + (1 - decay) * up
+        self.availability = smoothed_availability(
+            self.availability, self.capacity > 0, self.c.tick_s, self.c.availability_halflife_s
+        )
         decision = self.policy.decide(self.now, self._snapshot(), self._cluster())
         by_id = {b.id: b for b in self.open}
         for batch_id, n in decision.moves.items():
