@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test lint typecheck unit integration e2e browser chaos bench bench-ingest bench-queue bench-saturation clean
+.PHONY: up test lint typecheck unit integration e2e browser chaos bench bench-ingest bench-queue bench-saturation monitoring-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,13 @@ bench-queue: $(STAMP)
 
 bench-saturation: $(STAMP)
 	$(BIN)/python -m bench.saturation
+
+## Alert rules and their unit tests, the Alertmanager config (needs promtool and amtool).
+monitoring-check:
+	promtool check rules deploy/prometheus/rules/inferbatch.rules.yml
+	promtool test rules deploy/prometheus/tests/*.yml
+	promtool check config deploy/prometheus/prometheus.yml
+	amtool check-config deploy/alertmanager/alertmanager.yml
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

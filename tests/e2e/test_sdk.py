@@ -158,6 +158,47 @@ def test_batches_list_paginates_with_after_and_limit(stack: Stack) -> None:
     assert [b.id for b in client.batches.list(limit=2)] == created[::-1]  # auto-paginates
 
 
+def test_batches_list_filters_by_priority_with_pagination(stack: Stack) -> None:
+    client = stack.client()
+    f = client.files.create(file=("in.jsonl", chat_file(1)), purpose="batch")
+    created: dict[str, list[str]] = {"1": [], "5": [], "10": []}
+    for priority in ("10", "1", "10", "5", "10", "1"):
+        created[priority].append(
+            client.batches.create(
+                input_file_id=f.id,
+                endpoint="/v1/chat/completions",
+                completion_window="24h",
+                metadata={"priority": priority},
+            ).id
+        )
+    default = client.batches.create(
+        input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    high = created["10"][::-1]
+    page = client.batches.list(limit=2, extra_query={"priority": 10})
+    assert [b.id for b in page.data] == high[:2] and page.has_more
+    assert {b.metadata["priority"] for b in page.data if b.metadata} == {"10"}
+    page2 = client.batches.list(limit=2, after=page.data[-1].id, extra_query={"priority": 10})
+    assert [b.id for b in page2.data] == high[2:] and not page2.has_more
+    assert [b.id for b in client.batches.list(limit=1, extra_query={"priority": 10})] == high
+    normal = [b.id for b in client.batches.list(extra_query={"priority": "1"})]
+    assert normal == [default.id, *created["1"][::-1]]  # no metadata.priority means 1
+    assert [b.id for b in client.batches.list(extra_query={"priority": 7})] == []
+    assert len(list(client.batches.list())) == 7
+    for bad in ("high", "0", "-1", "1.5", "", "10000001"):
+        with pytest.raises(openai.BadRequestError) as exc:
+            client.batches.list(extra_query={"priority": bad})
+        error = exc.value.body
+        assert isinstance(error, dict) and error["param"] == "priority"
+        assert error["type"] == "invalid_request_error" and error["message"]
+    r = httpx.get(
+        stack.url + "/v1/batches",
+        params={"priority": "urgent"},
+        headers={"authorization": f"Bearer {client.api_key}"},
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "priority"
+
+
 def test_cancel_a_running_batch(db_url: str, tmp_path) -> None:
     # a slow engine keeps the batch in progress long enough to cancel it
     s = Stack(db_url, tmp_path, sim_args=("--base-latency-s", "0.5", "--max-concurrency", "2"))

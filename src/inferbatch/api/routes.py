@@ -126,9 +126,10 @@ async def create_batch(request: Request, user: UserDep, st: StateDep) -> dict[st
 async def list_batches(request: Request, user: UserDep, st: StateDep) -> dict[str, Any]:
     q = request.query_params
     limit = _limit(q.get("limit"))
+    priority = batch_service.priority_filter(q.get("priority"))
     async with st.db.connection() as conn:
         rows = await batch_rows.list_page(
-            conn, owner_filter(user), after=q.get("after"), limit=limit
+            conn, owner_filter(user), after=q.get("after"), limit=limit, priority=priority
         )
     return page([batch_object(b) for b in rows[:limit]], len(rows) > limit)
 

@@ -70,19 +70,26 @@ async def get(conn: Conn, batch_id: str, owner_id: str | None) -> BatchRecord | 
 
 
 async def list_page(
-    conn: Conn, owner_id: str | None, *, after: str | None, limit: int
+    conn: Conn,
+    owner_id: str | None,
+    *,
+    after: str | None,
+    limit: int,
+    priority: int | None = None,
 ) -> list[BatchRecord]:
-    """Up to ``limit`` + 1 batches, newest first, starting after the cursor id."""
+    """Up to ``limit`` + 1 batches, newest first, starting after the cursor id; only those
+    of exactly ``priority`` when it is given."""
     cur = await conn.execute(
         f"""
         SELECT {_COLUMNS} FROM batches
         WHERE (%(owner)s::text IS NULL OR owner_id = %(owner)s)
+          AND (%(priority)s::int IS NULL OR priority = %(priority)s)
           AND (%(after)s::text IS NULL OR (created_at, id) <
                (SELECT created_at, id FROM batches WHERE id = %(after)s))
         ORDER BY created_at DESC, id DESC
         LIMIT %(limit)s
         """,
-        {"owner": owner_id, "after": after, "limit": limit + 1},
+        {"owner": owner_id, "after": after, "limit": limit + 1, "priority": priority},
     )
     return [BatchRecord.from_row(r) for r in await cur.fetchall()]
 

@@ -18,6 +18,7 @@ MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
 MIN_OUTPUT_EXPIRY = 3600
 MAX_OUTPUT_EXPIRY = 30 * 86400
+MAX_PRIORITY = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ def options_from_metadata(metadata: dict[str, str] | None, settings: Settings) -
         priority = int(raw_priority)
     except ValueError:
         priority = 0
-    if priority < 1 or priority > 1_000_000:
+    if priority < 1 or priority > MAX_PRIORITY:
         raise InvalidRequest(
             "metadata.priority must be an integer from 1 (normal); 5 is medium, 10+ high.",
             param="metadata.priority",
@@ -73,6 +74,19 @@ def options_from_metadata(metadata: dict[str, str] | None, settings: Settings) -
             "Global deduplication is disabled on this deployment.", param="metadata.dedup"
         )
     return BatchOptions(priority=priority, dedup_scope=scope)
+
+
+def priority_filter(value: str | None) -> int | None:
+    """The ``priority`` query parameter of a batch list: ``None`` (no filter) or an integer
+    priority to match exactly, as ``metadata.priority`` accepts it on create."""
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_PRIORITY:
+        raise InvalidRequest(
+            f"priority must be an integer from 1 to {MAX_PRIORITY} (1 normal, 5 medium, 10+ high).",
+            param="priority",
+        )
+    return int(value)
 
 
 def completion_window(text: Any, settings: Settings) -> timedelta:
