@@ -119,6 +119,12 @@ class Settings(BaseSettings):
     dedicated_cold_start_seconds: float = Field(
         default=240.0, ge=0, description="Time for a new dedicated worker to serve."
     )
+    service_seconds_prior: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a request is assumed to hold an engine slot until 30 of its "
+        "model have finished and been measured (the SLA policy's starting estimate).",
+    )
     spot_price_ratio: float = Field(
         default=0.3,
         gt=0,

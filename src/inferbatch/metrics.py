@@ -283,6 +283,11 @@ class SystemMetrics:
             "Dedicated workers the SLA policy wants running (for an autoscaler).",
             registry=registry,
         )
+        self.spot_enabled = Gauge(
+            "inferbatch_spot_workers_enabled",
+            "0 when the configured policy runs no spot workers (scale the spot pool to zero).",
+            registry=registry,
+        )
         self.ingested = Gauge(
             "inferbatch_ingested_requests",
             "Requests ingested from input files (all batches ever accepted).",
@@ -315,6 +320,8 @@ class SystemMetrics:
         self.ingested.set(await batches.ingested_total(conn))
         desired = await escalation.published(conn, escalation.DESIRED_DEDICATED)
         self.dedicated_desired.set(float(desired) if desired is not None else 0.0)
+        spot = await escalation.published(conn, escalation.SPOT_ENABLED)
+        self.spot_enabled.set(float(spot) if spot is not None else 1.0)
         at_risk = await escalation.published(conn, escalation.BATCHES_AT_RISK)
         self.at_risk.set(float(at_risk) if at_risk is not None else 0.0)
         self.workers.clear()

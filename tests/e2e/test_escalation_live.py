@@ -54,6 +54,8 @@ def _stack(db_url: str, tmp_path: Path, policy: str) -> Stack:
             "INFERBATCH_SPOT_INTERRUPTION_NOTICE_SECONDS": f"{notice:.3f}",
             "INFERBATCH_DRAIN_SECONDS": f"{notice:.3f}",
             "INFERBATCH_SCHEDULER_TICK_SECONDS": "0.2",
+            # what the operator knows of the engine: 0.5 s per request
+            "INFERBATCH_SERVICE_SECONDS_PRIOR": "0.5",
         },
     )
 

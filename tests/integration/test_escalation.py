@@ -13,7 +13,7 @@ from inferbatch.db import escalation as rows
 from inferbatch.db import requests as queue
 from inferbatch.db.types import Pool
 from inferbatch.policy.escalation import policy_by_name
-from inferbatch.scheduler.escalate import EscalationLoop
+from inferbatch.scheduler.escalate import MIN_SAMPLES, EscalationLoop
 from inferbatch.scheduler.ingest import ingest_next
 from inferbatch.scheduler.leadership import Leadership
 from inferbatch.scheduler.service import Scheduler
@@ -54,20 +54,20 @@ def _loop(pool: Pool, policy: str = "default") -> EscalationLoop:
     return EscalationLoop(settings, pool, policy_by_name(policy, settings.escalation))
 
 
-async def _finish_one(pool: Pool, seconds: float) -> None:
-    """Give the loop a measured service time: one request that ran ``seconds``."""
+async def _finish_some(pool: Pool, seconds: float, n: int = MIN_SAMPLES) -> None:
+    """Give the loop a measured service time: ``n`` requests that ran ``seconds`` each."""
     async with pool.connection() as conn:
         await conn.execute(
             """UPDATE requests SET status = 'completed', response_status = 200,
                    started_at = now() - make_interval(secs => %s), finished_at = now()
-               WHERE id = (SELECT min(id) FROM requests)""",
-            (seconds,),
+               WHERE id IN (SELECT id FROM requests ORDER BY id LIMIT %s)""",
+            (seconds, n),
         )
 
 
 async def test_ample_slack_stays_on_spot(pool: Pool, tmp_path: Path) -> None:
     await _batch(pool, tmp_path, 200, "7d")
-    await _finish_one(pool, 1.0)
+    await _finish_some(pool, 1.0)
     decision = await _loop(pool).tick()
     assert dict(decision.moves) == {} or not any(decision.moves.values())
     assert await _pools(pool) == {"spot": 200}
@@ -77,7 +77,7 @@ async def test_a_deadline_out_of_reach_on_spot_moves_work_to_dedicated(
     pool: Pool, tmp_path: Path
 ) -> None:
     batch_id = await _batch(pool, tmp_path, 400, "2m")
-    await _finish_one(pool, 20.0)  # 400 x 20 s / 4 slots = 2,000 worker-seconds in 2 minutes
+    await _finish_some(pool, 20.0)  # 400 x 20 s / 4 slots = 2,000 worker-seconds in 2 minutes
     loop = _loop(pool)
     decision = await loop.tick()
     pools = await _pools(pool)
@@ -96,9 +96,29 @@ async def test_a_deadline_out_of_reach_on_spot_moves_work_to_dedicated(
     assert counted == {"escalated_count": pools["dedicated"]}
 
 
+async def test_service_times_start_from_the_prior_until_enough_finished(
+    pool: Pool, tmp_path: Path
+) -> None:
+    await _batch(pool, tmp_path, 100, "1h")
+    loop = _loop(pool)
+    prior, timeout = loop.settings.service_seconds_prior, loop.settings.engine_timeout_seconds
+    await _finish_some(pool, 2.0, n=MIN_SAMPLES - 1)
+    async with pool.connection() as conn:
+        times = await rows.service_times(conn)
+    assert times["sim-model"][2] == MIN_SAMPLES - 1
+    # a small sample is biased (the short requests finish first): the prior still holds
+    assert loop.service("sim-model", times) == (prior, timeout)
+    await _finish_some(pool, 2.0, n=MIN_SAMPLES)
+    async with pool.connection() as conn:
+        times = await rows.service_times(conn)
+    assert loop.service("sim-model", times) == pytest.approx((2.0, 2.0), abs=0.1)
+    # a model with no measurement of its own borrows the measurement over all models
+    assert loop.service("other-model", times) == pytest.approx((2.0, 2.0), abs=0.1)
+
+
 async def test_spot_only_never_moves_anything(pool: Pool, tmp_path: Path) -> None:
     await _batch(pool, tmp_path, 400, "2m")
-    await _finish_one(pool, 20.0)
+    await _finish_some(pool, 20.0)
     await _loop(pool, "spot-only").tick()
     assert "dedicated" not in await _pools(pool)
 

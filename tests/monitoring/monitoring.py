@@ -178,6 +178,15 @@ def catalogue_names() -> dict[str, tuple[str, set[str]]]:
     return out
 
 
+def catalogue_exporters(name: str) -> set[str]:
+    """The roles (api, scheduler, worker) the catalogue says export ``name``."""
+    row = re.compile(rf"^\|\s*`{name}`\s*\|[^|]*\|[^|]*\|([^|]*)\|")
+    for line in CATALOGUE.read_text().splitlines():
+        if match := row.match(line):
+            return {role for role in ("api", "scheduler", "worker") if role in match.group(1)}
+    raise KeyError(name)
+
+
 def series_names_of(name: str, kind: str) -> set[str]:
     """The series a catalogue entry produces: a histogram's _bucket, _sum and _count."""
     if kind == "histogram":

@@ -13,7 +13,13 @@ import pytest
 from inferbatch.engines.local import free_port
 from tests.e2e.test_sdk import wait_batch
 from tests.helpers import chat_line
-from tests.monitoring.monitoring import exposition_names, used_metric_names
+from tests.monitoring.monitoring import (
+    catalogue_exporters,
+    catalogue_names,
+    exposition_names,
+    series_names_of,
+    used_metric_names,
+)
 from tests.stack import Stack, wait_http
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -59,3 +65,20 @@ def test_every_metric_in_rules_and_dashboards_is_exported(scraped: dict[str, str
     missing = {name: sorted(where) for name, where in used_metric_names().items()}
     missing = {name: where for name, where in missing.items() if name not in exported}
     assert missing == {}, f"used by rules or dashboards, exported by no process: {sorted(missing)}"
+
+
+def test_every_catalogued_metric_is_exported_by_its_roles(scraped: dict[str, str]) -> None:
+    """docs/metrics.md stays true: each entry is exported by every role it names."""
+    roles = {
+        "api": ["api"],
+        "scheduler": ["scheduler"],
+        "worker": ["worker-spot", "worker-dedicated"],
+    }
+    exported = {role: exposition_names(text) for role, text in scraped.items()}
+    missing = []
+    for name, (kind, _) in catalogue_names().items():
+        for exporter in catalogue_exporters(name):
+            for process in roles[exporter]:
+                if not ({name} | series_names_of(name, kind)) & exported[process]:
+                    missing.append(f"{name} ({process})")
+    assert missing == []

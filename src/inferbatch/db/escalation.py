@@ -12,6 +12,8 @@ from inferbatch.db.types import Conn
 
 DESIRED_DEDICATED = "dedicated_workers_desired"
 """Published by the escalate duty: the autoscaler's target for dedicated workers."""
+SPOT_ENABLED = "spot_workers_enabled"
+"""Published by the escalate duty: 0 when the policy runs no spot workers at all."""
 BATCHES_AT_RISK = "batches_at_risk"
 """Published by the escalate duty: batches the policy expects to miss their deadline."""
 
@@ -39,13 +41,16 @@ async def unfinished_batches(conn: Conn) -> list[dict[str, Any]]:
     return await cur.fetchall()
 
 
-async def service_times(conn: Conn, sample: int = 500) -> dict[str | None, tuple[float, float]]:
-    """(mean, max) seconds a recently finished request held a worker slot, per model and
-    over all models (key None), from the last ``sample`` finished by an engine; empty
-    before any finished."""
+async def service_times(
+    conn: Conn, sample: int = 500
+) -> dict[str | None, tuple[float, float, int]]:
+    """(mean, max, how many) seconds a recently finished request held a worker slot, per
+    model and over all models (key None), from the last ``sample`` finished by an engine;
+    empty before any finished."""
     cur = await conn.execute(
         """
-        SELECT model, avg(s)::float8 AS mean, max(s)::float8 AS longest FROM (
+        SELECT model, avg(s)::float8 AS mean, max(s)::float8 AS longest, count(*)::int AS n
+        FROM (
             SELECT model, extract(epoch FROM finished_at - started_at) AS s FROM requests
             WHERE finished_at IS NOT NULL AND started_at IS NOT NULL AND dedup_of IS NULL
             ORDER BY finished_at DESC LIMIT %s
@@ -55,7 +60,9 @@ async def service_times(conn: Conn, sample: int = 500) -> dict[str | None, tuple
         (sample,),
     )
     return {
-        r["model"]: (r["mean"], r["longest"]) for r in await cur.fetchall() if r["mean"] is not None
+        r["model"]: (r["mean"], r["longest"], r["n"])
+        for r in await cur.fetchall()
+        if r["mean"] is not None
     }
 
 

@@ -31,8 +31,10 @@ from inferbatch.policy.escalation import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SERVICE_SECONDS = 30.0
-"""Assumed per-request service time before any request has finished."""
+MIN_SAMPLES = 30
+"""Finished requests needed before measured service times replace the configured prior:
+the first to finish are the short ones, so a small sample is biased low (the simulator
+uses the same rule)."""
 
 
 @dataclass
@@ -65,12 +67,24 @@ class EscalationLoop:
             spot_price_ratio=s.spot_price_ratio,
         )
 
+    def service(
+        self, model: str | None, times: dict[str | None, tuple[float, float, int]]
+    ) -> tuple[float, float]:
+        """(mean, tail) service seconds for a batch of ``model``: measured for that model,
+        else over all models, once enough finished; before that the configured prior mean,
+        and the engine timeout as the longest a request may take."""
+        for key in (model, None):
+            measured = times.get(key)
+            if measured is not None and measured[2] >= MIN_SAMPLES:
+                return measured[0], measured[1]
+        seen = max((t[1] for t in times.values()), default=0.0)
+        return self.settings.service_seconds_prior, max(seen, self.settings.engine_timeout_seconds)
+
     def batch_state(
-        self, row: dict[str, Any], times: dict[str | None, tuple[float, float]]
+        self, row: dict[str, Any], times: dict[str | None, tuple[float, float, int]]
     ) -> BatchState:
-        """A batch as the policy sees it, with the service times measured for its model
-        (or over all models while its own has none, or the defaults before any)."""
-        mean, longest = times.get(row["model"]) or times.get(None) or (None, None)
+        """A batch as the policy sees it (see :meth:`service`)."""
+        mean, tail = self.service(row["model"], times)
         return BatchState(
             batch_id=row["id"],
             created_at=row["created_at"],
@@ -80,9 +94,8 @@ class EscalationLoop:
             queued_dedicated=row["queued_dedicated"],
             running_spot=row["running_spot"],
             running_dedicated=row["running_dedicated"],
-            mean_service_seconds=mean or DEFAULT_SERVICE_SECONDS,
-            # before anything finished, the longest a request may take is the timeout
-            tail_service_seconds=longest or self.settings.engine_timeout_seconds,
+            mean_service_seconds=mean,
+            tail_service_seconds=tail,
         )
 
     async def tick(self) -> Decision:
@@ -116,4 +129,5 @@ class EscalationLoop:
                             self.metrics.escalated({reason: moved})
             await rows.publish(conn, rows.DESIRED_DEDICATED, desired)
             await rows.publish(conn, rows.BATCHES_AT_RISK, len(decision.at_risk))
+            await rows.publish(conn, rows.SPOT_ENABLED, int(self.policy.uses_spot))
         return decision
