@@ -158,7 +158,8 @@ def worker(
         if not engines.engines:
             typer.echo("no engine configured: set INFERBATCH_ENGINE_URL or _ENGINES", err=True)
             raise typer.Exit(2)
-        async with open_pool(url, max_size=4, name=f"inferbatch-worker-{pool}") as db:
+        # no check round trip per checkout: every worker loop retries a failed statement
+        async with open_pool(url, max_size=4, name=f"inferbatch-worker-{pool}", check=False) as db:
             try:
                 await Worker(config, db, engines, metrics).run(stop, abort)
             finally:

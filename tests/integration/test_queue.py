@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -144,6 +145,29 @@ async def test_grouped_outcomes_write_completed_failed_and_retry(
     assert rows[c.id]["status"] == "queued" and rows[c.id]["delayed"]
     assert rows[c.id]["lease_owner"] is None
     assert await _claim(pool, "w", 3) == []  # the retry waits for its backoff
+
+
+async def test_results_are_stored_exactly_as_the_engine_sent_them(
+    pool: Pool, tmp_path: Path
+) -> None:
+    """Bodies with quotes, backslashes, non-ASCII and even NUL characters (which jsonb
+    refuses) survive the grouped write unchanged; a failure without a body stores none."""
+    await _queued_batch(pool, LocalBlobStore(tmp_path), 2)
+    a, b = await _claim(pool, "w", 2)
+    body = {"text": 'say "hi"\\ \u00e9t\u00e9 \u2603 a\x00b', "n": 1.5, "list": [None, True]}
+    error = {"code": "engine_error", "message": '"quoted" \\ back'}
+    outcomes = [
+        Outcome(a.id, a.attempt, "completed", response_status=200, response_body=body),
+        Outcome(b.id, b.attempt, "failed", error=error),
+    ]
+    async with pool.connection() as conn:
+        assert await queue.record_outcomes(conn, "w", outcomes) == {a.id, b.id}
+        cur = await conn.execute(
+            "SELECT id, response_body::text AS body, error FROM requests ORDER BY id"
+        )
+        rows = {r["id"]: r for r in await cur.fetchall()}
+    assert json.loads(rows[a.id]["body"]) == body
+    assert rows[b.id]["body"] is None and rows[b.id]["error"] == error
 
 
 async def test_heartbeat_keeps_a_lease_and_release_requeues_at_once(

@@ -76,12 +76,17 @@ def open_pool(
     max_size: int = 8,
     name: str = "inferbatch",
     timeout: float = 10.0,
+    check: bool = True,
 ) -> AsyncConnectionPool[AsyncConnection[dict[str, Any]]]:
     """An unopened async pool whose connections return rows as dicts.
 
     The caller opens it (``await pool.open()``) and closes it. When the server goes away
     the pool keeps reconnecting in the background with backoff; callers meanwhile get
     ``PoolTimeout`` after ``timeout`` seconds and retry on their own schedule.
+
+    ``check`` tests each connection when it is handed out (a round trip): callers that
+    retry a failed statement anyway (workers) turn it off, and a connection broken by a
+    server restart then fails once and is replaced when it comes back to the pool.
     """
     return AsyncConnectionPool(
         url,
@@ -91,7 +96,7 @@ def open_pool(
         open=False,
         kwargs={"row_factory": dict_row, "application_name": name},
         connection_class=AsyncConnection[dict[str, Any]],
-        check=AsyncConnectionPool.check_connection,
+        check=AsyncConnectionPool.check_connection if check else None,
         reconnect_timeout=3600,
         timeout=timeout,
     )

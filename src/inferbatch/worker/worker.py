@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -320,22 +320,33 @@ class Worker:
     def _count(
         self, batch: list[Outcome], labels: list[tuple[str, str]], accepted: set[int]
     ) -> None:
+        """Count a written group: tallied first, so each label set is looked up once per
+        group rather than once per request (this runs for every request)."""
         assert self.metrics is not None
         m, pool = self.metrics, self.config.pool
+        kinds: Counter[str] = Counter()
+        finished: Counter[tuple[str, str, str]] = Counter()
+        tokens: Counter[tuple[str, str]] = Counter()
+        escalated: Counter[str] = Counter()
         for o, (endpoint, model) in zip(batch, labels, strict=True):
             if o.request_id not in accepted:
                 continue
-            m.outcomes.labels(pool, o.kind).inc()
+            kinds[o.kind] += 1
             if o.kind == "retry":
                 if o.escalate:
-                    m.escalated({o.escalate: 1})
+                    escalated[o.escalate] += 1
                 continue
-            m.finished(o.kind, endpoint, model, pool)
-            model_label = m.model(model)
-            if o.prompt_tokens:
-                m.tokens.labels("input", model_label, pool).inc(o.prompt_tokens)
-            if o.completion_tokens:
-                m.tokens.labels("output", model_label, pool).inc(o.completion_tokens)
+            finished[o.kind, endpoint, model] += 1
+            tokens["input", model] += o.prompt_tokens or 0
+            tokens["output", model] += o.completion_tokens or 0
+        for kind, n in kinds.items():
+            m.outcomes.labels(pool, kind).inc(n)
+        for (kind, endpoint, model), n in finished.items():
+            m.finished(kind, endpoint, model, pool, n)
+        for (direction, model), n in tokens.items():
+            if n:
+                m.tokens.labels(direction, m.model(model), pool).inc(n)
+        m.escalated(escalated)
         m.fenced.inc(len(batch) - len(accepted))
         m.in_flight.labels(pool).set(len(self._running))
 
