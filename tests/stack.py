@@ -31,6 +31,20 @@ def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | N
     raise TimeoutError(url)
 
 
+def stop_process(
+    proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 40.0
+) -> int:
+    """Signal ``proc`` and wait; kill it if it outlives ``timeout``. Returns its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 class Stack:
     """Processes of one inferbatch deployment sharing a database and a blob directory."""
 
@@ -110,15 +124,7 @@ class Stack:
         return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0)
 
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 40.0) -> int:
-        proc = self.procs.pop(name)
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
+        return stop_process(self.procs.pop(name), sig, timeout)
 
     def close(self) -> None:
         for name in list(self.procs):

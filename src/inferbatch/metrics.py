@@ -12,6 +12,7 @@ names a process sees and maps the rest to ``other``; ``priority`` is a class.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -19,6 +20,7 @@ from inferbatch.db import batches, escalation, workers
 from inferbatch.db import requests as queue
 from inferbatch.db.requests import Tally
 from inferbatch.db.types import Conn
+from inferbatch.domain import BatchStatus
 from inferbatch.policy.escalation import escalation_kind
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -26,16 +28,7 @@ API_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 DUTY_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 MAX_MODEL_LABELS = 64
-BATCH_STATUSES = (
-    "validating",
-    "failed",
-    "in_progress",
-    "finalizing",
-    "completed",
-    "expired",
-    "cancelling",
-    "cancelled",
-)
+BATCH_STATUSES: tuple[str, ...] = get_args(BatchStatus)
 PRIORITY_CLASSES = ("normal", "medium", "high")
 
 

@@ -31,7 +31,7 @@ from inferbatch.engines.local import free_port
 from tests.e2e.test_sdk import wait_batch
 from tests.helpers import chat_file
 from tests.monitoring.monitoring import RULES, tool
-from tests.stack import wait_http
+from tests.stack import stop_process, wait_http
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -64,13 +64,7 @@ def spawn(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[b
 
 
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 60) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_process(proc, sig, timeout)
 
 
 class Prometheus:
