@@ -143,8 +143,13 @@ def _engine_sim() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}/v1"
 
 
-def drain_inferbatch(url: str, n: int, workers: int, engine_url: str) -> Drain:
-    env = {
+WORKER = [sys.executable, "-m", "inferbatch", "worker", "--pool", "spot"]
+UNFINISHED = "SELECT 1 FROM requests WHERE status IN ('queued', 'running')"
+COMPLETED = "SELECT count(*) FROM requests WHERE status = 'completed'"
+
+
+def _worker_env(url: str, engine_url: str) -> dict[str, str]:
+    return {
         **os.environ,
         "INFERBATCH_DATABASE_URL": url,
         "INFERBATCH_ENGINE_URL": engine_url,
@@ -152,18 +157,16 @@ def drain_inferbatch(url: str, n: int, workers: int, engine_url: str) -> Drain:
         "INFERBATCH_WORKER_POLL_SECONDS": "0.1",
         "INFERBATCH_LOG_LEVEL": "WARNING",
     }
-    cmd = [sys.executable, "-m", "inferbatch", "worker", "--pool", "spot"]
-    with tempfile.TemporaryDirectory() as tmp, _processes([cmd] * workers, env):
+
+
+def drain_inferbatch(url: str, n: int, workers: int, engine_url: str) -> Drain:
+    env = _worker_env(url, engine_url)
+    with tempfile.TemporaryDirectory() as tmp, _processes([WORKER] * workers, env):
         blobs = LocalBlobStore(Path(tmp))
         _wait_count(url, "SELECT count(*) FROM workers WHERE state = 'running'", workers, 60)
         asyncio.run(fill_queue(url, blobs, n))
         commits0, wal0 = _stats(url)
-        seconds = _wait_drained(
-            url,
-            "SELECT 1 FROM requests WHERE status IN ('queued', 'running')",
-            "SELECT count(*) FROM requests WHERE status = 'completed'",
-            n,
-        )
+        seconds = _wait_drained(url, UNFINISHED, COMPLETED, n)
         commits1, wal1 = _stats(url)
     return Drain(n / seconds, (commits1 - commits0) / n, (wal1 - wal0) / n)
 
@@ -173,16 +176,7 @@ def drain_under_snapshot(url: str, n: int, hold_s: float, hold: bool) -> float:
     queued requests (or over the whole drain, if shorter), with another session holding a
     snapshot from before the requests were queued for that whole time (``hold``), so that
     vacuum can remove none of the row versions the drain leaves behind."""
-    env = {
-        **os.environ,
-        "INFERBATCH_DATABASE_URL": url,
-        "INFERBATCH_ENGINE_URL": "noop://",
-        "INFERBATCH_ENGINE_MAX_IN_FLIGHT": str(IN_FLIGHT),
-        "INFERBATCH_WORKER_POLL_SECONDS": "0.1",
-        "INFERBATCH_LOG_LEVEL": "WARNING",
-    }
-    cmd = [sys.executable, "-m", "inferbatch", "worker", "--pool", "spot"]
-    with tempfile.TemporaryDirectory() as tmp, _processes([cmd], env):
+    with tempfile.TemporaryDirectory() as tmp, _processes([WORKER], _worker_env(url, "noop://")):
         _wait_count(url, "SELECT count(*) FROM workers WHERE state = 'running'", 1, 60)
         holder = psycopg.connect(url)
         try:
@@ -191,12 +185,11 @@ def drain_under_snapshot(url: str, n: int, hold_s: float, hold: bool) -> float:
                 holder.execute("SELECT count(*) FROM workers")
             asyncio.run(fill_queue(url, LocalBlobStore(Path(tmp)), n))
             started = time.perf_counter()
-            pending = "SELECT (NOT EXISTS (SELECT 1 FROM requests WHERE status IN "
-            pending += "('queued', 'running')))::int"
-            while time.perf_counter() - started < hold_s and not _count(url, pending):
+            drained = f"SELECT (NOT EXISTS ({UNFINISHED}))::int"
+            while time.perf_counter() - started < hold_s and not _count(url, drained):
                 time.sleep(0.5)
             elapsed = time.perf_counter() - started
-            done = _count(url, "SELECT count(*) FROM requests WHERE status = 'completed'")
+            done = _count(url, COMPLETED)
         finally:
             holder.close()
     return done / elapsed

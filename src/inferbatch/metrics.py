@@ -311,12 +311,10 @@ class SystemMetrics:
         for row in await queue.settled_stats(conn):
             self.requests.labels(row["status"], row["pool"]).set(row["n"])
         self.ingested.set(await batches.ingested_total(conn))
-        desired = await escalation.published(conn, escalation.DESIRED_DEDICATED)
-        self.dedicated_desired.set(float(desired) if desired is not None else 0.0)
-        spot = await escalation.published(conn, escalation.SPOT_ENABLED)
-        self.spot_enabled.set(float(spot) if spot is not None else 1.0)
-        at_risk = await escalation.published(conn, escalation.BATCHES_AT_RISK)
-        self.at_risk.set(float(at_risk) if at_risk is not None else 0.0)
+        state = await escalation.published_all(conn)
+        self.dedicated_desired.set(float(state.get(escalation.DESIRED_DEDICATED, 0)))
+        self.spot_enabled.set(float(state.get(escalation.SPOT_ENABLED, 1)))
+        self.at_risk.set(float(state.get(escalation.BATCHES_AT_RISK, 0)))
         self.workers.clear()
         for row in await workers.live_by_pool(conn):
             self.workers.labels(row["pool"], row["state"]).set(row["n"])

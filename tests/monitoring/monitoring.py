@@ -178,13 +178,14 @@ def catalogue_names() -> dict[str, tuple[str, set[str]]]:
     return out
 
 
-def catalogue_exporters(name: str) -> set[str]:
-    """The roles (api, scheduler, worker) the catalogue says export ``name``."""
-    row = re.compile(rf"^\|\s*`{name}`\s*\|[^|]*\|[^|]*\|([^|]*)\|")
-    for line in CATALOGUE.read_text().splitlines():
-        if match := row.match(line):
-            return {role for role in ("api", "scheduler", "worker") if role in match.group(1)}
-    raise KeyError(name)
+def catalogue_exporters() -> dict[str, set[str]]:
+    """name -> the roles (api, scheduler, worker) docs/metrics.md says export it."""
+    row = re.compile(r"^\|\s*`(inferbatch_\w+)`\s*\|[^|]*\|[^|]*\|([^|]*)\|")
+    return {
+        m.group(1): {role for role in ("api", "scheduler", "worker") if role in m.group(2)}
+        for line in CATALOGUE.read_text().splitlines()
+        if (m := row.match(line))
+    }
 
 
 def series_names_of(name: str, kind: str) -> set[str]:

@@ -3,7 +3,7 @@ pool with a recorded reason, and the scheduler's published state."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -120,14 +120,21 @@ async def escalate_requests(conn: Conn, reasons: Sequence[tuple[int, str]]) -> d
     return {r["reason"]: r["n"] for r in await cur.fetchall()}
 
 
-async def publish(conn: Conn, name: str, value: Any) -> None:
+async def publish(conn: Conn, values: Mapping[str, Any]) -> None:
+    """Set the published values (name -> JSON value) in one statement."""
     await conn.execute(
         """
-        INSERT INTO scheduler_state (name, value, updated_at) VALUES (%s, %s, now())
+        INSERT INTO scheduler_state (name, value, updated_at)
+        SELECT name, value, now() FROM unnest(%s::text[], %s::jsonb[]) AS v(name, value)
         ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = now()
         """,
-        (name, Jsonb(value)),
+        (list(values), [Jsonb(v) for v in values.values()]),
     )
+
+
+async def published_all(conn: Conn) -> dict[str, Any]:
+    cur = await conn.execute("SELECT name, value FROM scheduler_state")
+    return {r["name"]: r["value"] for r in await cur.fetchall()}
 
 
 async def published(conn: Conn, name: str) -> Any:

@@ -44,16 +44,15 @@ class EscalationLoop:
     policy: Policy
     metrics: SchedulerMetrics | None = None
     recent: tuple[tuple[float, int], ...] = field(default=())
-    fleet: FleetMemory | None = None
     desired: int = 0
+    """The dedicated worker count last published."""
+    fleet: FleetMemory = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.fleet is None:
-            self.fleet = FleetMemory(cold_start_s=self.settings.dedicated_cold_start_seconds)
+        self.fleet = FleetMemory(cold_start_s=self.settings.dedicated_cold_start_seconds)
 
     def cluster(self, live: dict[str, int], now: float) -> ClusterState:
         s, fleet = self.settings, self.fleet
-        assert fleet is not None
         return ClusterState(
             slots_per_worker=s.engine_max_in_flight,
             max_dedicated_workers=s.max_dedicated_workers,
@@ -105,7 +104,6 @@ class EscalationLoop:
             live = await rows.live_workers(conn)
         now = time.time()
         fleet = self.fleet
-        assert fleet is not None
         fleet.observe(now, live.get("spot", 0), live.get("dedicated", 0), self.desired)
         batches = [self.batch_state(r, times) for r in snapshot]
         decision = self.policy.decide(now, batches, self.cluster(live, now))
@@ -127,7 +125,12 @@ class EscalationLoop:
                         )
                         if self.metrics:
                             self.metrics.escalated({reason: moved})
-            await rows.publish(conn, rows.DESIRED_DEDICATED, desired)
-            await rows.publish(conn, rows.BATCHES_AT_RISK, len(decision.at_risk))
-            await rows.publish(conn, rows.SPOT_ENABLED, int(self.policy.uses_spot))
+            await rows.publish(
+                conn,
+                {
+                    rows.DESIRED_DEDICATED: desired,
+                    rows.BATCHES_AT_RISK: len(decision.at_risk),
+                    rows.SPOT_ENABLED: int(self.policy.uses_spot),
+                },
+            )
         return decision
