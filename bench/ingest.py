@@ -45,7 +45,10 @@ async def run_child(n: int, dedup: str) -> dict[str, float]:
             rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             assert done == batch_id
         dump = Path(tmp) / "rows.copy"
-        cols = "batch_id, line, custom_id, url, model, body, input_hash, priority, batch_created_at"
+        cols = (
+            "batch_id, line, custom_id, url, model, body, input_hash, priority, "
+            "batch_created_at, deadline_at"
+        )
         with psycopg.connect(url, autocommit=True) as conn:
             status = conn.execute("SELECT status, total_count FROM batches").fetchone()
             assert status == ("in_progress", n), status

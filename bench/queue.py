@@ -252,7 +252,7 @@ PGBENCH_SCRIPT = """
 WITH picked AS (
     SELECT id FROM requests
     WHERE status = 'queued' AND pool = 'spot' AND next_attempt_at <= now()
-    ORDER BY priority DESC, batch_created_at ASC, id ASC LIMIT 100 FOR UPDATE SKIP LOCKED
+    ORDER BY priority DESC, deadline_at ASC, id ASC LIMIT 100 FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE requests r SET status = 'running', lease_owner = 'pgbench',
         lease_expires_at = now() + interval '30 seconds', attempts = r.attempts + 1,

@@ -3,6 +3,7 @@ match the files, and expired or cancelled batches keep what finished."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from pathlib import Path
 
@@ -163,6 +164,50 @@ async def test_cancelled_batch_waits_for_running_requests_then_lists_the_rest(
     assert [r["custom_id"] for r in out] == ["req-0"]
     assert [r["error"]["code"] for r in err] == ["batch_cancelled"] * 3
     assert (b.total_count, b.completed_count, b.failed_count) == (4, 1, 3)
+
+
+async def test_a_count_refresh_racing_a_finish_keeps_the_final_counts(
+    pool: Pool, tmp_path: Path
+) -> None:
+    """The refresh reads the batch as cancelling, then waits for the finish's row lock: once
+    the finish commits it must not overwrite the final counts (cancelled lines count as
+    failed there, not in a live recount)."""
+    blobs = LocalBlobStore(tmp_path)
+    batch_id = await _setup(pool, blobs, 4)
+    [done] = await _claim(pool, 1)  # finished since the last recount: the recount differs
+    await _record(
+        pool, [Outcome(done.id, done.attempt, "completed", response_status=200, response_body={})]
+    )
+    async with pool.connection() as conn:
+        assert await batches.request_cancel(conn, batch_id, utcnow())
+        assert queue.total(await queue.cancel_queued(conn)) == 3
+    async with pool.connection() as finisher, pool.connection() as refresher:
+        async with finisher.transaction():
+            assert await batches.mark_finished(
+                finisher,
+                batch_id,
+                status="cancelled",
+                now=utcnow(),
+                output_file_id=None,
+                error_file_id=None,
+                counts=(4, 1, 3),
+                tokens=(0, 0),
+            )
+            refresh = asyncio.create_task(batches.refresh_counts(refresher))
+            while True:  # until the refresh waits for the finish's row lock
+                cur = await finisher.execute(
+                    "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND pid = %s",
+                    (refresher.info.backend_pid,),
+                )
+                row = await cur.fetchone()
+                if row and row["n"]:
+                    break
+                assert not refresh.done()
+                await asyncio.sleep(0.02)
+        assert await refresh == 0
+    b = await _batch(pool, batch_id)
+    assert (b.status, b.total_count, b.completed_count, b.failed_count) == ("cancelled", 4, 1, 3)
 
 
 async def test_a_retry_while_finalizing_sends_the_batch_back_to_in_progress(

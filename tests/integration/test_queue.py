@@ -38,7 +38,7 @@ async def _claim(pool: Pool, owner: str, n: int, lease: float = 30.0, pool_name:
         return await queue.claim(conn, pool=pool_name, owner=owner, n=n, lease_seconds=lease)
 
 
-async def test_claim_orders_by_priority_then_batch_age_then_id(pool: Pool, tmp_path: Path) -> None:
+async def test_claim_orders_by_priority_then_deadline_then_id(pool: Pool, tmp_path: Path) -> None:
     blobs = LocalBlobStore(tmp_path)
     now = utcnow()
     # identical bodies across the batches: dedup off, or they would follow each other
@@ -61,6 +61,54 @@ async def test_claim_orders_by_priority_then_batch_age_then_id(pool: Pool, tmp_p
     assert [c.custom_id for c in claimed[:3]] == ["high-0", "high-1", "high-2"]
     assert all(c.attempt == 1 for c in claimed)
     assert await _claim(pool, "w1", 7, pool_name="dedicated") == []
+
+
+async def test_a_short_window_created_later_is_claimed_before_a_long_one(
+    pool: Pool, tmp_path: Path
+) -> None:
+    blobs = LocalBlobStore(tmp_path)
+    now = utcnow()
+    off = {"dedup": "off"}
+    day = await _queued_batch(
+        pool, blobs, 2, prefix="day", created_at=now - timedelta(minutes=10), metadata=off
+    )
+    hour = await _queued_batch(
+        pool, blobs, 2, prefix="hour", created_at=now, window="1h", metadata=off
+    )
+    claimed = await _claim(pool, "w1", 4)
+    assert [c.batch_id for c in claimed] == [hour, hour, day, day]
+
+
+async def _cursor_claim(cursor: queue.QueueCursor, pool: Pool, n: int) -> list[str]:
+    async with pool.connection() as conn:
+        got = await cursor.claim(conn, owner="w", n=n, lease_seconds=30)
+    return [c.custom_id for c in got]
+
+
+async def test_a_cursor_resumes_after_its_last_claim_and_rescans_for_what_lies_before(
+    pool: Pool, tmp_path: Path
+) -> None:
+    blobs = LocalBlobStore(tmp_path)
+    await _queued_batch(pool, blobs, 10, prefix="a", metadata={"dedup": "off"})
+    now = [0.0]  # the cursor's clock: claims take no time, rescans come when told
+    cursor = queue.QueueCursor("spot", rescan_seconds=60, clock=lambda: now[0])
+    assert await _cursor_claim(cursor, pool, 3) == ["a-0", "a-1", "a-2"]
+    # a released request sits before the cursor: resumed claims pass it by ...
+    async with pool.connection() as conn:
+        [first] = await (
+            await conn.execute("SELECT id FROM requests WHERE custom_id = 'a-0'")
+        ).fetchall()
+        assert await queue.release(conn, "w", [(first["id"], 1)], interrupted=False) == 1
+    assert await _cursor_claim(cursor, pool, 3) == ["a-3", "a-4", "a-5"]
+    # ... and so does a batch of higher priority, until the rescan
+    await _queued_batch(pool, blobs, 2, prefix="hi", metadata={"priority": "10", "dedup": "off"})
+    assert await _cursor_claim(cursor, pool, 2) == ["a-6", "a-7"]
+    now[0] += 60
+    assert await _cursor_claim(cursor, pool, 1) == ["hi-0"]
+    assert await _cursor_claim(cursor, pool, 2) == ["hi-1", "a-0"]
+    # a resumed claim that comes up short finishes from the start of the queue
+    assert await _cursor_claim(cursor, pool, 5) == ["a-8", "a-9"]
+    assert await _cursor_claim(cursor, pool, 5) == []
 
 
 async def test_concurrent_claimers_never_get_the_same_request(pool: Pool, tmp_path: Path) -> None:

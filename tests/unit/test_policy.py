@@ -52,6 +52,7 @@ def batch(
     mean: float = 90.0,
     tail: float = 600.0,
     queued_dedicated: int = 0,
+    priority: int = 1,
 ) -> BatchState:
     return BatchState(
         batch_id=batch_id,
@@ -64,6 +65,7 @@ def batch(
         running_dedicated=0,
         mean_service_seconds=mean,
         tail_service_seconds=tail,
+        priority=priority,
     )
 
 
@@ -153,6 +155,19 @@ def test_earliest_deadline_gets_dedicated_first() -> None:
         assert decision.moves.get("urgent", 0) > 0
         assert decision.moves.get("relaxed", 0) == 0
     assert [b.batch_id for b in edf([relaxed, urgent])] == ["urgent", "relaxed"]
+
+
+def test_a_higher_priority_counts_ahead_of_an_earlier_deadline() -> None:
+    """The queue serves priority first: an urgent normal batch behind a big high-priority
+    one must plan for that work too, so it needs dedicated workers sooner."""
+    probe = batch("urgent", requests=600)
+    deadline = seconds_to_finish_on_dedicated(probe, CLUSTER) + 2 * HOUR
+    urgent = batch("urgent", requests=600, deadline_in=deadline)
+    important = batch("important", requests=6000, deadline_in=20 * HOUR, priority=10)
+    assert [b.batch_id for b in edf([urgent, important])] == ["important", "urgent"]
+    policy = DeadlineAwarePolicy()
+    assert policy.decide(0.0, [urgent], CLUSTER).dedicated_workers_desired == 0
+    assert policy.decide(0.0, [urgent, important], CLUSTER).dedicated_workers_desired > 0
 
 
 def test_started_workers_are_kept_through_noise() -> None:

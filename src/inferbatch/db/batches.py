@@ -181,7 +181,10 @@ async def refresh_counts(conn: Conn) -> int:
                 WHERE status IN ('in_progress', 'cancelling') AND ingested_at IS NOT NULL)
             GROUP BY r.batch_id
         ) c
-        WHERE b.id = c.batch_id AND (b.completed_count, b.failed_count, b.input_tokens,
+        -- re-checked on the latest row version if a finish commits meanwhile: its final
+        -- counts (cancelled and expired lines included) must not be overwritten
+        WHERE b.id = c.batch_id AND b.status IN ('in_progress', 'cancelling')
+          AND (b.completed_count, b.failed_count, b.input_tokens,
             b.output_tokens, b.deduplicated_count) IS DISTINCT FROM (c.completed, c.failed,
             c.input_tokens, c.output_tokens, c.deduplicated)
         """

@@ -23,7 +23,7 @@ async def unfinished_batches(conn: Conn) -> list[dict[str, Any]]:
     only unsettled rows, through their partial index)."""
     cur = await conn.execute(
         """
-        SELECT b.id, b.model, extract(epoch FROM b.created_at)::float8 AS created_at,
+        SELECT b.id, b.model, b.priority, extract(epoch FROM b.created_at)::float8 AS created_at,
             extract(epoch FROM b.deadline_at)::float8 AS deadline_at,
             b.total_count - b.deduplicated_count AS total,
             count(*) FILTER (WHERE r.status = 'queued' AND r.pool = 'spot') AS queued_spot,

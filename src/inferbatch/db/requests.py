@@ -7,8 +7,10 @@ so a worker that lost its lease can never overwrite a newer attempt.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 import orjson
@@ -82,8 +84,8 @@ def total(tallies: Sequence[Tally]) -> int:
 CLAIM = """
 WITH picked AS (
     SELECT id FROM requests
-    WHERE status = 'queued' AND pool = %(pool)s AND next_attempt_at <= now()
-    ORDER BY priority DESC, batch_created_at ASC, id ASC
+    WHERE status = 'queued' AND pool = %(pool)s AND next_attempt_at <= now() {after}
+    ORDER BY priority DESC, deadline_at ASC, id ASC
     LIMIT %(n)s
     FOR UPDATE SKIP LOCKED
 )
@@ -93,16 +95,38 @@ UPDATE requests r SET
     attempts = r.attempts + 1, started_at = now()
 FROM picked WHERE r.id = picked.id
 RETURNING r.id, r.batch_id, r.custom_id, r.url, r.model, r.body::text AS body, r.attempts,
-    r.failed_attempts, r.interruptions, r.pool
+    r.failed_attempts, r.interruptions, r.pool, r.priority, r.deadline_at
 """
+CLAIM_FROM_START = CLAIM.format(after="")
+# Within one priority level the queue index orders (deadline_at, id) ascending, so a row
+# comparison on them starts the index scan right after the last row claimed.
+CLAIM_AFTER = CLAIM.format(
+    after="AND priority = %(priority)s AND (deadline_at, id) > (%(deadline)s, %(id)s)"
+)
 
 
-async def claim(
-    conn: Conn, *, pool: str, owner: str, n: int, lease_seconds: float
-) -> list[ClaimedRequest]:
-    """Lease up to ``n`` queued requests of ``pool``: priority first, then oldest batch."""
-    cur = await conn.execute(CLAIM, {"pool": pool, "owner": owner, "n": n, "lease": lease_seconds})
-    return [
+@dataclass(frozen=True, slots=True)
+class QueueKey:
+    """A position in a pool's claim order: (priority DESC, deadline_at, id)."""
+
+    priority: int
+    deadline_at: datetime
+    id: int
+
+
+async def _claim(
+    conn: Conn, *, pool: str, owner: str, n: int, lease_seconds: float, after: QueueKey | None
+) -> tuple[list[ClaimedRequest], QueueKey | None]:
+    params: dict[str, Any] = {"pool": pool, "owner": owner, "n": n, "lease": lease_seconds}
+    if after is None:
+        statement = CLAIM_FROM_START
+    else:
+        statement = CLAIM_AFTER
+        params.update(priority=after.priority, deadline=after.deadline_at, id=after.id)
+    rows = await (await conn.execute(statement, params)).fetchall()
+    rows.sort(key=lambda r: (-r["priority"], r["deadline_at"], r["id"]))  # claim order
+    last = QueueKey(rows[-1]["priority"], rows[-1]["deadline_at"], rows[-1]["id"]) if rows else None
+    claimed = [
         ClaimedRequest(
             id=r["id"],
             batch_id=r["batch_id"],
@@ -115,8 +139,86 @@ async def claim(
             interruptions=r["interruptions"],
             pool=r["pool"],
         )
-        for r in await cur.fetchall()
+        for r in rows
     ]
+    return claimed, last
+
+
+async def claim(
+    conn: Conn, *, pool: str, owner: str, n: int, lease_seconds: float
+) -> list[ClaimedRequest]:
+    """Lease up to ``n`` queued requests of ``pool``: highest priority first, then the
+    earliest deadline (the oldest batch, when windows are equal), then line order."""
+    claimed, _ = await _claim(
+        conn, pool=pool, owner=owner, n=n, lease_seconds=lease_seconds, after=None
+    )
+    return claimed
+
+
+class QueueCursor:
+    """Claims from one pool, each claim resuming where the previous one ended.
+
+    A claim from the start of the queue index walks past the entries of every request
+    claimed since the oldest open snapshot in the database was taken: while any session
+    holds a transaction open, those entries cannot be removed, each costs a heap visit, and
+    claiming becomes quadratic in the work done meanwhile. Resuming after the last row
+    claimed skips them. Rows can still appear before that position (a request released,
+    retried, escalated, or a batch of higher priority), so a claim from the start runs
+    whenever the resumed one comes up short and at least every ``rescan_seconds``; that
+    interval stretches so that claims from the start take at most ``1 / RESCAN_SHARE`` of
+    the time (a held snapshot makes them slow, and this keeps them from dominating).
+    Priority therefore takes effect within one rescan interval.
+    """
+
+    RESCAN_SHARE = 20
+
+    def __init__(
+        self, pool: str, rescan_seconds: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.pool = pool
+        self.rescan_seconds = rescan_seconds
+        self._clock = clock
+        self._after: QueueKey | None = None
+        self._rescanned_at = 0.0
+        self._rescan_took = 0.0
+
+    def _rescan_due(self) -> bool:
+        interval = max(self.rescan_seconds, self._rescan_took * self.RESCAN_SHARE)
+        return self._clock() >= self._rescanned_at + interval
+
+    async def claim(
+        self, conn: Conn, *, owner: str, n: int, lease_seconds: float
+    ) -> list[ClaimedRequest]:
+        """Lease up to ``n`` requests, in claim order within each statement."""
+        claimed: list[ClaimedRequest] = []
+        if self._after is not None and not self._rescan_due():
+            claimed, last = await _claim(
+                conn,
+                pool=self.pool,
+                owner=owner,
+                n=n,
+                lease_seconds=lease_seconds,
+                after=self._after,
+            )
+            if last is not None:
+                self._after = last
+            if len(claimed) >= n:
+                return claimed
+        started = self._clock()
+        more, last = await _claim(
+            conn,
+            pool=self.pool,
+            owner=owner,
+            n=n - len(claimed),
+            lease_seconds=lease_seconds,
+            after=None,
+        )
+        self._rescan_took = self._clock() - started
+        self._rescanned_at = started + self._rescan_took
+        # everything before the last row a claim from the start took is taken, locked or
+        # not yet due; a short claim took all there was
+        self._after = last if len(more) == n - len(claimed) else None
+        return claimed + more
 
 
 RECORD = """

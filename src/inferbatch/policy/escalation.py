@@ -91,6 +91,8 @@ class BatchState:
     tail_service_seconds: float = 0.0
     """The longest a request may hold a slot (measured maximum, or the engine timeout):
     after the last dispatch, a batch can take this long to finish."""
+    priority: int = 1
+    """The queue serves higher priorities first, whatever their deadlines."""
 
     @property
     def remaining(self) -> int:
@@ -174,9 +176,11 @@ class Policy(Protocol):
 
 
 def edf(batches: Sequence[BatchState]) -> list[BatchState]:
-    """Unfinished batches, earliest deadline first (ties: oldest, then id)."""
+    """Unfinished batches in the queue's claim order: highest priority first, then earliest
+    deadline first (ties: oldest, then id). With one priority this is EDF; a batch's work
+    must finish by its deadline behind everything ahead of it in this order."""
     live = [b for b in batches if b.remaining > 0]
-    return sorted(live, key=lambda b: (b.deadline_at, b.created_at, b.batch_id))
+    return sorted(live, key=lambda b: (-b.priority, b.deadline_at, b.created_at, b.batch_id))
 
 
 def _ready_times(cluster: ClusterState, quota: int | None = None) -> list[float]:
@@ -235,17 +239,12 @@ def fill_dedicated_queue(
     ordered: Sequence[BatchState], desired: int, cluster: ClusterState, reason: str
 ) -> tuple[dict[str, int], dict[str, str]]:
     """Moves that give ``desired`` dedicated workers a queue for one tick: their slots plus
-    what they finish in a tick, taken from ``ordered`` (most urgent first).
-
-    The queue serves older batches first, so two rules keep urgent work in front: only
-    dedicated work of batches at least as urgent counts as already queued (requests
-    escalated one by one in a relaxed batch must not hold back an urgent one), and no
-    request moves from a batch created before a more urgent one that still has dedicated
-    work waiting (it would be claimed first)."""
+    what they finish in a tick, taken from ``ordered`` (claim order, most urgent first).
+    Only dedicated work of batches ahead counts as already queued: requests escalated one
+    by one in a later batch are claimed after the urgent ones and must not hold them back."""
     moves: dict[str, int] = {}
     reasons: dict[str, str] = {}
     queued = 0
-    newest_waiting = -math.inf  # creation time of the newest more urgent batch with a queue
     for b in ordered:
         per_slot = 1.0 + cluster.tick_s / max(1.0, b.mean_service_seconds)
         target = math.ceil(desired * cluster.slots_per_worker * per_slot)
@@ -253,12 +252,10 @@ def fill_dedicated_queue(
         if target - queued <= 0:
             break
         n = min(b.queued_spot, target - queued)
-        if n > 0 and b.created_at >= newest_waiting:
+        if n > 0:
             moves[b.batch_id] = n
             reasons[b.batch_id] = reason
             queued += n
-        if b.queued_dedicated + moves.get(b.batch_id, 0) > 0:
-            newest_waiting = max(newest_waiting, b.created_at)
     return moves, reasons
 
 
@@ -404,19 +401,12 @@ class DeadlineAwarePolicy:
         prefixes: list[tuple[float, int, float]] = []  # (work, requests, horizon)
         need, critical = 0, 0
         at_risk: list[str] = []
-        # The queue orders by creation, not deadline: dedicated-queued requests of batches
-        # outside a prefix may be claimed before the prefix's own, so each prefix counts them.
-        slots = cluster.slots_per_worker
-        parked = sum(b.queued_dedicated for b in ordered)
-        parked_work = sum(b.queued_dedicated * b.mean_service_seconds for b in ordered) / slots
+        # a prefix in claim order holds all the work dedicated workers would serve first
         work, requests = 0.0, 0
         for b in ordered:
-            remaining = b.remaining
-            work += remaining * b.mean_service_seconds / slots
-            requests += remaining
-            parked -= b.queued_dedicated
-            parked_work -= b.queued_dedicated * b.mean_service_seconds / slots
-            prefix = (work + parked_work, requests + parked, b.deadline_at - now - b.guard)
+            work += b.work(cluster.slots_per_worker)
+            requests += b.remaining
+            prefix = (work, requests, b.deadline_at - now - b.guard)
             prefixes.append(prefix)
             n = warm_workers_needed(*prefix, cluster, ready)
             if n is None:
@@ -438,9 +428,8 @@ class DeadlineAwarePolicy:
         # the next worker the deadlines start: they are counted in the work above, so they
         # finish in time, and a cold start for one request would cost more than it.
         reason = f"{desired} warm dedicated workers keep deadlines safe without spot"
-        # Only batches whose deadlines need the workers get moved: a creation-ordered queue
-        # would serve an older, relaxed batch's moved requests before an urgent one's. Kept
-        # workers with nothing moved take spot-pool work (dedicated_takes_spot).
+        # Only batches whose deadlines need the workers get moved: the rest stay on spot.
+        # Kept workers with nothing moved take spot-pool work (dedicated_takes_spot).
         moves, reasons = fill_dedicated_queue(ordered[:critical], desired, cluster, reason)
         for batch_id in at_risk:
             reasons[batch_id] = "at risk: the whole dedicated quota is too late"

@@ -95,6 +95,7 @@ class EscalationLoop:
             running_dedicated=row["running_dedicated"],
             mean_service_seconds=mean,
             tail_service_seconds=tail,
+            priority=row["priority"],
         )
 
     async def tick(self) -> Decision:

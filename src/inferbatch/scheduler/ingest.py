@@ -30,7 +30,7 @@ CHUNK_LINES = 2000
 
 COPY_REQUESTS = """
 COPY requests (batch_id, line, custom_id, url, model, body, input_hash, priority,
-               batch_created_at)
+               batch_created_at, deadline_at)
 FROM STDIN
 """
 
@@ -65,7 +65,10 @@ class _Validator:
         """Validate up to CHUNK_LINES lines; returns their COPY data (empty once the
         input is known to be invalid, since those rows will be rolled back)."""
         prefix = f"{self.batch.id}\t"
-        suffix = f"\t{self.batch.priority}\t{self.batch.created_at.isoformat()}\n"
+        suffix = (
+            f"\t{self.batch.priority}\t{self.batch.created_at.isoformat()}"
+            f"\t{self.batch.deadline_at.isoformat()}\n"
+        )
         url = copy_text(self.batch.endpoint)
         out: list[str] = []
         for _ in range(CHUNK_LINES):

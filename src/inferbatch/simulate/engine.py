@@ -218,10 +218,8 @@ class Simulation:
 
     def _ingest(self, spec: SimBatch) -> None:
         batch = _Batch(spec, len(self.out.batches))
-        if self.c.queue_order == "deadline":
-            bisect.insort(self.open, batch, key=lambda b: (b.deadline, b.created))
-        else:
-            self.open.append(batch)
+        # the queue's claim order: earliest deadline first (ties: the oldest batch)
+        bisect.insort(self.open, batch, key=lambda b: (b.deadline, b.created))
         self.out.batches.append((spec, None))
         self._at(spec.deadline, _DEADLINE, batch)
 

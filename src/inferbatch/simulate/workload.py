@@ -22,7 +22,6 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -83,10 +82,6 @@ class ClusterSpec(_Frozen):
     spot_cold_start_s: float = Field(default=240.0, ge=0)
     tick_s: float = Field(default=30.0, gt=0, description="Scheduler tick.")
     notice_s: float | None = Field(default=None, ge=0, description="None: the trace's cloud.")
-    queue_order: Literal["created", "deadline"] = Field(
-        default="created",
-        description="Claim order across batches: batch creation (today's queue) or deadline.",
-    )
     availability_halflife_s: float = Field(default=6 * 3600.0, gt=0)
 
 

@@ -95,6 +95,10 @@ class Worker:
         self._slots: dict[int, asyncio.Semaphore] = {
             id(e): asyncio.Semaphore(e.max_in_flight) for e in engines.engines
         }
+        pools = [config.pool]
+        if config.takes_spot and config.pool != "spot":
+            pools.append("spot")
+        self._cursors = [queue.QueueCursor(pool) for pool in pools]
         self._outcomes: list[Outcome] = []
         self._labels: dict[int, tuple[str, str]] = {}
         """(endpoint, model) of each outcome not yet written, for metrics."""
@@ -245,18 +249,11 @@ class Worker:
 
     async def _claim(self, n: int) -> list[ClaimedRequest]:
         """Own pool first; spot-pool work fills the rest when ``takes_spot``."""
-        pools = [self.config.pool]
-        if self.config.takes_spot and self.config.pool != "spot":
-            pools.append("spot")
         claimed: list[ClaimedRequest] = []
         async with self.db.connection() as conn:
-            for pool in pools:
-                claimed += await queue.claim(
-                    conn,
-                    pool=pool,
-                    owner=self.id,
-                    n=n - len(claimed),
-                    lease_seconds=self.config.lease_seconds,
+            for cursor in self._cursors:
+                claimed += await cursor.claim(
+                    conn, owner=self.id, n=n - len(claimed), lease_seconds=self.config.lease_seconds
                 )
                 if len(claimed) >= n:
                     break
