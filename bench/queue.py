@@ -251,19 +251,27 @@ def drain_procrastinate(url: str, n: int, workers: int) -> Drain:
 PGBENCH_SCRIPT = """
 WITH picked AS (
     SELECT id FROM requests
-    WHERE status = 'queued' AND pool = 'spot' AND next_attempt_at <= now()
+    WHERE status = 'queued' AND pool = 'spot' AND next_attempt_at <= now() AND priority = 1
+      AND (deadline_at, id) > (:last_deadline::timestamptz, :last_id)
     ORDER BY priority DESC, deadline_at ASC, id ASC LIMIT 100 FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE requests r SET status = 'running', lease_owner = 'pgbench',
         lease_expires_at = now() + interval '30 seconds', attempts = r.attempts + 1,
         started_at = now()
-    FROM picked WHERE r.id = picked.id RETURNING r.id
+    FROM picked WHERE r.id = picked.id RETURNING r.id, r.deadline_at
 )
-SELECT quote_literal(coalesce(array_agg(id), '{}')) AS ids FROM claimed \\gset
+SELECT quote_literal(coalesce(array_agg(id), '{}')) AS ids,
+    coalesce(quote_literal(max(deadline_at)), quote_literal(:last_deadline::timestamptz))
+        AS last_deadline,
+    coalesce(max(id), :last_id) AS last_id
+FROM claimed \\gset
 UPDATE requests SET status = 'completed', lease_owner = NULL, lease_expires_at = NULL,
     finished_at = now(), response_status = 200, response_body = '{"object":"noop"}'::json
 WHERE id = ANY(:ids::bigint[]) AND status = 'running' AND lease_owner = 'pgbench';
 """
+"""The bare statements: a claim of 100 that resumes after the client's last claimed key
+(one priority, as queued here; the worker's ``QueueCursor`` does the same), then one
+grouped completion."""
 
 
 def pgbench_ceiling(url: str, n: int, clients: int) -> Drain:
@@ -284,6 +292,10 @@ def pgbench_ceiling(url: str, n: int, clients: int) -> Drain:
                 str(clients),
                 "-t",
                 str(per_client),
+                "-D",
+                "last_deadline='-infinity'",
+                "-D",
+                "last_id=0",
                 url,
             ],
             check=True,
@@ -303,6 +315,11 @@ def best(repeat: int, run: Callable[[], Drain]) -> Drain:
 def ours(server: str, n: int, workers: int, engine: str) -> Drain:
     with fresh_database(server) as url:
         return drain_inferbatch(url, n, workers, engine)
+
+
+def theirs(server: str, n: int, workers: int) -> Drain:
+    with fresh_database(server, migrated=False) as url:
+        return drain_procrastinate(url, n, workers)
 
 
 def ceiling(server: str, n: int, workers: int) -> Drain:
@@ -330,7 +347,7 @@ def main() -> None:
         "--repeat",
         type=int,
         default=2,
-        help="runs of each inferbatch and pgbench figure (the best counts)",
+        help="runs of each figure, inferbatch, Procrastinate and pgbench (the best counts)",
     )
     parser.add_argument(
         "--bloat-size",
@@ -364,8 +381,7 @@ def main() -> None:
                         sim = best(r, partial(ours, server, n, w, sim_url))
                 proc = None
                 if n <= args.procrastinate_max:
-                    with fresh_database(server, migrated=False) as url:
-                        proc = drain_procrastinate(url, n, w)
+                    proc = best(r, partial(theirs, server, n, w))
                 top = best(r, partial(ceiling, server, n, w))
                 print(
                     f"{n:>7} {w:>4} {noop.rate:>9.0f} {(sim.rate if sim else float('nan')):>8.0f} "
