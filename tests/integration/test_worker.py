@@ -127,3 +127,19 @@ async def test_unknown_model_fails_the_request_without_an_engine_call(
         rows = await cur.fetchall()
     assert rows == [{"status": "failed", "code": "model_not_found"}] * 3
     assert engine.calls == []
+
+
+async def test_the_ready_buffer_follows_the_completion_rate(pool: Pool) -> None:
+    worker = Worker(
+        _config("spot"), pool, EngineRegistry({ANY_MODEL: CountingEngine(max_in_flight=32)})
+    )
+    assert worker.prefetch == worker.min_prefetch == 16
+    for _ in range(20):  # 1,000 finished/s: 100 ms of it
+        worker._adapt_prefetch(100, 0.1)
+    assert 99 <= worker.prefetch <= 100
+    for _ in range(20):  # capped at eight times the capacity
+        worker._adapt_prefetch(100_000, 0.1)
+    assert worker.prefetch == 256
+    for _ in range(20):  # 16 finished/s: back to the floor, leases are not held idle
+        worker._adapt_prefetch(16, 1.0)
+    assert worker.prefetch == 16

@@ -69,6 +69,10 @@ def _usage(body: object) -> tuple[int | None, int | None]:
     return None, None
 
 
+PREFETCH_SECONDS = 0.1
+"""How much work, at the measured completion rate, a worker keeps claimed ahead."""
+
+
 class Worker:
     def __init__(
         self,
@@ -91,7 +95,12 @@ class Worker:
         # claimed, leased, not started yet: a finished request's slot is refilled from here
         # at once, and the buffer is topped up in batches (fewer, larger claims)
         self._ready: deque[ClaimedRequest] = deque()
-        self.prefetch = max(1, self.capacity // 2)
+        self.min_prefetch = max(1, self.capacity // 2)
+        self.prefetch = self.min_prefetch
+        """Claimed requests to keep ready beyond the running ones: adapted by
+        :meth:`_adapt_prefetch` so that engine slots do not wait for claims."""
+        self._finished = 0
+        """Requests finished here so far (for the completion rate)."""
         self._slots: dict[int, asyncio.Semaphore] = {
             id(e): asyncio.Semaphore(e.max_in_flight) for e in engines.engines
         }
@@ -239,6 +248,7 @@ class Worker:
         self._labels[req.id] = (req.url, req.model)
         self._running.pop(req.id, None)
         self._started.pop(req.id, None)
+        self._finished += 1
         self._start_ready()
         if len(self._ready) <= self.prefetch // 2:  # wake the claimer only to top up
             self._slot_free.set()
@@ -267,8 +277,21 @@ class Worker:
             self._running[req.id] = (req, task)
             self._started[req.id] = time.monotonic()
 
+    def _adapt_prefetch(self, finished: int, elapsed: float) -> None:
+        """Size the ready buffer to ``PREFETCH_SECONDS`` of the completion rate measured
+        since the last claim, between ``capacity / 2`` and eight times the capacity. A fast
+        engine so gets few, large claims: every claim statement has a fixed cost, and on a
+        busy database fewer of them leave more CPU for the rows. A slow engine keeps a small
+        buffer, since prefetched requests hold leases without running. Smoothed."""
+        if elapsed <= 0.0:
+            return
+        target = finished / elapsed * PREFETCH_SECONDS
+        target = min(8.0 * self.capacity, max(float(self.min_prefetch), target))
+        self.prefetch = max(self.min_prefetch, round((self.prefetch + target) / 2))
+
     async def _claim_loop(self, stop: asyncio.Event) -> None:
         idle = self.config.poll_seconds / 8
+        last_claim, last_finished = time.monotonic(), self._finished
         while not stop.is_set():
             paused = self._all_engines_down_for()
             if paused > 0:  # every engine is unreachable: claiming would only churn
@@ -288,6 +311,9 @@ class Worker:
                 await _wait_any(stop, timeout=min(5.0, idle * 4))
                 idle = min(self.config.poll_seconds, idle * 2)
                 continue
+            now = time.monotonic()
+            self._adapt_prefetch(self._finished - last_finished, now - last_claim)
+            last_claim, last_finished = now, self._finished
             self._ready.extend(claimed)
             self._start_ready()
             if self.metrics and claimed:
