@@ -125,7 +125,7 @@ async def _claim(
         params.update(priority=after.priority, deadline=after.deadline_at, id=after.id)
     rows = await (await conn.execute(statement, params)).fetchall()
     rows.sort(key=lambda r: (-r["priority"], r["deadline_at"], r["id"]))  # claim order
-    last = QueueKey(rows[-1]["priority"], rows[-1]["deadline_at"], rows[-1]["id"]) if rows else None
+    last = rows[-1] if rows else None
     claimed = [
         ClaimedRequest(
             id=r["id"],
@@ -141,7 +141,7 @@ async def _claim(
         )
         for r in rows
     ]
-    return claimed, last
+    return claimed, (QueueKey(last["priority"], last["deadline_at"], last["id"]) if last else None)
 
 
 async def claim(
@@ -190,29 +190,22 @@ class QueueCursor:
         self, conn: Conn, *, owner: str, n: int, lease_seconds: float
     ) -> list[ClaimedRequest]:
         """Lease up to ``n`` requests, in claim order within each statement."""
+
+        async def take(
+            k: int, after: QueueKey | None
+        ) -> tuple[list[ClaimedRequest], QueueKey | None]:
+            return await _claim(
+                conn, pool=self.pool, owner=owner, n=k, lease_seconds=lease_seconds, after=after
+            )
+
         claimed: list[ClaimedRequest] = []
         if self._after is not None and not self._rescan_due():
-            claimed, last = await _claim(
-                conn,
-                pool=self.pool,
-                owner=owner,
-                n=n,
-                lease_seconds=lease_seconds,
-                after=self._after,
-            )
-            if last is not None:
-                self._after = last
+            claimed, last = await take(n, self._after)
+            self._after = last or self._after
             if len(claimed) >= n:
                 return claimed
         started = self._clock()
-        more, last = await _claim(
-            conn,
-            pool=self.pool,
-            owner=owner,
-            n=n - len(claimed),
-            lease_seconds=lease_seconds,
-            after=None,
-        )
+        more, last = await take(n - len(claimed), None)
         self._rescan_took = self._clock() - started
         self._rescanned_at = started + self._rescan_took
         # everything before the last row a claim from the start took is taken, locked or

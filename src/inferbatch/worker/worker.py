@@ -287,7 +287,7 @@ class Worker:
             return
         target = finished / elapsed * PREFETCH_SECONDS
         target = min(8.0 * self.capacity, max(float(self.min_prefetch), target))
-        self.prefetch = max(self.min_prefetch, round((self.prefetch + target) / 2))
+        self.prefetch = round((self.prefetch + target) / 2)  # both are >= min_prefetch
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
         idle = self.config.poll_seconds / 8
