@@ -14,7 +14,7 @@ from inferbatch.db.types import Pool
 from inferbatch.engines.client import EngineResponse
 from inferbatch.engines.registry import ANY_MODEL, EngineRegistry
 from inferbatch.scheduler.ingest import ingest_next
-from inferbatch.worker.worker import Worker, WorkerConfig
+from inferbatch.worker.worker import PREFETCH_MAX, Worker, WorkerConfig
 from tests.helpers import chat_file
 from tests.integration.fixtures import make_batch, make_user, utcnow
 
@@ -137,9 +137,9 @@ async def test_the_ready_buffer_follows_the_completion_rate(pool: Pool) -> None:
     for _ in range(20):  # 1,000 finished/s: 100 ms of it
         worker._adapt_prefetch(100, 0.1)
     assert 99 <= worker.prefetch <= 100
-    for _ in range(20):  # capped at eight times the capacity
-        worker._adapt_prefetch(100_000, 0.1)
-    assert worker.prefetch == 256
+    for _ in range(20):  # capped: a claim carries every body it takes
+        worker._adapt_prefetch(1_000_000, 0.1)
+    assert worker.prefetch == PREFETCH_MAX
     for _ in range(20):  # 16 finished/s: back to the floor, leases are not held idle
         worker._adapt_prefetch(16, 1.0)
     assert worker.prefetch == 16

@@ -71,6 +71,8 @@ def _usage(body: object) -> tuple[int | None, int | None]:
 
 PREFETCH_SECONDS = 0.1
 """How much work, at the measured completion rate, a worker keeps claimed ahead."""
+PREFETCH_MAX = 2048
+"""The most requests kept claimed ahead (a claim carries their bodies: ~2 MB at 1 KB)."""
 
 
 class Worker:
@@ -279,14 +281,14 @@ class Worker:
 
     def _adapt_prefetch(self, finished: int, elapsed: float) -> None:
         """Size the ready buffer to ``PREFETCH_SECONDS`` of the completion rate measured
-        since the last claim, between ``capacity / 2`` and eight times the capacity. A fast
+        since the last claim, between ``capacity / 2`` and ``PREFETCH_MAX``. A fast
         engine so gets few, large claims: every claim statement has a fixed cost, and on a
         busy database fewer of them leave more CPU for the rows. A slow engine keeps a small
         buffer, since prefetched requests hold leases without running. Smoothed."""
         if elapsed <= 0.0:
             return
-        target = finished / elapsed * PREFETCH_SECONDS
-        target = min(8.0 * self.capacity, max(float(self.min_prefetch), target))
+        ceiling = max(PREFETCH_MAX, self.min_prefetch)
+        target = min(ceiling, max(self.min_prefetch, finished / elapsed * PREFETCH_SECONDS))
         self.prefetch = round((self.prefetch + target) / 2)  # both are >= min_prefetch
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
