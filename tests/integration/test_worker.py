@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -67,10 +69,18 @@ def _config(pool: str, takes_spot: bool = False) -> WorkerConfig:
 async def _run_until(pool: Pool, worker: Worker, done: int, within: float = 20) -> int:
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
+    count = await _completed_within(pool, done, within)
+    stop.set()
+    await task
+    return count
+
+
+async def _completed_within(pool: Pool, n: int, seconds: float) -> int:
+    """Completed requests once ``n`` are, or when ``seconds`` have passed."""
     count = 0
-    try:
-        async with asyncio.timeout(within):
-            while count < done:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            while count < n:
                 await asyncio.sleep(0.05)
                 async with pool.connection() as conn:
                     cur = await conn.execute(
@@ -78,10 +88,6 @@ async def _run_until(pool: Pool, worker: Worker, done: int, within: float = 20) 
                     )
                     row = await cur.fetchone()
                 count = row["n"] if row else 0
-    except TimeoutError:
-        pass
-    stop.set()
-    await task
     return count
 
 
@@ -99,6 +105,24 @@ async def test_worker_drains_the_queue_keeping_the_engine_full(pool: Pool, tmp_p
     assert await _run_until(pool, worker, 300) == 300
     assert len(engine.calls) == 300
     assert engine.peak == 16
+
+
+async def test_an_idle_worker_wakes_on_a_queue_notification(pool: Pool, tmp_path: Path) -> None:
+    """With a poll interval of ten minutes (a first idle wait of 75 s), only the NOTIFY sent
+    when the batch is queued can get an idle worker to claim it within the wait below."""
+    engine = CountingEngine()
+    config = dataclasses.replace(_config("spot"), poll_seconds=600.0)
+    worker = Worker(config, pool, EngineRegistry({ANY_MODEL: engine}))
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await asyncio.sleep(1.0)  # claims nothing and backs off to a long idle wait
+        await _batch(pool, tmp_path, 5)
+        assert await _completed_within(pool, 5, 20.0) == 5
+    finally:
+        stop.set()
+        await task
+    assert len(engine.calls) == 5
 
 
 async def test_dedicated_worker_takes_spot_work_only_when_allowed(

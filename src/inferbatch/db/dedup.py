@@ -9,7 +9,7 @@ reuses nothing and is reused by nobody. Only 2xx results are ever reused.
 
 from __future__ import annotations
 
-from inferbatch.db.requests import Tally, fetch_tallies, tallied
+from inferbatch.db.requests import Tally, fetch_tallies, notify_queued, tallied
 from inferbatch.db.types import Conn
 
 # Requests visible to batch %(batch)s of owner %(owner)s under scope %(scope)s.
@@ -114,4 +114,6 @@ async def settle_followers(conn: Conn) -> tuple[list[Tally], int]:
           AND NOT (l.status = 'completed' AND l.response_status BETWEEN 200 AND 299)
         """
     )
+    if requeued.rowcount:
+        await notify_queued(conn)
     return await fetch_tallies(done), requeued.rowcount

@@ -8,6 +8,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from inferbatch.db.requests import notify_queued
 from inferbatch.db.types import Conn
 
 DESIRED_DEDICATED = "dedicated_workers_desired"
@@ -92,6 +93,7 @@ async def move_to_dedicated(conn: Conn, batch_id: str, n: int, reason: str) -> i
             "UPDATE batches SET escalated_count = escalated_count + %s WHERE id = %s",
             (moved, batch_id),
         )
+        await notify_queued(conn)
     return moved
 
 
@@ -117,7 +119,10 @@ async def escalate_requests(conn: Conn, reasons: Sequence[tuple[int, str]]) -> d
         """,
         {"ids": [r[0] for r in reasons], "reasons": [r[1] for r in reasons]},
     )
-    return {r["reason"]: r["n"] for r in await cur.fetchall()}
+    moved = {r["reason"]: r["n"] for r in await cur.fetchall()}
+    if moved:
+        await notify_queued(conn)
+    return moved
 
 
 async def publish(conn: Conn, values: Mapping[str, Any]) -> None:

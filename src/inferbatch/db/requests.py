@@ -291,6 +291,16 @@ async def extend_leases(conn: Conn, owner: str, lease_seconds: float) -> int:
     return cur.rowcount
 
 
+QUEUE_CHANNEL = "inferbatch_queue"
+"""Notified whenever requests become claimable, so idle workers claim at once."""
+
+
+async def notify_queued(conn: Conn) -> None:
+    """Wake idle workers when this transaction commits (PostgreSQL delivers a NOTIFY at
+    commit and folds repeats within a transaction). Only a hint: workers poll anyway."""
+    await conn.execute(f"NOTIFY {QUEUE_CHANNEL}")
+
+
 async def release(
     conn: Conn, owner: str, claims: Sequence[tuple[int, int]], *, interrupted: bool
 ) -> int:
@@ -312,6 +322,8 @@ async def release(
             "attempts": [c[1] for c in claims],
         },
     )
+    if cur.rowcount:
+        await notify_queued(conn)
     return cur.rowcount
 
 
@@ -333,7 +345,10 @@ async def rescue_expired(conn: Conn, limit: int = 5000) -> list[dict[str, Any]]:
         """,
         (limit,),
     )
-    return await cur.fetchall()
+    rescued = await cur.fetchall()
+    if rescued:
+        await notify_queued(conn)
+    return rescued
 
 
 async def cancel_queued(conn: Conn) -> list[Tally]:
@@ -466,4 +481,6 @@ async def requeue_failed(conn: Conn, batch_id: str, request_id: int | None = Non
         """,
         {"batch": batch_id, "id": request_id},
     )
+    if cur.rowcount:
+        await notify_queued(conn)
     return cur.rowcount

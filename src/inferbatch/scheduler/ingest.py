@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 from inferbatch.blobstore import BlobStore
 from inferbatch.db import batches, dedup, files
-from inferbatch.db.requests import Tally, total
+from inferbatch.db.requests import Tally, notify_queued, total
 from inferbatch.db.types import Conn, Pool
 from inferbatch.domain import BatchRecord
 from inferbatch.metrics import SchedulerMetrics
@@ -237,5 +237,6 @@ async def _ingest(
             )
         model = next(iter(v.models)) if len(v.models) == 1 else None
         await batches.mark_ingested(conn, batch.id, total=v.count, model=model, now=now())
+        await notify_queued(conn)
         log.info("batch %s ingested: %d requests", batch.id, v.count, extra={"batch_id": batch.id})
         return batch.id, v.count, reused

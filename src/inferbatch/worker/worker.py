@@ -115,6 +115,8 @@ class Worker:
         """(endpoint, model) of each outcome not yet written, for metrics."""
         self._flushed = asyncio.Event()
         self._slot_free = asyncio.Event()
+        self._queued = asyncio.Event()
+        """Set by a queue notification (``_listen_loop``): requests may be claimable."""
         self._state = "running"
         self._down_until: dict[int, float] = {}
         self._down_failures: dict[int, int] = {}
@@ -306,6 +308,7 @@ class Worker:
                 self._slot_free.clear()
                 await _wait_any(stop, self._slot_free, timeout=self.config.poll_seconds)
                 continue
+            self._queued.clear()  # a notification from now on wakes the idle wait below
             try:
                 claimed = await self._claim(wanted)
             except (psycopg.Error, OSError) as exc:
@@ -323,7 +326,7 @@ class Worker:
             if claimed:
                 idle = self.config.poll_seconds / 8
             else:
-                await _wait_any(stop, timeout=idle)
+                await _wait_any(stop, self._queued, timeout=idle)
                 idle = min(self.config.poll_seconds, idle * 2)
 
     async def _flush(self) -> None:
@@ -386,6 +389,26 @@ class Worker:
             except (psycopg.Error, OSError):
                 failures += 1
                 await asyncio.sleep(min(5.0, 0.1 * 2**failures))
+
+    async def _listen_loop(self, done: asyncio.Event) -> None:
+        """LISTEN for requests becoming claimable and wake the idle claim loop at once. A
+        hint only: a lost notification or connection costs at most one poll interval."""
+        url = self.db.conninfo
+        if not isinstance(url, str):  # a pool configured by a callable: polling only
+            return
+        delay = 0.5
+        while not done.is_set():
+            try:
+                async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {queue.QUEUE_CHANNEL}")
+                    delay = 0.5
+                    self._queued.set()  # anything queued while not listening
+                    async for _ in conn.notifies():
+                        self._queued.set()
+            except (psycopg.Error, OSError) as exc:
+                log.warning("queue notifications unavailable (%s); polling", exc)
+            await _wait_any(done, timeout=delay)
+            delay = min(10.0, delay * 2)
 
     async def _heartbeat_loop(self, done: asyncio.Event) -> None:
         every = self.config.lease_seconds / 3
@@ -479,6 +502,7 @@ class Worker:
         done = asyncio.Event()
         flusher = asyncio.create_task(self._flush_loop(done), name="flush")
         heart = asyncio.create_task(self._heartbeat_loop(done), name="heartbeat")
+        listener = asyncio.create_task(self._listen_loop(done), name="listen")
         log.info("worker %s started: pool %s, %d slots", self.id, self.config.pool, self.capacity)
         try:
             await self._claim_loop(stop)
@@ -511,6 +535,7 @@ class Worker:
                 log.error("results could not be written before exit")
             self._state = "stopped"
             heart.cancel()
+            listener.cancel()
             try:
                 async with self.db.connection() as conn:
                     await registry.heartbeat(conn, self.id, state="stopped", in_flight=0)
