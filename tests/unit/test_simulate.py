@@ -12,7 +12,7 @@ import pytest
 from inferbatch.policy import policy_by_name
 from inferbatch.simulate.command import run_simulation, run_trace, service_prior
 from inferbatch.simulate.engine import simulate
-from inferbatch.simulate.report import spot_capacity_bound
+from inferbatch.simulate.report import serving_segments, spot_capacity_bound
 from inferbatch.simulate.traces import SpotTrace, TraceError, load_trace, trace_files
 from inferbatch.simulate.workload import Workload, generate, load_workload
 
@@ -155,6 +155,21 @@ def test_spot_bound_is_edf_over_windows() -> None:
     assert spot_capacity_bound([(0.0, 10.0, 5.0)], [(0.0, 10.0, 0)]) == 0.0
 
 
+def test_spot_capacity_serves_after_its_cold_start_and_drops_take_the_newest() -> None:
+    capacity = [(0.0, 100.0, 2), (100.0, 400.0, 8), (400.0, 450.0, 0), (450.0, 1000.0, 8)]
+    capacity += [(1000.0, 1100.0, 4), (1100.0, 2000.0, 8)]
+    assert serving_segments(capacity, 240.0) == [
+        (0.0, 240.0, 0),  # the first two boot
+        (240.0, 340.0, 2),
+        (340.0, 400.0, 8),
+        (400.0, 690.0, 0),  # back at 450, serving at 690
+        (690.0, 1000.0, 8),
+        (1000.0, 1340.0, 4),  # the four oldest stay; their replacements boot again
+        (1340.0, 2000.0, 8),
+    ]
+    assert serving_segments(capacity, 0.0) == capacity
+
+
 # -- simulations ---------------------------------------------------------------------------
 
 
@@ -184,8 +199,12 @@ def test_lower_bound_is_below_every_policy_that_meets_deadlines(
     reports = run_json("all", [trace], workload)
     assert {r["policy"] for r in reports} >= {"deadline-aware", "greedy", "uniform-progress"}
     for r in reports:
+        assert r["lower_bound_spot_share"] <= r["instant_spot_bound_spot_share"]
         if r["deadline_met_fraction"] == 1.0:
+            # no policy gets more work onto spot than the serving capacity allows
+            assert r["spot_share"] <= r["lower_bound_spot_share"] + 1e-9, r["policy"]
             assert r["cost_vs_lower_bound"] >= 1.0, r["policy"]
+            assert r["cost_vs_instant_spot_bound"] >= r["cost_vs_lower_bound"], r["policy"]
     default = next(r for r in reports if r["policy"] == "deadline-aware")
     assert default["deadline_met_fraction"] == 1.0
     assert default["worst_window_deadline_met_fraction"] == 1.0

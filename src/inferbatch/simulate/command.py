@@ -73,6 +73,7 @@ def run_trace(trace: SpotTrace, policies: list[str], workload: Workload, seed: i
                 spot_price_ratio=workload.spot_price_ratio,
                 metric_window=workload.metric_window,
                 dedicated_cost=dedicated_cost,
+                spot_cold_start_s=cluster.spot_cold_start_s,
             )
         )
     return reports
