@@ -18,7 +18,7 @@ from typing import TextIO
 
 from inferbatch.policy.escalation import DEFAULT_POLICY, POLICY_NAMES, policy_by_name
 from inferbatch.simulate.engine import simulate
-from inferbatch.simulate.report import Report, build_report, cost_of, markdown_table
+from inferbatch.simulate.report import Report, build_report, cost_of, markdown_table, spot_bounds
 from inferbatch.simulate.traces import SpotTrace, load_trace, trace_files
 from inferbatch.simulate.workload import Workload, generate, load_workload, preset
 
@@ -60,6 +60,12 @@ def run_trace(trace: SpotTrace, policies: list[str], workload: Workload, seed: i
     else:
         reference = outcomes["all-dedicated"]
     dedicated_cost = cost_of(reference, workload.spot_price_ratio)
+    bounds = spot_bounds(  # the windows all end by ``until``
+        batches,
+        trace.segments(cluster.spot_workers, until),
+        slots_per_worker=cluster.slots_per_worker,
+        spot_cold_start_s=cluster.spot_cold_start_s,
+    )
     reports = []
     for name, outcome in outcomes.items():
         reports.append(
@@ -68,12 +74,10 @@ def run_trace(trace: SpotTrace, policies: list[str], workload: Workload, seed: i
                 name if name != "default" else f"default ({DEFAULT_POLICY})",
                 outcome,
                 batches,
-                trace.segments(cluster.spot_workers, max(until, outcome.end)),
-                slots_per_worker=cluster.slots_per_worker,
+                bounds,
                 spot_price_ratio=workload.spot_price_ratio,
                 metric_window=workload.metric_window,
                 dedicated_cost=dedicated_cost,
-                spot_cold_start_s=cluster.spot_cold_start_s,
             )
         )
     return reports

@@ -144,29 +144,51 @@ def serving_segments(
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class SpotBounds:
+    """What the lower bounds need, the same for every policy on one trace (worker-seconds):
+    ``work`` W, ``spot`` S on the serving spot capacity, ``instant_spot`` S on the capacity
+    the trace grants (booting included)."""
+
+    work: float
+    spot: float
+    instant_spot: float
+
+
+def spot_bounds(
+    batches: Sequence[SimBatch],
+    segments: Iterable[tuple[float, float, int]],
+    *,
+    slots_per_worker: int,
+    spot_cold_start_s: float,
+) -> SpotBounds:
+    """The bounds of ``batches`` on the spot capacity ``segments`` (which must reach the
+    last deadline), each new spot worker serving ``spot_cold_start_s`` after it appears."""
+    windows = [(b.arrival, b.deadline, sum(b.service) / slots_per_worker) for b in batches]
+    segments = list(segments)
+    return SpotBounds(
+        work=sum(w for _, _, w in windows),
+        spot=spot_capacity_bound(windows, serving_segments(segments, spot_cold_start_s)),
+        instant_spot=spot_capacity_bound(windows, segments),
+    )
+
+
 def build_report(
     trace: str,
     policy: str,
     outcome: SimOutcome,
     batches: Sequence[SimBatch],
-    segments: Iterable[tuple[float, float, int]],
+    bounds: SpotBounds,
     *,
-    slots_per_worker: int,
     spot_price_ratio: float,
     metric_window: float,
     dedicated_cost: float | None = None,
-    spot_cold_start_s: float = 0.0,
 ) -> Report:
-    """Metrics of one run; ``segments`` is the spot capacity (workers) the run saw, each
-    new worker serving ``spot_cold_start_s`` later; ``dedicated_cost``: the all-dedicated
-    run's ``cost_of`` (None: this run is it)."""
+    """Metrics of one run; ``bounds`` from ``spot_bounds`` on the same batches and trace;
+    ``dedicated_cost``: the all-dedicated run's ``cost_of`` (None: this run is it)."""
     p = spot_price_ratio
-    windows = [(b.arrival, b.deadline, sum(b.service) / slots_per_worker) for b in batches]
-    total = sum(w for _, _, w in windows)
-    segments = list(segments)
-    spot_bound = spot_capacity_bound(windows, serving_segments(segments, spot_cold_start_s))
+    total, spot_bound, instant_spot = bounds.work, bounds.spot, bounds.instant_spot
     lower_bound = p * spot_bound + (total - spot_bound)
-    instant_spot = spot_capacity_bound(windows, segments)
     instant_bound = p * instant_spot + (total - instant_spot)
     cost = cost_of(outcome, p)
     reference = cost if dedicated_cost is None else dedicated_cost

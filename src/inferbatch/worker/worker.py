@@ -98,6 +98,7 @@ class Worker:
         # at once, and the buffer is topped up in batches (fewer, larger claims)
         self._ready: deque[ClaimedRequest] = deque()
         self.min_prefetch = max(1, self.capacity // 2)
+        self.max_prefetch = max(PREFETCH_MAX, self.min_prefetch)
         self.prefetch = self.min_prefetch
         """Claimed requests to keep ready beyond the running ones: adapted by
         :meth:`_adapt_prefetch` so that engine slots do not wait for claims."""
@@ -283,14 +284,14 @@ class Worker:
 
     def _adapt_prefetch(self, finished: int, elapsed: float) -> None:
         """Size the ready buffer to ``PREFETCH_SECONDS`` of the completion rate measured
-        since the last claim, between ``capacity / 2`` and ``PREFETCH_MAX``. A fast
+        since the last claim, between ``min_prefetch`` and ``max_prefetch``. A fast
         engine so gets few, large claims: every claim statement has a fixed cost, and on a
         busy database fewer of them leave more CPU for the rows. A slow engine keeps a small
         buffer, since prefetched requests hold leases without running. Smoothed."""
         if elapsed <= 0.0:
             return
-        ceiling = max(PREFETCH_MAX, self.min_prefetch)
-        target = min(ceiling, max(self.min_prefetch, finished / elapsed * PREFETCH_SECONDS))
+        rate_based = finished / elapsed * PREFETCH_SECONDS
+        target = min(self.max_prefetch, max(self.min_prefetch, rate_based))
         self.prefetch = round((self.prefetch + target) / 2)  # both are >= min_prefetch
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
