@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test lint typecheck unit integration e2e browser chaos bench bench-ingest bench-queue bench-saturation monitoring-check clean
+.PHONY: system-deps test-fresh up test lint typecheck unit integration e2e browser chaos bench bench-ingest bench-queue bench-saturation monitoring-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,12 +12,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[local,dev]"
 	touch $(STAMP)
 
+## The system programs the tests start (Chromium, Prometheus, Alertmanager, pgbouncer), each
+## checked on its own and installed with apt-get when missing.
+system-deps:
+	bash scripts/system-deps.sh
+
 ## Start everything (embedded PostgreSQL, local model, scheduler, workers, API).
 up: $(STAMP)
 	$(BIN)/inferbatch up
 
 ## Lint, type-check and run the whole test suite.
-test: $(STAMP) lint typecheck
+test: system-deps $(STAMP) lint typecheck
 	$(BIN)/pytest
 
 lint: $(STAMP)
@@ -30,17 +35,21 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -m unit
 
-integration: $(STAMP)
+integration: system-deps $(STAMP)
 	$(BIN)/pytest -m integration
 
-e2e: $(STAMP)
+e2e: system-deps $(STAMP)
 	$(BIN)/pytest -m e2e
 
-browser: $(STAMP)
+browser: system-deps $(STAMP)
 	$(BIN)/pytest -m browser
 
-chaos: $(STAMP)
+chaos: system-deps $(STAMP)
 	$(BIN)/pytest -m chaos
+
+## A fresh clone of HEAD in a temporary folder, no virtualenv, runs `make test` to green.
+test-fresh:
+	bash scripts/fresh-clone-test.sh
 
 ## Benchmarks: each prints ratios against a reference measured in the same run.
 bench: bench-ingest bench-queue bench-saturation
@@ -55,7 +64,7 @@ bench-saturation: $(STAMP)
 	$(BIN)/python -m bench.saturation
 
 ## Alert rules and their unit tests, the Alertmanager config (needs promtool and amtool).
-monitoring-check:
+monitoring-check: system-deps
 	promtool check rules deploy/prometheus/rules/inferbatch.rules.yml
 	promtool test rules deploy/prometheus/tests/*.yml
 	promtool check config deploy/prometheus/prometheus.yml

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Measure `make up` from a fresh clone with an empty pip cache to the first answered API
+# request, then a second `make up` in the same clone (which must reuse the virtualenv and
+# its llama.cpp build). Prints both times; stops every process it started.
+set -euo pipefail
+repo=$(git -C "$(dirname "$0")/.." rev-parse --show-toplevel)
+work=$(mktemp -d "${TMPDIR:-/tmp}/inferbatch-cold.XXXXXX")
+port=${PORT:-18765}
+export PIP_CACHE_DIR="$work/pip-cache" INFERBATCH_PORT="$port"
+git clone --quiet --no-hardlinks "$repo" "$work/inferbatch"
+cd "$work/inferbatch"
+
+up_pid=""
+stop_up() {
+  if [[ -n $up_pid ]] && kill -0 "$up_pid" 2>/dev/null; then
+    kill -INT -- "-$up_pid" 2>/dev/null || kill -INT "$up_pid" || true
+    for _ in $(seq 60); do kill -0 "$up_pid" 2>/dev/null || break; sleep 1; done
+    kill -KILL -- "-$up_pid" 2>/dev/null || true
+  fi
+  up_pid=""
+}
+trap 'stop_up; rm -rf "$work"' EXIT
+
+first_answer() {  # seconds from `make up` to the first 200 from GET /v1/models
+  local log=$1 start
+  start=$(date +%s)
+  setsid make up >"$log" 2>&1 &
+  up_pid=$!
+  while true; do
+    if ! kill -0 "$up_pid" 2>/dev/null; then
+      echo "cold-up: make up exited early; see $log" >&2; tail -30 "$log" >&2; exit 1
+    fi
+    if [[ -s .inferbatch/admin_api_key ]] && curl -fsS -o /dev/null \
+        -H "Authorization: Bearer $(cat .inferbatch/admin_api_key)" \
+        "http://127.0.0.1:$port/v1/models" 2>/dev/null; then
+      break
+    fi
+    sleep 1
+  done
+  echo $(( $(date +%s) - start ))
+}
+
+cold=$(first_answer "$work/up-cold.log")
+echo "cold-up: first make up (fresh clone, empty pip cache): ${cold}s to the first answered request"
+stop_up
+warm=$(first_answer "$work/up-warm.log")
+echo "cold-up: second make up (same clone): ${warm}s to the first answered request"
+stop_up
