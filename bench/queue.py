@@ -256,8 +256,7 @@ WITH picked AS (
     ORDER BY priority DESC, deadline_at ASC, id ASC LIMIT 100 FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE requests r SET status = 'running', lease_owner = 'pgbench',
-        lease_expires_at = now() + interval '30 seconds', attempts = r.attempts + 1,
-        started_at = now()
+        attempts = r.attempts + 1, started_at = now()
     FROM picked WHERE r.id = picked.id RETURNING r.id, r.deadline_at
 )
 SELECT quote_literal(coalesce(array_agg(id), '{}')) AS ids,
@@ -265,7 +264,7 @@ SELECT quote_literal(coalesce(array_agg(id), '{}')) AS ids,
         AS last_deadline,
     coalesce(max(id), :last_id) AS last_id
 FROM claimed \\gset
-UPDATE requests SET status = 'completed', lease_owner = NULL, lease_expires_at = NULL,
+UPDATE requests SET status = 'completed', lease_owner = NULL,
     finished_at = now(), response_status = 200, response_body = '{"object":"noop"}'::json
 WHERE id = ANY(:ids::bigint[]) AND status = 'running' AND lease_owner = 'pgbench';
 """

@@ -88,7 +88,12 @@ class Settings(BaseSettings):
     default_dedup_scope: DedupScope = "user"
     allow_global_dedup: bool = True
 
-    lease_seconds: float = Field(default=30.0, gt=0, description="Request lease length.")
+    lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a worker may go without a heartbeat (it beats every third of "
+        "this) before the leader sends the requests it holds back to the queue.",
+    )
     max_attempts: int = Field(default=5, ge=1, description="Engine tries before failing.")
     retry_base_seconds: float = Field(default=1.0, gt=0)
     retry_max_seconds: float = Field(default=60.0, gt=0)

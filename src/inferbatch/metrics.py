@@ -16,7 +16,7 @@ from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from inferbatch.db import batches, escalation, workers
+from inferbatch.db import counters, escalation, workers
 from inferbatch.db import requests as queue
 from inferbatch.db.requests import Tally
 from inferbatch.db.types import Conn
@@ -290,7 +290,8 @@ class SystemMetrics:
     async def refresh(self, conn: Conn) -> None:
         for status in BATCH_STATUSES:
             self.batches.labels(status).set(0)
-        for status, n in (await batches.status_counts(conn)).items():
+        by_status, ingested = await counters.batch_totals(conn)
+        for status, n in by_status.items():
             self.batches.labels(status).set(n)
         self.requests.clear()
         depth = {(p, c): 0 for p in ("spot", "dedicated") for c in PRIORITY_CLASSES}
@@ -308,9 +309,9 @@ class SystemMetrics:
         for (pool, cls), n in depth.items():
             self.queue_depth.labels(pool, cls).set(n)
             self.oldest_queued.labels(pool, cls).set(oldest[pool, cls])
-        for row in await queue.settled_stats(conn):
+        for row in await counters.request_totals(conn):
             self.requests.labels(row["status"], row["pool"]).set(row["n"])
-        self.ingested.set(await batches.ingested_total(conn))
+        self.ingested.set(ingested)
         state = await escalation.published_all(conn)
         self.dedicated_desired.set(float(state.get(escalation.DESIRED_DEDICATED, 0)))
         self.spot_enabled.set(float(state.get(escalation.SPOT_ENABLED, 1)))

@@ -7,7 +7,7 @@ from typing import Any
 
 from inferbatch.blobstore import LocalBlobStore, new_blob_key
 from inferbatch.config import Settings
-from inferbatch.db import files, users
+from inferbatch.db import counters, files, users
 from inferbatch.db.types import Pool
 from inferbatch.domain import BatchRecord, User
 from inferbatch.ids import new_id
@@ -69,3 +69,11 @@ async def make_batch(
             settings or Settings(min_completion_window="1s"),
             created_at or utcnow(),
         )
+
+
+async def fold_counters(pool: Pool) -> None:
+    """What the leader's progress duty does each tick: fold pending request deltas into
+    the batch counters and totals."""
+    async with pool.connection() as conn:
+        await counters.fold(conn, await counters.pending_batches(conn))
+        await counters.fold_batch_totals(conn)

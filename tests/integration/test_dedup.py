@@ -38,7 +38,7 @@ async def test_followers_of_a_failed_leader_run_themselves(pool: Pool, tmp_path:
         "c2": ("waiting", True),
     }
     async with pool.connection() as conn:
-        [leader] = await queue.claim(conn, pool="spot", owner="w", n=10, lease_seconds=30)
+        [leader] = await queue.claim(conn, pool="spot", owner="w", n=10)
         assert leader.custom_id == "c0"  # followers are never claimed
         await queue.record_outcomes(
             conn, "w", [Outcome(leader.id, leader.attempt, "failed", response_status=400)]
@@ -58,7 +58,7 @@ async def test_followers_copy_a_successful_leader(pool: Pool, tmp_path: Path) ->
     await make_batch(pool, blobs, user, content)
     await ingest_next(pool, blobs, max_requests=10, now=utcnow)
     async with pool.connection() as conn:
-        [leader] = await queue.claim(conn, pool="spot", owner="w", n=10, lease_seconds=30)
+        [leader] = await queue.claim(conn, pool="spot", owner="w", n=10)
         await queue.record_outcomes(
             conn,
             "w",

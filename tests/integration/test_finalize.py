@@ -3,7 +3,6 @@ match the files, and expired or cancelled batches keep what finished."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from inferbatch.blobstore import LocalBlobStore
-from inferbatch.db import batches, files
+from inferbatch.db import batches, counters, files
 from inferbatch.db import requests as queue
 from inferbatch.db.requests import Outcome
 from inferbatch.db.types import Pool
@@ -52,7 +51,7 @@ async def _batch(pool: Pool, batch_id: str) -> BatchRecord:
 
 async def _claim(pool: Pool, n: int):
     async with pool.connection() as conn:
-        return await queue.claim(conn, pool="spot", owner="w", n=n, lease_seconds=60)
+        return await queue.claim(conn, pool="spot", owner="w", n=n)
 
 
 async def _record(pool: Pool, outcomes: list[Outcome]) -> set[int]:
@@ -166,23 +165,28 @@ async def test_cancelled_batch_waits_for_running_requests_then_lists_the_rest(
     assert (b.total_count, b.completed_count, b.failed_count) == (4, 1, 3)
 
 
-async def test_a_count_refresh_racing_a_finish_keeps_the_final_counts(
+async def test_a_counter_fold_racing_a_finish_keeps_the_final_counts(
     pool: Pool, tmp_path: Path
 ) -> None:
-    """The refresh reads the batch as cancelling, then waits for the finish's row lock: once
-    the finish commits it must not overwrite the final counts (cancelled lines count as
-    failed there, not in a live recount)."""
+    """A fold skips a batch whose row a finisher holds (it neither waits nor adds the
+    batch's deltas on top of the final counts), and the finisher folds that batch's deltas
+    itself, so nothing is counted twice or lost from the totals."""
     blobs = LocalBlobStore(tmp_path)
     batch_id = await _setup(pool, blobs, 4)
-    [done] = await _claim(pool, 1)  # finished since the last recount: the recount differs
+    [done] = await _claim(pool, 1)
     await _record(
         pool, [Outcome(done.id, done.attempt, "completed", response_status=200, response_body={})]
     )
     async with pool.connection() as conn:
         assert await batches.request_cancel(conn, batch_id, utcnow())
         assert queue.total(await queue.cancel_queued(conn)) == 3
-    async with pool.connection() as finisher, pool.connection() as refresher:
+    async with pool.connection() as finisher, pool.connection() as folder:
         async with finisher.transaction():
+            assert await batches.lock_for_finish(finisher, batch_id) is not None
+            # another fold meanwhile: the batch is skipped at once, its deltas stay
+            assert await counters.fold(folder, [batch_id]) == 0
+            await folder.commit()
+            assert await counters.fold(finisher, [batch_id]) > 0
             assert await batches.mark_finished(
                 finisher,
                 batch_id,
@@ -193,21 +197,11 @@ async def test_a_count_refresh_racing_a_finish_keeps_the_final_counts(
                 counts=(4, 1, 3),
                 tokens=(0, 0),
             )
-            refresh = asyncio.create_task(batches.refresh_counts(refresher))
-            while True:  # until the refresh waits for the finish's row lock
-                cur = await finisher.execute(
-                    "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                    " AND pid = %s",
-                    (refresher.info.backend_pid,),
-                )
-                row = await cur.fetchone()
-                if row and row["n"]:
-                    break
-                assert not refresh.done()
-                await asyncio.sleep(0.02)
-        assert await refresh == 0
+        assert await counters.fold(folder, [batch_id]) == 0  # nothing left to add
+        totals = {(r["status"], r["pool"]): r["n"] for r in await counters.request_totals(folder)}
     b = await _batch(pool, batch_id)
     assert (b.status, b.total_count, b.completed_count, b.failed_count) == ("cancelled", 4, 1, 3)
+    assert totals == {("completed", "spot"): 1, ("cancelled", "spot"): 3}
 
 
 async def test_a_retry_while_finalizing_sends_the_batch_back_to_in_progress(

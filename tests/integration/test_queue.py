@@ -11,6 +11,7 @@ import pytest
 
 from inferbatch.blobstore import LocalBlobStore
 from inferbatch.db import requests as queue
+from inferbatch.db import workers as registry
 from inferbatch.db.requests import Outcome
 from inferbatch.db.types import Pool
 from inferbatch.scheduler.ingest import ingest_next
@@ -33,9 +34,23 @@ async def _queued_batch(pool: Pool, blobs: LocalBlobStore, n: int, **kw: object)
     return batch.id
 
 
-async def _claim(pool: Pool, owner: str, n: int, lease: float = 30.0, pool_name: str = "spot"):
+async def _claim(pool: Pool, owner: str, n: int, pool_name: str = "spot"):
     async with pool.connection() as conn:
-        return await queue.claim(conn, pool=pool_name, owner=owner, n=n, lease_seconds=lease)
+        return await queue.claim(conn, pool=pool_name, owner=owner, n=n)
+
+
+async def _rescue(pool: Pool, stale_seconds: float = 30.0) -> queue.Requeued:
+    """The leader's rescue: the requests of workers not live go back to the queue."""
+    async with pool.connection() as conn:
+        lost = await queue.lost_claims(conn, stale_seconds)
+        return await queue.requeue(
+            conn,
+            ("running",),
+            [
+                queue.Requeue(c.request_id, attempt=c.attempt, owner=c.owner, interrupted=True)
+                for c in lost
+            ],
+        )
 
 
 async def test_claim_orders_by_priority_then_deadline_then_id(pool: Pool, tmp_path: Path) -> None:
@@ -81,7 +96,7 @@ async def test_a_short_window_created_later_is_claimed_before_a_long_one(
 
 async def _cursor_claim(cursor: queue.QueueCursor, pool: Pool, n: int) -> list[str]:
     async with pool.connection() as conn:
-        got = await cursor.claim(conn, owner="w", n=n, lease_seconds=30)
+        got = await cursor.claim(conn, owner="w", n=n)
     return [c.custom_id for c in got]
 
 
@@ -98,7 +113,10 @@ async def test_a_cursor_resumes_after_its_last_claim_and_rescans_for_what_lies_b
         [first] = await (
             await conn.execute("SELECT id FROM requests WHERE custom_id = 'a-0'")
         ).fetchall()
-        assert await queue.release(conn, "w", [(first["id"], 1)], interrupted=False) == 1
+        released = await queue.requeue(
+            conn, ("running",), [queue.Requeue(first["id"], attempt=1, owner="w")]
+        )
+        assert released.n == 1
     assert await _cursor_claim(cursor, pool, 3) == ["a-3", "a-4", "a-5"]
     # ... and so does a batch of higher priority, until the rescan
     await _queued_batch(pool, blobs, 2, prefix="hi", metadata={"priority": "10", "dedup": "off"})
@@ -130,11 +148,8 @@ async def test_a_result_from_a_lost_lease_cannot_overwrite_a_newer_attempt(
     pool: Pool, tmp_path: Path
 ) -> None:
     await _queued_batch(pool, LocalBlobStore(tmp_path), 1)
-    [first] = await _claim(pool, "old-worker", 1, lease=0.01)
-    await asyncio.sleep(0.05)
-    async with pool.connection() as conn:
-        rescued = await queue.rescue_expired(conn)
-        assert [(r["worker_id"], r["interruptions"]) for r in rescued] == [("old-worker", 1)]
+    [first] = await _claim(pool, "old-worker", 1)  # a worker that never beats
+    assert (await _rescue(pool)).ids == {first.id}
     [second] = await _claim(pool, "new-worker", 1)
     assert second.id == first.id and second.attempt == first.attempt + 1
     stale = Outcome(
@@ -218,22 +233,41 @@ async def test_results_are_stored_exactly_as_the_engine_sent_them(
     assert rows[b.id]["body"] is None and rows[b.id]["error"] == error
 
 
-async def test_heartbeat_keeps_a_lease_and_release_requeues_at_once(
+async def test_a_live_workers_beat_keeps_its_requests_and_a_silent_ones_go_back(
     pool: Pool, tmp_path: Path
 ) -> None:
-    await _queued_batch(pool, LocalBlobStore(tmp_path), 2)
-    claimed = await _claim(pool, "w", 2, lease=0.5)
+    await _queued_batch(pool, LocalBlobStore(tmp_path), 3)
     async with pool.connection() as conn:
-        assert await queue.extend_leases(conn, "w", 60) == 2
-    await asyncio.sleep(0.6)
+        await registry.register(conn, worker_id="w", pool="spot", host="h", pid=1)
+    claimed = await _claim(pool, "w", 2)
+    assert (await _rescue(pool)).n == 0  # it beats: its leases hold
     async with pool.connection() as conn:
-        assert await queue.rescue_expired(conn) == []
-        released = await queue.release(
-            conn, "w", [(c.id, c.attempt) for c in claimed], interrupted=True
+        await conn.execute("UPDATE workers SET heartbeat_at = now() - interval '1 minute'")
+        assert len(await queue.lost_claims(conn, 30)) == 2
+        await registry.heartbeat(conn, "w", state="running", in_flight=2)  # one beat: all held
+        assert await queue.lost_claims(conn, 30) == []
+        await registry.heartbeat(conn, "w", state="stopped", in_flight=0)
+    rescued = await _rescue(pool)  # a stopped worker holds nothing
+    assert rescued.ids == {c.id for c in claimed}
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT sum(interruptions) AS n, count(*) FILTER (WHERE status = 'queued') AS q "
+            "FROM requests"
         )
-        assert released == 2
-        cur = await conn.execute("SELECT sum(interruptions) AS n FROM requests")
         row = await cur.fetchone()
-    assert row is not None and row["n"] == 2
+    assert row == {"n": 2, "q": 3}
     again = await _claim(pool, "w2", 5)
-    assert sorted(c.id for c in again) == sorted(c.id for c in claimed)
+    assert {c.id for c in claimed} <= {c.id for c in again}
+
+
+async def test_a_heartbeat_writes_the_worker_row_only(pool: Pool, tmp_path: Path) -> None:
+    """Liveness costs one row per worker: a beat leaves every claimed request untouched."""
+    await _queued_batch(pool, LocalBlobStore(tmp_path), 4)
+    async with pool.connection() as conn:
+        await registry.register(conn, worker_id="w", pool="spot", host="h", pid=1)
+    await _claim(pool, "w", 4)
+    async with pool.connection() as conn:
+        before = await (await conn.execute("SELECT id, xmin::text AS x FROM requests")).fetchall()
+        await registry.heartbeat(conn, "w", state="running", in_flight=4)
+        after = await (await conn.execute("SELECT id, xmin::text AS x FROM requests")).fetchall()
+    assert sorted(before, key=lambda r: r["id"]) == sorted(after, key=lambda r: r["id"])

@@ -157,41 +157,6 @@ async def mark_invalid(
     return cur.rowcount == 1
 
 
-async def refresh_counts(conn: Conn) -> int:
-    """Recompute request counts and usage of every in-progress or cancelling batch."""
-    cur = await conn.execute(
-        """
-        UPDATE batches b SET
-            completed_count = c.completed, failed_count = c.failed,
-            input_tokens = c.input_tokens, output_tokens = c.output_tokens,
-            deduplicated_count = c.deduplicated, dedup_tokens_saved = c.saved
-        FROM (
-            SELECT r.batch_id,
-                count(*) FILTER (WHERE r.status = 'completed') AS completed,
-                count(*) FILTER (WHERE r.status = 'failed') AS failed,
-                coalesce(sum(r.prompt_tokens), 0) AS input_tokens,
-                coalesce(sum(r.completion_tokens), 0) AS output_tokens,
-                count(*) FILTER (WHERE r.status = 'completed' AND r.dedup_of IS NOT NULL)
-                    AS deduplicated,
-                coalesce(sum(r.prompt_tokens + r.completion_tokens) FILTER (
-                    WHERE r.status = 'completed' AND r.dedup_of IS NOT NULL), 0) AS saved
-            FROM requests r
-            WHERE r.batch_id IN (
-                SELECT id FROM batches
-                WHERE status IN ('in_progress', 'cancelling') AND ingested_at IS NOT NULL)
-            GROUP BY r.batch_id
-        ) c
-        -- re-checked on the latest row version if a finish commits meanwhile: its final
-        -- counts (cancelled and expired lines included) must not be overwritten
-        WHERE b.id = c.batch_id AND b.status IN ('in_progress', 'cancelling')
-          AND (b.completed_count, b.failed_count, b.input_tokens,
-            b.output_tokens, b.deduplicated_count) IS DISTINCT FROM (c.completed, c.failed,
-            c.input_tokens, c.output_tokens, c.deduplicated)
-        """
-    )
-    return cur.rowcount
-
-
 async def ready_to_finish(conn: Conn, now: datetime) -> list[tuple[str, str]]:
     """(batch id, terminal status) for batches that can be finished now: all requests
     settled (``completed``), past the deadline with work left (``expired``), or cancelling
@@ -301,19 +266,6 @@ async def events(conn: Conn, batch_id: str) -> list[dict[str, Any]]:
         (batch_id,),
     )
     return await cur.fetchall()
-
-
-async def status_counts(conn: Conn) -> dict[str, int]:
-    cur = await conn.execute("SELECT status, count(*) AS n FROM batches GROUP BY status")
-    return {r["status"]: r["n"] for r in await cur.fetchall()}
-
-
-async def ingested_total(conn: Conn) -> int:
-    cur = await conn.execute(
-        "SELECT coalesce(sum(total_count), 0) AS n FROM batches WHERE ingested_at IS NOT NULL"
-    )
-    row = await cur.fetchone()
-    return int(row["n"]) if row else 0
 
 
 async def lock(conn: Conn, batch_id: str) -> BatchRecord | None:

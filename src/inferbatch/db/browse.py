@@ -353,7 +353,7 @@ async def pool_breakdown(conn: Conn, batch_id: str) -> list[dict[str, Any]]:
             coalesce(sum(coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0))
                 FILTER (WHERE dedup_of IS NOT NULL), 0) AS dedup_tokens,
             coalesce(sum(interruptions), 0) AS interruptions
-        FROM requests WHERE batch_id = %s AND status NOT IN ('queued', 'running')
+        FROM requests WHERE batch_id = %s AND status NOT IN ('queued', 'running', 'waiting')
         GROUP BY status, pool
         """,
         (batch_id,),

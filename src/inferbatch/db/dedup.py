@@ -9,7 +9,7 @@ reuses nothing and is reused by nobody. Only 2xx results are ever reused.
 
 from __future__ import annotations
 
-from inferbatch.db.requests import Tally, fetch_tallies, notify_queued, tallied
+from inferbatch.db.requests import Requeue, Tally, fetch_tallies, requeue, tallied
 from inferbatch.db.types import Conn
 
 # Requests visible to batch %(batch)s of owner %(owner)s under scope %(scope)s.
@@ -105,15 +105,16 @@ async def settle_followers(conn: Conn) -> tuple[list[Tally], int]:
             pool="none",
         )
     )
-    requeued = await conn.execute(
+    orphans = await conn.execute(
         """
-        UPDATE requests f SET status = 'queued', dedup_of = NULL, next_attempt_at = now()
-        FROM requests l
-        WHERE f.status = 'waiting' AND l.id = f.dedup_of
+        SELECT f.id FROM requests f JOIN requests l ON l.id = f.dedup_of
+        WHERE f.status = 'waiting'
           AND l.status IN ('completed', 'failed', 'cancelled', 'expired')
           AND NOT (l.status = 'completed' AND l.response_status BETWEEN 200 AND 299)
+        LIMIT 5000
         """
     )
-    if requeued.rowcount:
-        await notify_queued(conn)
-    return await fetch_tallies(done), requeued.rowcount
+    requeued = await requeue(
+        conn, ("waiting",), [Requeue(r["id"]) for r in await orphans.fetchall()]
+    )
+    return await fetch_tallies(done), requeued.n

@@ -3,12 +3,12 @@ pool with a recorded reason, and the scheduler's published state."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from inferbatch.db.requests import notify_queued
+from inferbatch.db.requests import Requeue, requeue
 from inferbatch.db.types import Conn
 
 DESIRED_DEDICATED = "dedicated_workers_desired"
@@ -75,54 +75,17 @@ async def live_workers(conn: Conn) -> dict[str, int]:
 
 
 async def move_to_dedicated(conn: Conn, batch_id: str, n: int, reason: str) -> int:
-    """Move up to ``n`` of a batch's queued spot requests (oldest first) to dedicated."""
+    """Move up to ``n`` of a batch's queued spot requests (line order) to dedicated."""
     cur = await conn.execute(
         """
-        UPDATE requests SET pool = 'dedicated', escalation_reason = %(reason)s,
-            escalated_at = now()
-        WHERE id IN (
-            SELECT id FROM requests
-            WHERE batch_id = %(batch)s AND status = 'queued' AND pool = 'spot'
-            ORDER BY id LIMIT %(n)s FOR UPDATE SKIP LOCKED)
+        SELECT id FROM requests
+        WHERE batch_id = %(batch)s AND status = 'queued' AND pool = 'spot'
+        ORDER BY id LIMIT %(n)s FOR UPDATE SKIP LOCKED
         """,
-        {"batch": batch_id, "n": n, "reason": reason},
+        {"batch": batch_id, "n": n},
     )
-    moved = cur.rowcount
-    if moved:
-        await conn.execute(
-            "UPDATE batches SET escalated_count = escalated_count + %s WHERE id = %s",
-            (moved, batch_id),
-        )
-        await notify_queued(conn)
-    return moved
-
-
-async def escalate_requests(conn: Conn, reasons: Sequence[tuple[int, str]]) -> dict[str, int]:
-    """Queued spot requests -> dedicated, each with its reason (per-request rule). Returns
-    how many moved, by reason."""
-    if not reasons:
-        return {}
-    cur = await conn.execute(
-        """
-        WITH moved AS (
-            UPDATE requests r SET pool = 'dedicated', escalation_reason = v.reason,
-                escalated_at = now()
-            FROM unnest(%(ids)s::bigint[], %(reasons)s::text[]) AS v(id, reason)
-            WHERE r.id = v.id AND r.status = 'queued' AND r.pool = 'spot'
-            RETURNING r.batch_id, v.reason
-        ), per_batch AS (SELECT batch_id, count(*) AS n FROM moved GROUP BY batch_id),
-        counted AS (
-            UPDATE batches b SET escalated_count = b.escalated_count + per_batch.n
-            FROM per_batch WHERE b.id = per_batch.batch_id
-        )
-        SELECT reason, count(*) AS n FROM moved GROUP BY reason
-        """,
-        {"ids": [r[0] for r in reasons], "reasons": [r[1] for r in reasons]},
-    )
-    moved = {r["reason"]: r["n"] for r in await cur.fetchall()}
-    if moved:
-        await notify_queued(conn)
-    return moved
+    rows = [Requeue(r["id"], escalate=reason) for r in await cur.fetchall()]
+    return (await requeue(conn, ("queued",), rows)).n
 
 
 async def publish(conn: Conn, values: Mapping[str, Any]) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import orjson
 
+from inferbatch.db.counters import append_deltas, settled_deltas
 from inferbatch.db.types import Conn
 from inferbatch.domain import ClaimedRequest
 
@@ -59,15 +60,21 @@ class Tally:
 
 
 def tallied(update: str, alias: str = "requests", pool: str | None = None) -> str:
-    """Wrap an UPDATE of ``requests`` (aliased ``alias``) so that it returns its rows
-    counted as :class:`Tally` rows; ``pool`` overrides the pool reported."""
-    pool_expr = f"'{pool}'" if pool else f"{alias}.pool"
+    """Wrap an UPDATE of ``requests`` (aliased ``alias``) that settles requests, so that it
+    appends their counts to ``request_deltas`` (see :mod:`inferbatch.db.counters`) and
+    returns them counted as :class:`Tally` rows; ``pool`` overrides the pool reported."""
+    pool_expr = f"'{pool}'" if pool else "pool"
+    group = "url, model" if pool else "url, model, pool"
     return f"""
     WITH settled AS ({update}
-        RETURNING {alias}.url, {alias}.model, {pool_expr} AS pool,
-            coalesce({alias}.prompt_tokens, 0) + coalesce({alias}.completion_tokens, 0) AS t)
-    SELECT url, model, pool, count(*)::int AS n, coalesce(sum(t), 0)::bigint AS tokens
-    FROM settled GROUP BY url, model, pool
+        RETURNING {alias}.batch_id, {alias}.url, {alias}.model, {alias}.pool,
+            {alias}.status, {alias}.dedup_of, {alias}.prompt_tokens,
+            {alias}.completion_tokens),
+    {settled_deltas("settled")}
+    SELECT url, model, {pool_expr} AS pool, count(*)::int AS n,
+        coalesce(sum(coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0)), 0)::bigint
+            AS tokens
+    FROM settled GROUP BY {group}
     """
 
 
@@ -91,7 +98,6 @@ WITH picked AS (
 )
 UPDATE requests r SET
     status = 'running', lease_owner = %(owner)s, worker_id = %(owner)s,
-    lease_expires_at = now() + make_interval(secs => %(lease)s),
     attempts = r.attempts + 1, started_at = now()
 FROM picked WHERE r.id = picked.id
 RETURNING r.id, r.batch_id, r.custom_id, r.url, r.model, r.body::text AS body, r.attempts,
@@ -115,9 +121,9 @@ class QueueKey:
 
 
 async def _claim(
-    conn: Conn, *, pool: str, owner: str, n: int, lease_seconds: float, after: QueueKey | None
+    conn: Conn, *, pool: str, owner: str, n: int, after: QueueKey | None
 ) -> tuple[list[ClaimedRequest], QueueKey | None]:
-    params: dict[str, Any] = {"pool": pool, "owner": owner, "n": n, "lease": lease_seconds}
+    params: dict[str, Any] = {"pool": pool, "owner": owner, "n": n}
     if after is None:
         statement = CLAIM_FROM_START
     else:
@@ -144,14 +150,11 @@ async def _claim(
     return claimed, (QueueKey(last["priority"], last["deadline_at"], last["id"]) if last else None)
 
 
-async def claim(
-    conn: Conn, *, pool: str, owner: str, n: int, lease_seconds: float
-) -> list[ClaimedRequest]:
-    """Lease up to ``n`` queued requests of ``pool``: highest priority first, then the
-    earliest deadline (the oldest batch, when windows are equal), then line order."""
-    claimed, _ = await _claim(
-        conn, pool=pool, owner=owner, n=n, lease_seconds=lease_seconds, after=None
-    )
+async def claim(conn: Conn, *, pool: str, owner: str, n: int) -> list[ClaimedRequest]:
+    """Lease up to ``n`` queued requests of ``pool`` to worker ``owner``: highest priority
+    first, then the earliest deadline (the oldest batch, when windows are equal), then line
+    order. The lease lasts while ``owner`` beats (see :func:`lost_claims`)."""
+    claimed, _ = await _claim(conn, pool=pool, owner=owner, n=n, after=None)
     return claimed
 
 
@@ -186,17 +189,13 @@ class QueueCursor:
         interval = max(self.rescan_seconds, self._rescan_took * self.RESCAN_SHARE)
         return self._clock() >= self._rescanned_at + interval
 
-    async def claim(
-        self, conn: Conn, *, owner: str, n: int, lease_seconds: float
-    ) -> list[ClaimedRequest]:
+    async def claim(self, conn: Conn, *, owner: str, n: int) -> list[ClaimedRequest]:
         """Lease up to ``n`` requests, in claim order within each statement."""
 
         async def take(
             k: int, after: QueueKey | None
         ) -> tuple[list[ClaimedRequest], QueueKey | None]:
-            return await _claim(
-                conn, pool=self.pool, owner=owner, n=k, lease_seconds=lease_seconds, after=after
-            )
+            return await _claim(conn, pool=self.pool, owner=owner, n=k, after=after)
 
         claimed: list[ClaimedRequest] = []
         if self._after is not None and not self._rescan_due():
@@ -214,81 +213,228 @@ class QueueCursor:
         return claimed + more
 
 
-RECORD = """
-UPDATE requests r SET
-    status = CASE WHEN v.kind = 'retry' THEN 'queued' ELSE v.kind END,
-    pool = CASE WHEN v.kind = 'retry' AND v.escalate IS NOT NULL THEN 'dedicated'
-        ELSE r.pool END,
-    escalation_reason = CASE WHEN v.kind = 'retry' AND v.escalate IS NOT NULL
-        AND r.pool = 'spot' THEN v.escalate ELSE r.escalation_reason END,
-    escalated_at = CASE WHEN v.kind = 'retry' AND v.escalate IS NOT NULL
-        AND r.pool = 'spot' THEN now() ELSE r.escalated_at END,
-    lease_owner = NULL, lease_expires_at = NULL,
-    finished_at = CASE WHEN v.kind = 'retry' THEN NULL ELSE now() END,
-    failed_attempts = r.failed_attempts + (v.kind <> 'completed' AND v.charged)::int,
-    next_attempt_at = CASE WHEN v.kind = 'retry'
-        THEN now() + make_interval(secs => v.retry_after) ELSE r.next_attempt_at END,
-    response_status = v.response_status,
-    response_request_id = v.engine_request_id,
-    response_body = v.response_body::json,
-    error = v.error,
-    prompt_tokens = v.prompt_tokens,
-    completion_tokens = v.completion_tokens
-FROM json_to_recordset(%(rows)s::json) AS v(
-    id bigint, attempt int, kind text, response_status int, response_body text,
-    engine_request_id text, error jsonb, retry_after float8, prompt_tokens int,
-    completion_tokens int, charged bool, escalate text)
-WHERE r.id = v.id AND r.status = 'running' AND r.lease_owner = %(owner)s
-  AND r.attempts = v.attempt
-RETURNING r.id
+RECORD = f"""
+WITH settled AS (
+    UPDATE requests r SET
+        status = v.kind, lease_owner = NULL, finished_at = now(),
+        failed_attempts = r.failed_attempts + (v.kind = 'failed' AND v.charged)::int,
+        response_status = v.response_status,
+        response_request_id = v.engine_request_id,
+        response_body = v.response_body::json,
+        error = v.error,
+        prompt_tokens = v.prompt_tokens,
+        completion_tokens = v.completion_tokens
+    FROM json_to_recordset(%(rows)s::json) AS v(
+        id bigint, attempt int, kind text, response_status int, response_body text,
+        engine_request_id text, error jsonb, prompt_tokens int, completion_tokens int,
+        charged bool)
+    WHERE r.id = v.id AND r.status = 'running' AND r.lease_owner = %(owner)s
+      AND r.attempts = v.attempt
+    RETURNING r.id, r.batch_id, r.pool, r.status, r.dedup_of, r.prompt_tokens,
+        r.completion_tokens
+),
+{settled_deltas("settled")}
+SELECT id FROM settled
 """
 
 
+def _body_text(body: Any) -> str | None:
+    # as JSON text in a string: a body may hold \u0000, which the json type keeps but
+    # json_to_recordset cannot extract as a json value
+    return None if body is None else orjson.dumps(body).decode()
+
+
 async def record_outcomes(conn: Conn, owner: str, outcomes: Sequence[Outcome]) -> set[int]:
-    """Write many results in one statement; returns the ids whose write was accepted
-    (the others had lost their lease or were cancelled/expired meanwhile).
+    """Write a group of results: one statement for the settled (completed, failed), one
+    :func:`requeue` for the retried; returns the ids whose write was accepted (the others
+    had lost their lease or were cancelled/expired meanwhile).
 
     The group travels as one JSON document (serialised in C, parsed by the server) rather
     than as a dozen arrays, whose per-element escaping in Python cost more than the write."""
-    if not outcomes:
-        return set()
-    rows = orjson.dumps(
+    settled = [o for o in outcomes if o.kind != "retry"]
+    retried = [o for o in outcomes if o.kind == "retry"]
+    accepted: set[int] = set()
+    if settled:
+        rows = orjson.dumps(
+            [
+                {
+                    "id": o.request_id,
+                    "attempt": o.attempt,
+                    "kind": o.kind,
+                    "response_status": o.response_status,
+                    "response_body": _body_text(o.response_body),
+                    "engine_request_id": o.engine_request_id,
+                    "error": o.error,
+                    "prompt_tokens": o.prompt_tokens,
+                    "completion_tokens": o.completion_tokens,
+                    "charged": o.charged,
+                }
+                for o in settled
+            ]
+        ).decode()
+        cur = await conn.execute(RECORD, {"owner": owner, "rows": rows})
+        accepted = {r["id"] for r in await cur.fetchall()}
+    if retried:
+        done = await requeue(
+            conn,
+            ("running",),
+            [
+                Requeue(
+                    o.request_id,
+                    attempt=o.attempt,
+                    owner=owner,
+                    delay=o.retry_after,
+                    charged=o.charged,
+                    escalate=o.escalate,
+                    error=o.error,
+                    response_status=o.response_status,
+                    response_body=o.response_body,
+                    engine_request_id=o.engine_request_id,
+                )
+                for o in retried
+            ],
+        )
+        accepted |= done.ids
+    return accepted
+
+
+@dataclass(frozen=True, slots=True)
+class Requeue:
+    """One request to send back to the queue with :func:`requeue`."""
+
+    request_id: int
+    attempt: int | None = None
+    """Fence: the attempt the caller holds; None for any."""
+    owner: str | None = None
+    """Fence: the lease owner the caller expects; None for any."""
+    delay: float = 0.0
+    """Seconds before it may be claimed again (backoff)."""
+    interrupted: bool = False
+    """Work that had started was lost (spot interruption, lost worker): counted."""
+    charged: bool = False
+    """The attempt counts against the request's retry budget."""
+    fresh_budget: bool = False
+    """Start the retry budget again (a user's retry of a failed request)."""
+    escalate: str | None = None
+    """Move it from spot to the dedicated pool, for this reason."""
+    error: dict[str, Any] | None = None
+    response_status: int | None = None
+    response_body: Any = None
+    engine_request_id: str | None = None
+    """The last attempt's answer, kept for the request's detail until the next one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Requeued:
+    """What :func:`requeue` did: the ids it moved and the escalations by reason."""
+
+    ids: set[int]
+    escalated: dict[str, int]
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+
+REQUEUE = f"""
+WITH v AS (
+    SELECT * FROM json_to_recordset(%(rows)s::json) AS v(
+        id bigint, attempt int, owner text, delay float8, interrupted bool, charged bool,
+        fresh bool, escalate text, error jsonb, response_status int, response_body text,
+        engine_request_id text)
+), old AS (
+    SELECT r.id, r.status, r.pool, r.prompt_tokens, r.completion_tokens
+    FROM requests r JOIN v ON v.id = r.id
+    WHERE r.status = ANY(%(from)s::text[])
+      AND (v.owner IS NULL OR r.lease_owner = v.owner)
+      AND (v.attempt IS NULL OR r.attempts = v.attempt)
+    FOR UPDATE OF r
+), moved AS (
+    UPDATE requests r SET
+        status = 'queued',
+        pool = CASE WHEN v.escalate IS NOT NULL THEN 'dedicated' ELSE r.pool END,
+        escalation_reason = CASE WHEN v.escalate IS NOT NULL AND r.pool = 'spot'
+            THEN v.escalate ELSE r.escalation_reason END,
+        escalated_at = CASE WHEN v.escalate IS NOT NULL AND r.pool = 'spot'
+            THEN now() ELSE r.escalated_at END,
+        lease_owner = NULL, finished_at = NULL,
+        dedup_of = CASE WHEN r.status = 'waiting' THEN NULL ELSE r.dedup_of END,
+        interruptions = r.interruptions + v.interrupted::int,
+        failed_attempts = CASE WHEN v.fresh THEN 0
+            ELSE r.failed_attempts + v.charged::int END,
+        next_attempt_at = CASE WHEN r.status = 'queued' THEN r.next_attempt_at
+            ELSE now() + make_interval(secs => v.delay) END,
+        response_status = CASE WHEN r.status = 'queued' THEN r.response_status
+            ELSE v.response_status END,
+        response_body = CASE WHEN r.status = 'queued' THEN r.response_body
+            ELSE v.response_body::json END,
+        response_request_id = CASE WHEN r.status = 'queued' THEN r.response_request_id
+            ELSE v.engine_request_id END,
+        error = CASE WHEN r.status = 'queued' THEN r.error ELSE v.error END,
+        prompt_tokens = CASE WHEN r.status = 'queued' THEN r.prompt_tokens END,
+        completion_tokens = CASE WHEN r.status = 'queued' THEN r.completion_tokens END
+    FROM old JOIN v ON v.id = old.id
+    WHERE r.id = old.id
+    RETURNING r.id, r.batch_id, old.status AS was, old.pool AS was_pool,
+        old.prompt_tokens AS was_prompt, old.completion_tokens AS was_completion,
+        (old.pool = 'spot' AND r.pool = 'dedicated') AS escalated, v.escalate AS reason
+), deltas AS (
+    SELECT batch_id, was_pool AS pool, 'failed' AS status,
+        (-count(*) FILTER (WHERE was = 'failed'))::int AS n,
+        (-coalesce(sum(was_prompt) FILTER (WHERE was = 'failed'), 0))::bigint
+            AS input_tokens,
+        (-coalesce(sum(was_completion) FILTER (WHERE was = 'failed'), 0))::bigint
+            AS output_tokens,
+        0 AS deduplicated, 0::bigint AS dedup_tokens,
+        count(*) FILTER (WHERE escalated)::int AS escalated
+    FROM moved GROUP BY batch_id, was_pool
+),
+{append_deltas("deltas")}
+SELECT id, escalated, reason FROM moved
+"""
+
+
+async def requeue(conn: Conn, from_statuses: Sequence[str], rows: Sequence[Requeue]) -> Requeued:
+    """Send requests back to the queue: the one transition for a retry after an engine
+    error, a release on shutdown, the rescue of a lost worker's requests, an escalation to
+    the dedicated pool, a follower whose leader failed and a user's retry of a failed
+    request.
+
+    Each row moves only if its status is one of ``from_statuses`` and its fences (owner,
+    attempt) hold. In the same statement the batch counters learn of it (through
+    ``request_deltas``: escalations, failed requests that run again), and idle workers are
+    notified. A queued request keeps its place in time (only its pool may change)."""
+    if not rows:
+        return Requeued(set(), {})
+    payload = orjson.dumps(
         [
             {
-                "id": o.request_id,
-                "attempt": o.attempt,
-                "kind": o.kind,
-                "response_status": o.response_status,
-                # as JSON text in a string: a body may hold \u0000, which the json type
-                # keeps but json_to_recordset cannot extract as a json value
-                "response_body": None
-                if o.response_body is None
-                else orjson.dumps(o.response_body).decode(),
-                "engine_request_id": o.engine_request_id,
-                "error": o.error,
-                "retry_after": float(o.retry_after),
-                "prompt_tokens": o.prompt_tokens,
-                "completion_tokens": o.completion_tokens,
-                "charged": o.charged,
-                "escalate": o.escalate,
+                "id": r.request_id,
+                "attempt": r.attempt,
+                "owner": r.owner,
+                "delay": float(r.delay),
+                "interrupted": r.interrupted,
+                "charged": r.charged,
+                "fresh": r.fresh_budget,
+                "escalate": r.escalate,
+                "error": r.error,
+                "response_status": r.response_status,
+                "response_body": _body_text(r.response_body),
+                "engine_request_id": r.engine_request_id,
             }
-            for o in outcomes
+            for r in rows
         ]
     ).decode()
-    cur = await conn.execute(RECORD, {"owner": owner, "rows": rows})
-    return {r["id"] for r in await cur.fetchall()}
-
-
-async def extend_leases(conn: Conn, owner: str, lease_seconds: float) -> int:
-    """Heartbeat: push out the lease of every request ``owner`` runs."""
-    cur = await conn.execute(
-        """
-        UPDATE requests SET lease_expires_at = now() + make_interval(secs => %s)
-        WHERE status = 'running' AND lease_owner = %s
-        """,
-        (lease_seconds, owner),
-    )
-    return cur.rowcount
+    cur = await conn.execute(REQUEUE, {"rows": payload, "from": list(from_statuses)})
+    ids: set[int] = set()
+    escalated: dict[str, int] = {}
+    for r in await cur.fetchall():
+        ids.add(r["id"])
+        if r["escalated"]:
+            escalated[r["reason"]] = escalated.get(r["reason"], 0) + 1
+    if ids:
+        await notify_queued(conn)
+    return Requeued(ids, escalated)
 
 
 QUEUE_CHANNEL = "inferbatch_queue"
@@ -301,54 +447,45 @@ async def notify_queued(conn: Conn) -> None:
     await conn.execute(f"NOTIFY {QUEUE_CHANNEL}")
 
 
-async def release(
-    conn: Conn, owner: str, claims: Sequence[tuple[int, int]], *, interrupted: bool
-) -> int:
-    """Give (id, attempt) leases back to the queue at once, e.g. on shutdown."""
-    if not claims:
-        return 0
+@dataclass(frozen=True, slots=True)
+class LostClaim:
+    """A running request whose owner is not live any more."""
+
+    request_id: int
+    attempt: int
+    owner: str | None
+    pool: str
+    interruptions: int
+    failed_attempts: int
+
+
+async def lost_claims(conn: Conn, stale_seconds: float, limit: int = 5000) -> list[LostClaim]:
+    """Running requests held by a worker that is not live: stopped, lost, never registered,
+    or silent for ``stale_seconds``. Reads only running rows (their partial index) and their
+    owners' rows: the cost follows the work in flight, not the history."""
     cur = await conn.execute(
         """
-        UPDATE requests r SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,
-            interruptions = r.interruptions + %(inc)s
-        FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS v(id, attempt)
-        WHERE r.id = v.id AND r.status = 'running' AND r.lease_owner = %(owner)s
-          AND r.attempts = v.attempt
+        SELECT r.id, r.attempts, r.lease_owner, r.pool, r.interruptions, r.failed_attempts
+        FROM requests r
+        WHERE r.status = 'running' AND NOT EXISTS (
+            SELECT 1 FROM workers w WHERE w.id = r.lease_owner
+              AND w.state IN ('running', 'draining')
+              AND w.heartbeat_at >= now() - make_interval(secs => %s))
+        LIMIT %s
         """,
-        {
-            "owner": owner,
-            "inc": int(interrupted),
-            "ids": [c[0] for c in claims],
-            "attempts": [c[1] for c in claims],
-        },
+        (stale_seconds, limit),
     )
-    if cur.rowcount:
-        await notify_queued(conn)
-    return cur.rowcount
-
-
-async def rescue_expired(conn: Conn, limit: int = 5000) -> list[dict[str, Any]]:
-    """Re-queue running requests whose lease ran out. A spot worker that stopped renewing
-    its leases was most likely reclaimed without notice: that counts as an interruption.
-    Returns the rescued rows (id, worker_id, pool, interruptions, failed_attempts)."""
-    cur = await conn.execute(
-        """
-        WITH lost AS (
-            SELECT id FROM requests
-            WHERE status = 'running' AND lease_expires_at < now()
-            ORDER BY lease_expires_at LIMIT %s FOR UPDATE SKIP LOCKED
+    return [
+        LostClaim(
+            request_id=r["id"],
+            attempt=r["attempts"],
+            owner=r["lease_owner"],
+            pool=r["pool"],
+            interruptions=r["interruptions"],
+            failed_attempts=r["failed_attempts"],
         )
-        UPDATE requests r SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,
-            interruptions = r.interruptions + (r.pool = 'spot')::int
-        FROM lost WHERE r.id = lost.id
-        RETURNING r.id, r.worker_id, r.pool, r.interruptions, r.failed_attempts
-        """,
-        (limit,),
-    )
-    rescued = await cur.fetchall()
-    if rescued:
-        await notify_queued(conn)
-    return rescued
+        for r in await cur.fetchall()
+    ]
 
 
 async def cancel_queued(conn: Conn) -> list[Tally]:
@@ -412,16 +549,6 @@ async def queue_stats(conn: Conn) -> list[dict[str, Any]]:
     return await cur.fetchall()
 
 
-async def settled_stats(conn: Conn) -> list[dict[str, Any]]:
-    cur = await conn.execute(
-        """
-        SELECT status, pool, count(*) AS n FROM requests
-        WHERE status NOT IN ('queued', 'running', 'waiting') GROUP BY status, pool
-        """
-    )
-    return await cur.fetchall()
-
-
 _DETAIL = """
     id, batch_id, line, custom_id, url, model, status, pool, priority, attempts,
     failed_attempts, interruptions,
@@ -473,14 +600,12 @@ async def requeue_failed(conn: Conn, batch_id: str, request_id: int | None = Non
     """failed -> queued (all of a batch's, or one), with a fresh retry budget."""
     cur = await conn.execute(
         """
-        UPDATE requests SET status = 'queued', failed_attempts = 0, next_attempt_at = now(),
-            error = NULL, response_status = NULL, response_body = NULL,
-            response_request_id = NULL, finished_at = NULL
+        SELECT id FROM requests
         WHERE batch_id = %(batch)s AND status = 'failed'
           AND (%(id)s::bigint IS NULL OR id = %(id)s)
         """,
         {"batch": batch_id, "id": request_id},
     )
-    if cur.rowcount:
-        await notify_queued(conn)
-    return cur.rowcount
+    ids = [r["id"] for r in await cur.fetchall()]
+    done = await requeue(conn, ("failed",), [Requeue(i, fresh_budget=True) for i in ids])
+    return done.n

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from inferbatch.blobstore import BlobStore, BlobWriter, new_blob_key
-from inferbatch.db import batches, files
+from inferbatch.db import batches, counters, files
 from inferbatch.db import requests as queue
 from inferbatch.db.types import Conn, Pool
 from inferbatch.domain import BatchRecord
@@ -166,6 +166,9 @@ async def finish_batch(
             await batches.unfinalize(conn, batch_id)
             return False
         expired = await queue.expire_unsettled(conn, batch_id) if outcome == "expired" else []
+        # under the batch lock: every settled request is in the totals before the final
+        # counts below replace the batch's own
+        await counters.fold(conn, [batch_id])
         out, err, totals = await _write_files(conn, blobs, batch)
         stamp = now()
         expiry = stamp + (

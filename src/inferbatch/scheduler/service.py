@@ -2,11 +2,11 @@
 
 - ingest: validate and queue new batches;
 - cancel: cancel the queued requests of cancelling batches;
-- rescue: re-queue requests whose lease expired and mark silent workers lost;
+- rescue: mark silent workers lost and re-queue the requests of workers not live;
 - follow: settle requests that wait for an identical one (deduplication);
 - escalate: run the SLA policy, move requests from spot to dedicated, publish the
   desired dedicated worker count;
-- progress: refresh request counts shown by the API;
+- progress: fold the counts of requests settled since the last fold into the batches;
 - finalize: write output files and finish batches (completed, expired, cancelled);
 - clean: delete files past their expiry.
 """
@@ -24,8 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from inferbatch.blobstore import BlobStore
 from inferbatch.config import Settings
-from inferbatch.db import batches, dedup, files, workers
-from inferbatch.db import escalation as escalation_rows
+from inferbatch.db import counters, dedup, files, workers
 from inferbatch.db import requests as queue
 from inferbatch.db.types import Pool
 from inferbatch.metrics import SchedulerMetrics
@@ -79,28 +78,35 @@ class Scheduler:
         return bool(cancelled)
 
     async def rescue(self) -> bool:
+        """Mark silent workers lost and send the requests of workers that are not live back
+        to the queue (on spot, that counts as an interruption)."""
+        stale = self.settings.lease_seconds
         async with self.pool.connection() as conn:
-            rescued = await queue.rescue_expired(conn)
-            escalations = [
-                (row["id"], reason)
-                for row in rescued
-                if row["pool"] == "spot"
-                and (
-                    reason := escalate_request(
-                        row["interruptions"], row["failed_attempts"], self.escalation
+            await workers.mark_lost(conn, stale_seconds=stale)
+            lost = await queue.lost_claims(conn, stale_seconds=stale)
+            rows = [
+                queue.Requeue(
+                    c.request_id,
+                    attempt=c.attempt,
+                    owner=c.owner,
+                    interrupted=c.pool == "spot",
+                    escalate=escalate_request(
+                        c.interruptions + 1, c.failed_attempts, self.escalation
                     )
+                    if c.pool == "spot"
+                    else None,
                 )
+                for c in lost
             ]
-            moved = await escalation_rows.escalate_requests(conn, escalations)
-            await workers.mark_lost(conn, stale_seconds=self.settings.lease_seconds)
-        self.metrics.escalated(moved)
-        lost_on_spot = sum(1 for r in rescued if r["pool"] == "spot")
+            done = await queue.requeue(conn, ("running",), rows)
+        self.metrics.escalated(done.escalated)
+        lost_on_spot = sum(1 for c in lost if c.pool == "spot" and c.request_id in done.ids)
         if lost_on_spot:
             self.metrics.interruptions.labels("lease_lost").inc(lost_on_spot)
-        if rescued:
-            owners = sorted({r["worker_id"] for r in rescued if r["worker_id"]})
-            log.warning("re-queued requests whose lease expired (workers %s)", owners)
-        return bool(rescued)
+        if done.n:
+            owners = sorted({c.owner or "none" for c in lost if c.request_id in done.ids})
+            log.warning("re-queued %d requests of workers not live (%s)", done.n, owners)
+        return len(lost) >= 5000
 
     async def escalate(self) -> bool:
         await self.escalator.tick()
@@ -115,9 +121,12 @@ class Scheduler:
         return bool(done) or requeued > 0
 
     async def progress(self) -> bool:
+        """Fold the request deltas written since the last fold into the batch counters."""
         async with self.pool.connection() as conn:
-            await batches.refresh_counts(conn)
-        return False
+            pending = await counters.pending_batches(conn, limit=1000)
+            await counters.fold(conn, pending)
+            await counters.fold_batch_totals(conn)
+        return len(pending) >= 1000
 
     async def finalize(self) -> bool:
         n = await finish_ready(

@@ -2,8 +2,9 @@
 
 One statement claims as many requests as there are free in-flight slots; each claimed
 request runs as a task against its engine (so the engine can batch them); results are
-written back in groups by a flusher, fenced by lease owner and attempt; a heartbeat
-extends the leases. On stop the worker claims nothing more, lets running requests finish
+written back in groups by a flusher, fenced by lease owner and attempt; one heartbeat on
+the worker's own row keeps all its leases (the leader re-queues the requests of a worker
+whose beat goes stale). On stop the worker claims nothing more, lets running requests finish
 within the drain period, then gives the rest back to the queue at once.
 """
 
@@ -20,7 +21,6 @@ from typing import Any
 
 import psycopg
 
-from inferbatch.db import escalation as escalation_rows
 from inferbatch.db import requests as queue
 from inferbatch.db import workers as registry
 from inferbatch.db.requests import Outcome
@@ -267,9 +267,7 @@ class Worker:
         claimed: list[ClaimedRequest] = []
         async with self.db.connection() as conn:
             for cursor in self._cursors:
-                claimed += await cursor.claim(
-                    conn, owner=self.id, n=n - len(claimed), lease_seconds=self.config.lease_seconds
-                )
+                claimed += await cursor.claim(conn, owner=self.id, n=n - len(claimed))
                 if len(claimed) >= n:
                     break
         return claimed
@@ -416,7 +414,6 @@ class Worker:
         while not done.is_set():
             try:
                 async with self.db.connection() as conn:
-                    await queue.extend_leases(conn, self.id, self.config.lease_seconds)
                     await registry.heartbeat(
                         conn, self.id, state=self._state, in_flight=len(self._running)
                     )
@@ -447,33 +444,39 @@ class Worker:
         each (work that had started and is lost), which may move it to dedicated."""
         if not reqs:
             return
-        claims = [(r.id, r.attempt) for r in reqs]
-        escalations = [
-            (r.id, reason)
-            for r in reqs
-            if interrupted
-            and r.pool == "spot"
-            and (
-                reason := escalate_request(
+        rows = [
+            queue.Requeue(
+                r.id,
+                attempt=r.attempt,
+                owner=self.id,
+                interrupted=interrupted,
+                escalate=escalate_request(
                     r.interruptions + 1, r.failed_attempts, self.config.escalation
                 )
+                if interrupted and r.pool == "spot"
+                else None,
             )
+            for r in reqs
         ]
         for delay in (0.1, 0.5, 1.0, 2.0, 5.0):
             try:
                 async with self.db.connection() as conn:
-                    n = await queue.release(conn, self.id, claims, interrupted=interrupted)
-                    moved = await escalation_rows.escalate_requests(conn, escalations)
-                log.info("released %d requests back to the queue", n, extra={"worker_id": self.id})
+                    done = await queue.requeue(conn, ("running",), rows)
+                log.info(
+                    "released %d requests back to the queue", done.n, extra={"worker_id": self.id}
+                )
                 if self.metrics:
-                    self.metrics.escalated(moved)
+                    self.metrics.escalated(done.escalated)
                     if interrupted and self.config.pool == "spot":
-                        self.metrics.interruptions.labels("drain").inc(n)
+                        self.metrics.interruptions.labels("drain").inc(done.n)
                 return
             except (psycopg.Error, OSError) as exc:
                 log.warning("release failed (%s)", exc)
                 await asyncio.sleep(delay)
-        log.error("could not release %d requests; their leases will expire", len(claims))
+        log.error(
+            "could not release %d requests; they go back when this worker is seen stopped",
+            len(rows),
+        )
 
     def _unlikely_to_finish(self, within: float) -> list[int]:
         """Running requests that, at the measured service time, will not finish within
