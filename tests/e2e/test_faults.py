@@ -123,7 +123,7 @@ def test_a_sigkilled_worker_loses_nothing(db_url: str, tmp_path: Path) -> None:
         ids = [r["custom_id"] for r in out]
         assert len(ids) == len(set(ids)) == 400
         assert _completions_per_request(s.env["INFERBATCH_DATABASE_URL"]) == [1] * 400
-        assert "re-queued requests whose lease expired" in s.log("scheduler")
+        assert "requests of workers not live" in s.log("scheduler")
     finally:
         s.close()
 

@@ -271,3 +271,22 @@ async def test_a_heartbeat_writes_the_worker_row_only(pool: Pool, tmp_path: Path
         await registry.heartbeat(conn, "w", state="running", in_flight=4)
         after = await (await conn.execute("SELECT id, xmin::text AS x FROM requests")).fetchall()
     assert sorted(before, key=lambda r: r["id"]) == sorted(after, key=lambda r: r["id"])
+
+
+async def test_workers_stopped_long_ago_are_forgotten_and_their_requests_still_go_back(
+    pool: Pool, tmp_path: Path
+) -> None:
+    await _queued_batch(pool, LocalBlobStore(tmp_path), 1)
+    async with pool.connection() as conn:
+        for name, state in (("old", "stopped"), ("live", "running"), ("recent", "stopped")):
+            await registry.register(conn, worker_id=name, pool="spot", host="h", pid=1)
+            await registry.heartbeat(conn, name, state=state, in_flight=0)
+        await conn.execute(
+            "UPDATE workers SET heartbeat_at = now() - interval '8 days' WHERE id = 'old'"
+        )
+    [held] = await _claim(pool, "old", 1)
+    async with pool.connection() as conn:
+        assert await registry.prune(conn, 7 * 86400) == 1
+        cur = await conn.execute("SELECT id FROM workers ORDER BY id")
+        assert [r["id"] for r in await cur.fetchall()] == ["live", "recent"]
+    assert (await _rescue(pool)).ids == {held.id}  # an owner that is gone is not live

@@ -56,3 +56,18 @@ async def list_recent(conn: Conn, limit: int = 200) -> list[dict[str, Any]]:
         (limit,),
     )
     return await cur.fetchall()
+
+
+async def prune(conn: Conn, older_than_seconds: float, limit: int = 1000) -> int:
+    """Forget workers stopped or lost more than ``older_than_seconds`` ago (a worker's
+    leftover requests are re-queued by then: a missing owner is never live)."""
+    cur = await conn.execute(
+        """
+        DELETE FROM workers WHERE id IN (
+            SELECT id FROM workers WHERE state IN ('stopped', 'lost')
+              AND heartbeat_at < now() - make_interval(secs => %s)
+            LIMIT %s)
+        """,
+        (older_than_seconds, limit),
+    )
+    return cur.rowcount

@@ -8,7 +8,7 @@
   desired dedicated worker count;
 - progress: fold the counts of requests settled since the last fold into the batches;
 - finalize: write output files and finish batches (completed, expired, cancelled);
-- clean: delete files past their expiry.
+- clean: delete files past their expiry, forget workers stopped a week ago.
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ from inferbatch.scheduler.ingest import ingest_next
 from inferbatch.scheduler.leadership import Leadership
 
 log = logging.getLogger(__name__)
+
+WORKER_MEMORY_SECONDS = 7 * 86400.0
+"""How long stopped and lost workers stay listed (``GET /v1/workers``, the portal)."""
 
 
 def utcnow() -> datetime:
@@ -143,6 +146,7 @@ class Scheduler:
             expired = await files.expired(conn, self.now(), 500)
             for record in expired:
                 await files.delete(conn, record.id, None)
+            await workers.prune(conn, WORKER_MEMORY_SECONDS)
             await conn.commit()
         for record in expired:
             await asyncio.to_thread(self.blobs.delete, record.blob_key)
