@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from inferbatch.db import counters
 from inferbatch.db.types import Conn
 from inferbatch.db.users import hash_key
 from inferbatch.domain import User
@@ -165,7 +166,10 @@ async def count_batches(conn: Conn, owner: str | None, f: BatchFilter, cap: int 
 
 
 async def batch_status_counts(conn: Conn, owner: str | None) -> dict[str, int]:
-    """Batches by status (all of them, or one owner's)."""
+    """Batches by status (all of them, from the kept totals; or one owner's, counted)."""
+    if owner is None:
+        by_status, _ = await counters.batch_totals(conn)
+        return by_status
     conds, params = _batch_where(owner, BatchFilter())
     cur = await conn.execute(
         f"SELECT status, count(*) AS n FROM batches b WHERE {' AND '.join(conds) or 'true'}"
