@@ -2,7 +2,8 @@
 
 For each size a child process (so peak RSS is its own):
 1. writes an input file of ~1 KB chat requests to a local blob store;
-2. times ``ingest_next``: stream, validate, hash and COPY every line into ``requests``
+2. times ``ingest_next``: stream, validate, hash and COPY every line into ``request_inputs``
+   and queue it in ``requests``
    (including the duplicate custom_id check) in one transaction;
 3. dumps the rows it inserted to a file and times a raw ``COPY FROM`` of those same rows
    into an identical table (same columns, indexes and foreign key): the ceiling;
@@ -44,37 +45,39 @@ async def run_child(n: int, dedup: str) -> dict[str, float]:
             ingest_s = time.perf_counter() - started
             rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             assert done == batch_id
-        dump = Path(tmp) / "rows.copy"
-        cols = (
-            "batch_id, line, custom_id, url, model, body, input_hash, priority, "
-            "batch_created_at, deadline_at"
-        )
+        # the reference: the same rows COPYed into tables of the same shape (and indexes)
+        tables = {
+            "request_inputs": "id, batch_id, line, custom_id, url, model, body, input_hash",
+            "requests": "id, batch_id, priority, batch_created_at, deadline_at",
+        }
         with psycopg.connect(url, autocommit=True) as conn:
             status = conn.execute("SELECT status, total_count FROM batches").fetchone()
             assert status == ("in_progress", n), status
             size_row = conn.execute("SELECT bytes FROM files").fetchone()
             size = size_row[0] if size_row else 0
-            conn.execute("CREATE TABLE requests_ref (LIKE requests INCLUDING ALL)")
-            conn.execute(
-                "ALTER TABLE requests_ref ADD FOREIGN KEY (batch_id) REFERENCES batches(id)"
-            )
-            with (
-                dump.open("wb") as f,
-                conn.cursor().copy(
-                    f"COPY (SELECT {cols} FROM requests ORDER BY id) TO STDOUT"
-                ) as copy,
-            ):
-                for chunk in copy:
-                    f.write(chunk)
+            for table, cols in tables.items():
+                conn.execute(f"CREATE TABLE {table}_ref (LIKE {table} INCLUDING ALL)")
+                conn.execute(
+                    f"ALTER TABLE {table}_ref ADD FOREIGN KEY (batch_id) REFERENCES batches(id)"
+                )
+                with (
+                    (Path(tmp) / f"{table}.copy").open("wb") as f,
+                    conn.cursor().copy(
+                        f"COPY (SELECT {cols} FROM {table} ORDER BY id) TO STDOUT"
+                    ) as copy,
+                ):
+                    for chunk in copy:
+                        f.write(chunk)
             conn.execute("CHECKPOINT")
             started = time.perf_counter()
-            with (
-                conn.transaction(),
-                dump.open("rb") as f,
-                conn.cursor().copy(f"COPY requests_ref ({cols}) FROM STDIN") as copy,
-            ):
-                while chunk := f.read(1 << 20):
-                    copy.write(chunk)
+            with conn.transaction():
+                for table, cols in tables.items():
+                    with (
+                        (Path(tmp) / f"{table}.copy").open("rb") as f,
+                        conn.cursor().copy(f"COPY {table}_ref ({cols}) FROM STDIN") as copy,
+                    ):
+                        while chunk := f.read(1 << 20):
+                            copy.write(chunk)
             copy_s = time.perf_counter() - started
         return {
             "lines": n,

@@ -257,16 +257,24 @@ WITH picked AS (
 ), claimed AS (
     UPDATE requests r SET status = 'running', lease_owner = 'pgbench',
         attempts = r.attempts + 1, started_at = now()
-    FROM picked WHERE r.id = picked.id RETURNING r.id, r.deadline_at
+    FROM picked JOIN request_inputs i ON i.id = picked.id
+    WHERE r.id = picked.id RETURNING r.id, r.deadline_at, length(i.body) AS size
 )
 SELECT quote_literal(coalesce(array_agg(id), '{}')) AS ids,
     coalesce(quote_literal(max(deadline_at)), quote_literal(:last_deadline::timestamptz))
         AS last_deadline,
-    coalesce(max(id), :last_id) AS last_id
+    coalesce(max(id), :last_id) AS last_id, sum(size) AS size
 FROM claimed \\gset
-UPDATE requests SET status = 'completed', lease_owner = NULL,
-    finished_at = now(), response_status = 200, response_body = '{"object":"noop"}'::json
-WHERE id = ANY(:ids::bigint[]) AND status = 'running' AND lease_owner = 'pgbench';
+WITH settled AS (
+    UPDATE requests SET status = 'completed', lease_owner = NULL
+    WHERE id = ANY(:ids::bigint[]) AND status = 'running' AND lease_owner = 'pgbench'
+    RETURNING id, batch_id, pool, attempts, started_at
+)
+INSERT INTO request_results (request_id, batch_id, status, pool, attempt, worker_id,
+    started_at, finished_at, response_status, response_body)
+SELECT id, batch_id, 'completed', pool, attempts, 'pgbench', started_at, now(), 200,
+    '{"object":"noop"}'
+FROM settled;
 """
 """The bare statements: a claim of 100 that resumes after the client's last claimed key
 (one priority, as queued here; the worker's ``QueueCursor`` does the same), then one

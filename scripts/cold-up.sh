@@ -11,13 +11,18 @@ git clone --quiet --no-hardlinks "$repo" "$work/inferbatch"
 cd "$work/inferbatch"
 
 up_pid=""
-stop_up() {
+stop_up() {  # Ctrl-C as a user would, then wait until every process of the clone is gone
   if [[ -n $up_pid ]] && kill -0 "$up_pid" 2>/dev/null; then
     kill -INT -- "-$up_pid" 2>/dev/null || kill -INT "$up_pid" || true
-    for _ in $(seq 60); do kill -0 "$up_pid" 2>/dev/null || break; sleep 1; done
-    kill -KILL -- "-$up_pid" 2>/dev/null || true
   fi
   up_pid=""
+  # the roles run in sessions of their own and drain before they exit
+  for _ in $(seq 90); do
+    pgrep -f "$work/inferbatch/.venv/" >/dev/null || break
+    sleep 1
+  done
+  pkill -KILL -f "$work/inferbatch/.venv/" 2>/dev/null || true
+  while curl -fsS -o /dev/null "http://127.0.0.1:$port/healthz" 2>/dev/null; do sleep 1; done
 }
 trap 'stop_up; rm -rf "$work"' EXIT
 

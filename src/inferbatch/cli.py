@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from inferbatch.config import Settings
+
+if TYPE_CHECKING:
+    from inferbatch.blobstore import BlobStore
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys.")
@@ -24,16 +27,31 @@ def _settings() -> Settings:
         raise typer.Exit(2) from exc
 
 
+def _blob_store(settings: Settings) -> BlobStore:
+    """The configured blob store, checked: a missing bucket, refused credentials or an
+    unreachable endpoint stop the process at start with the reason."""
+    from inferbatch.blobstore import describe, open_blob_store
+    from inferbatch.errors import StorageUnavailable
+
+    blobs = open_blob_store(settings)
+    try:
+        blobs.check()
+    except StorageUnavailable as exc:
+        typer.echo(f"file storage {describe(settings)} is not usable: {exc.reason}", err=True)
+        raise typer.Exit(2) from exc
+    return blobs
+
+
 @app.command()
 def migrate() -> None:
     """Apply database migrations."""
-    from inferbatch.db.connector import database_url
     from inferbatch.db.connector import migrate as run_migrations
+    from inferbatch.db.connector import session_url
     from inferbatch.runtime import setup_logging
 
     settings = _settings()
     setup_logging(settings, "migrate")
-    run_migrations(database_url(settings))
+    run_migrations(session_url(settings))
 
 
 @app.command()
@@ -45,19 +63,17 @@ def api(
     import uvicorn
 
     from inferbatch.api.app import create_app
-    from inferbatch.blobstore import LocalBlobStore
     from inferbatch.db.connector import database_url
     from inferbatch.engines.registry import EngineRegistry, load_specs
     from inferbatch.runtime import setup_logging
 
     settings = _settings()
     setup_logging(settings, "api")
+    blobs = _blob_store(settings)
     engines = EngineRegistry.from_specs(
         load_specs(settings), timeout=settings.engine_timeout_seconds
     )
-    application = create_app(
-        settings, database_url(settings), LocalBlobStore(settings.blob_root), engines
-    )
+    application = create_app(settings, database_url(settings), blobs, engines)
     uvicorn.run(
         application,
         host=host or settings.host,
@@ -76,8 +92,7 @@ def scheduler(
     """Run the scheduler duties (one leader at a time across replicas)."""
     from prometheus_client import CollectorRegistry, start_http_server
 
-    from inferbatch.blobstore import LocalBlobStore
-    from inferbatch.db.connector import database_url, open_pool
+    from inferbatch.db.connector import database_url, open_pool, session_url
     from inferbatch.metrics import SchedulerMetrics
     from inferbatch.runtime import install_stop_signals, setup_logging
     from inferbatch.scheduler.leadership import Leadership
@@ -85,6 +100,7 @@ def scheduler(
 
     settings = _settings()
     setup_logging(settings, "scheduler")
+    blobs = _blob_store(settings)
     url = database_url(settings)
     registry = CollectorRegistry()
     metrics = SchedulerMetrics(registry)
@@ -95,12 +111,14 @@ def scheduler(
     async def main() -> None:
         stop = asyncio.Event()
         install_stop_signals(stop)
-        async with open_pool(url, max_size=4, name="inferbatch-scheduler") as pool:
+        async with open_pool(
+            url, max_size=4, name="inferbatch-scheduler", prepare=settings.prepare_statements
+        ) as pool:
             sched = Scheduler(
                 settings,
                 pool,
-                LocalBlobStore(settings.blob_root),
-                Leadership(url),
+                blobs,
+                Leadership(session_url(settings)),
                 metrics=metrics,
             )
             await sched.run(stop)
@@ -118,7 +136,7 @@ def worker(
     """Claim requests of one pool and run them against the engines."""
     from prometheus_client import CollectorRegistry, start_http_server
 
-    from inferbatch.db.connector import database_url, open_pool
+    from inferbatch.db.connector import database_url, open_pool, session_url
     from inferbatch.engines.registry import EngineRegistry, load_specs
     from inferbatch.metrics import WorkerMetrics
     from inferbatch.policy.escalation import policy_by_name
@@ -147,6 +165,7 @@ def worker(
         flush_seconds=settings.result_flush_seconds,
         takes_spot=pool == "dedicated" and settings.dedicated_takes_spot,
         escalation=policy_by_name(settings.policy, settings.escalation).escalation,
+        listen_url=session_url(settings),
     )
 
     async def main() -> None:
@@ -159,7 +178,13 @@ def worker(
             typer.echo("no engine configured: set INFERBATCH_ENGINE_URL or _ENGINES", err=True)
             raise typer.Exit(2)
         # no check round trip per checkout: every worker loop retries a failed statement
-        async with open_pool(url, max_size=4, name=f"inferbatch-worker-{pool}", check=False) as db:
+        async with open_pool(
+            url,
+            max_size=4,
+            name=f"inferbatch-worker-{pool}",
+            check=False,
+            prepare=settings.prepare_statements,
+        ) as db:
             try:
                 await Worker(config, db, engines, metrics).run(stop, abort)
             finally:

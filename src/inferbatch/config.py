@@ -11,7 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -46,11 +46,44 @@ class Settings(BaseSettings):
         default=None,
         description="PostgreSQL URL. Unset: an embedded PostgreSQL in data_dir/pg.",
     )
+    database_session_url: str | None = Field(
+        default=None,
+        description="A direct, session-mode PostgreSQL URL for what needs a session: the "
+        "scheduler's advisory-lock leadership (scheduler/leadership.py), workers' LISTEN for "
+        "queue notifications, and migrations. Default: INFERBATCH_DATABASE_URL. Set it when "
+        "INFERBATCH_DATABASE_URL goes through a transaction-mode pooler such as PgBouncer.",
+    )
+    database_pool_mode: Literal["session", "transaction"] = Field(
+        default="session",
+        description="How INFERBATCH_DATABASE_URL reaches PostgreSQL: session (a direct "
+        "server, or a pooler that keeps one server connection per client connection) or "
+        "transaction (PgBouncer pool_mode=transaction, or any pooler that may run each "
+        "transaction on a different server connection). In transaction mode psycopg "
+        "prepares no statements server-side and INFERBATCH_DATABASE_SESSION_URL is required.",
+    )
     data_dir: Path = Field(
         default=Path(".inferbatch"), description="Embedded database and local blobs."
     )
     blob_dir: Path | None = Field(
-        default=None, description="Where file contents live. Default: data_dir/blobs."
+        default=None,
+        description="Where file contents live when blob_url is unset. Default: data_dir/blobs.",
+    )
+    blob_url: str | None = Field(
+        default=None,
+        description="Object storage for file contents, s3://BUCKET/PREFIX (AWS S3, MinIO, "
+        "R2, Ceph, GCS interoperability); the way to run more than one api or scheduler "
+        "replica without a shared volume. Endpoint, region and credentials are the AWS "
+        "SDK's standard settings (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, workload identity). Unset: the local "
+        "directory blob_dir.",
+    )
+    blob_region: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "blob_region", "INFERBATCH_BLOB_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"
+        ),
+        description="Region of the blob_url bucket; default AWS_REGION, then "
+        "AWS_DEFAULT_REGION (MinIO and most other servers accept any).",
     )
     host: str = Field(default="127.0.0.1", description="API listen address.")
     port: int = Field(default=8000, description="API listen port.")
@@ -87,6 +120,17 @@ class Settings(BaseSettings):
     file_retention: str = Field(default="30d", description="Default expiry of batch files.")
     default_dedup_scope: DedupScope = "user"
     allow_global_dedup: bool = True
+    dedup_horizon: str = Field(
+        default="30d",
+        description="Deduplication reuses outputs of requests that finished within this "
+        "long (and whose rows are still retained).",
+    )
+    request_retention: str | None = Field(
+        default=None,
+        description="How long the request rows (bodies and results) of a finished batch "
+        "are kept. Unset: as long as the batch's output file. The batch itself stays "
+        "listed.",
+    )
 
     lease_seconds: float = Field(
         default=30.0,
@@ -157,12 +201,38 @@ class Settings(BaseSettings):
         if low > high:
             raise ValueError("min_completion_window exceeds max_completion_window")
         parse_duration(self.file_retention)
+        parse_duration(self.dedup_horizon)
+        if self.request_retention is not None:
+            parse_duration(self.request_retention)
         from inferbatch.policy.escalation import policy_by_name
 
         policy_by_name(self.policy)  # raises ValueError for an unknown name
         if self.engine_url is not None and self.engines is not None:
             raise ValueError("set INFERBATCH_ENGINE_URL or INFERBATCH_ENGINES, not both")
+        if self.blob_url is not None:
+            from inferbatch.blobstore import parse_blob_url
+
+            parse_blob_url(self.blob_url)  # raises ValueError for a malformed URL
+            if self.blob_dir is not None:
+                raise ValueError("set INFERBATCH_BLOB_URL or INFERBATCH_BLOB_DIR, not both")
+        if self.database_session_url and not self.database_url:
+            raise ValueError(
+                "INFERBATCH_DATABASE_SESSION_URL needs INFERBATCH_DATABASE_URL (the embedded "
+                "database has no pooler to bypass)"
+            )
+        if self.database_pool_mode == "transaction" and not self.database_session_url:
+            raise ValueError(
+                "INFERBATCH_DATABASE_POOL_MODE=transaction needs INFERBATCH_DATABASE_SESSION_URL: "
+                "scheduler leadership and LISTEN need a session of their own"
+            )
         return self
+
+    @property
+    def prepare_statements(self) -> bool:
+        """Whether psycopg may prepare statements server-side on INFERBATCH_DATABASE_URL:
+        not through a transaction-mode pooler, where the next execution of a prepared
+        statement may reach a server connection that never saw it."""
+        return self.database_pool_mode == "session"
 
     @property
     def blob_root(self) -> Path:
@@ -177,6 +247,17 @@ class Settings(BaseSettings):
     @property
     def file_retention_delta(self) -> timedelta:
         return parse_duration(self.file_retention)
+
+    @property
+    def dedup_horizon_seconds(self) -> float:
+        return parse_duration(self.dedup_horizon).total_seconds()
+
+    @property
+    def request_retention_delta(self) -> timedelta | None:
+        """None: each batch's rows go when its output file expires."""
+        if self.request_retention is None:
+            return None
+        return parse_duration(self.request_retention)
 
     @property
     def escalation(self) -> EscalationConfig:

@@ -84,3 +84,13 @@ class Unavailable(InferbatchError):
     status_code = 503
     type = "server_error"
     code = "service_unavailable"
+
+
+class StorageUnavailable(Unavailable):
+    """File storage is unavailable; try again shortly."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        # clients get the default message; logs, /readyz and start-up errors the reason
+        self.reason = reason
+        self.args = (f"file storage unavailable: {reason}",)

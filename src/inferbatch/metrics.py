@@ -182,6 +182,11 @@ class SchedulerMetrics(RequestCounters):
             ["outcome"],
             registry=registry,
         )
+        self.pruned_requests = Counter(
+            "inferbatch_pruned_requests_total",
+            "Request rows of finished batches deleted by retention.",
+            registry=registry,
+        )
         self.deadline_misses = Counter(
             "inferbatch_deadline_misses_total",
             "Batches that expired or finished after their deadline.",

@@ -94,12 +94,30 @@ def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout: float =
     return False
 
 
+def _blobs_usable(settings: Settings) -> bool:
+    """Check the file storage once here, so a wrong bucket or credentials is one clear
+    line on the terminal rather than an api and a scheduler that exit (each checks too)."""
+    from inferbatch.blobstore import describe, open_blob_store
+    from inferbatch.errors import StorageUnavailable
+
+    try:
+        open_blob_store(settings).check()
+    except StorageUnavailable as exc:
+        print(f"inferbatch: file storage {describe(settings)}: {exc.reason}", file=sys.stderr)
+        return False
+    if settings.blob_url:
+        print(f"inferbatch: file contents in {settings.blob_url}", flush=True)
+    return True
+
+
 def run_all(settings: Settings, engine: str) -> int:
     data_dir = settings.data_dir.resolve()
     logs = data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     embedded = not settings.database_url
     print(f"inferbatch: data in {data_dir}", flush=True)
+    if not _blobs_usable(settings):
+        return 2
     url = database_url(settings)
     migrate(url)
     key = admin_key(settings, url)

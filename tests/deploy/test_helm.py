@@ -59,9 +59,21 @@ _ENGINES = {
     },
 }
 
+# S3-compatible object storage with keys from a Secret (MinIO here); production uses S3
+# with workload identity instead
+_MINIO = {
+    "objectStorage": {
+        "url": "s3://inferbatch/files",
+        "endpoint": "http://minio.minio.svc:9000",
+        "region": "us-east-1",
+        "existingSecret": "minio-keys",
+    }
+}
+
 # name -> (values, API versions the cluster serves beyond the built-in ones)
 SCENARIOS: dict[str, tuple[dict[str, Any], list[str]]] = {
     "default": ({}, []),
+    "object-storage-secret": (_MINIO, []),
     "default-prometheus-operator": ({}, [MONITORING]),
     "production": (_production(), [MONITORING, KEDA]),
     "production-hpa": (_merge(_production(), {"autoscaling": {"mode": "hpa"}}), [MONITORING]),
@@ -177,7 +189,15 @@ def test_pods_run_non_root_read_only_without_capabilities(
         assert container["resources"]["requests"], name
 
 
-def test_blob_volume_is_shared_by_api_and_scheduler_only(
+def _env(docs: list[dict[str, Any]], deployment: str) -> dict[str, dict[str, Any]]:
+    spec = _named(docs, "Deployment", f"{RELEASE}-inferbatch-{deployment}")["spec"]
+    return {e["name"]: e for e in spec["template"]["spec"]["containers"][0]["env"]}
+
+
+FILE_ROLES = {f"{RELEASE}-inferbatch-api", f"{RELEASE}-inferbatch-scheduler"}
+
+
+def test_file_storage_is_object_storage_or_a_volume_shared_by_api_and_scheduler(
     rendered: list[dict[str, Any]],
 ) -> None:
     claim = f"{RELEASE}-inferbatch-blobs"
@@ -187,9 +207,54 @@ def test_blob_volume_is_shared_by_api_and_scheduler_only(
         for volume in spec["volumes"]
         if volume.get("persistentVolumeClaim", {}).get("claimName") == claim
     }
-    assert users == {f"{RELEASE}-inferbatch-api", f"{RELEASE}-inferbatch-scheduler"}
-    (pvc,) = _kind(rendered, "PersistentVolumeClaim")
-    assert "ReadWriteMany" in pvc["spec"]["accessModes"]
+    envs = {name: {e["name"] for e in c.get("env", [])} for name, c in _containers(rendered)}
+    with_url = {name.split("/")[0] for name, env in envs.items() if PREFIX + "BLOB_URL" in env}
+    with_dir = {name.split("/")[0] for name, env in envs.items() if PREFIX + "BLOB_DIR" in env}
+    if with_url:
+        assert with_url == FILE_ROLES and not with_dir
+        assert not users and not _kind(rendered, "PersistentVolumeClaim")
+    else:
+        assert with_dir == FILE_ROLES
+        assert users == FILE_ROLES
+        (pvc,) = _kind(rendered, "PersistentVolumeClaim")
+        assert "ReadWriteMany" in pvc["spec"]["accessModes"]
+    # workers and migrations never touch file contents, nor get storage credentials
+    for name, env in envs.items():
+        if name.split("/")[0] not in FILE_ROLES:
+            assert not {n for n in env if n.startswith("AWS_") or "BLOB" in n}, name
+
+
+def test_object_storage_with_keys_from_an_existing_secret() -> None:
+    docs = render(_MINIO)
+    for role in ("api", "scheduler"):
+        env = _env(docs, role)
+        assert env[PREFIX + "BLOB_URL"]["value"] == "s3://inferbatch/files"
+        assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio.minio.svc:9000"
+        assert env["AWS_REGION"]["value"] == env["AWS_DEFAULT_REGION"]["value"] == "us-east-1"
+        for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            ref = env[var]["valueFrom"]["secretKeyRef"]
+            assert ref == {"name": "minio-keys", "key": var}
+        token = env["AWS_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert token["optional"] is True
+        Settings(blob_url=env[PREFIX + "BLOB_URL"]["value"])  # a URL the settings accept
+
+
+def test_object_storage_with_the_clouds_workload_identity() -> None:
+    docs = render(_production())
+    (account,) = _kind(docs, "ServiceAccount")
+    assert "eks.amazonaws.com/role-arn" in account["metadata"]["annotations"]
+    for role in ("api", "scheduler"):
+        env = _env(docs, role)
+        assert env[PREFIX + "BLOB_URL"]["value"].startswith("s3://")
+        assert "AWS_ACCESS_KEY_ID" not in env and "AWS_ENDPOINT_URL" not in env
+        pod = _named(docs, "Deployment", f"{RELEASE}-inferbatch-{role}")["spec"]["template"]
+        assert pod["spec"]["serviceAccountName"] == account["metadata"]["name"]
+
+
+@pytest.mark.parametrize("url", ["bucket/prefix", "s3:/bucket", "https://s3.amazonaws.com/b"])
+def test_a_malformed_object_storage_url_is_refused(url: str) -> None:
+    with pytest.raises(helm.HelmError, match=r"objectStorage\.url must be"):
+        render({"objectStorage": {"url": url}})
 
 
 def test_api_probes_and_scheduler_and_worker_metrics_ports(

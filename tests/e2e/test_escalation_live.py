@@ -67,10 +67,10 @@ def _timing(db_url: str, batch_id: str) -> dict[str, object]:
             SELECT b.status,
                    extract(epoch FROM coalesce(b.completed_at, b.expired_at) - b.deadline_at)
                        ::float8 AS past_deadline,
-                   (SELECT count(*) FROM requests r JOIN workers w ON w.id = r.worker_id
+                   (SELECT count(*) FROM request_results r JOIN workers w ON w.id = r.worker_id
                     WHERE r.batch_id = b.id AND r.status = 'completed' AND w.pool = 'spot')
                        AS on_spot,
-                   (SELECT count(*) FROM requests r JOIN workers w ON w.id = r.worker_id
+                   (SELECT count(*) FROM request_results r JOIN workers w ON w.id = r.worker_id
                     WHERE r.batch_id = b.id AND r.status = 'completed'
                       AND w.pool = 'dedicated') AS on_dedicated
             FROM batches b WHERE b.id = %s

@@ -37,10 +37,11 @@ def _results(client, batch):
 
 def _completions_per_request(db_url: str) -> list[int]:
     with psycopg.connect(db_url) as conn:
-        return [
-            r[0]
-            for r in conn.execute("SELECT count(*) FROM requests GROUP BY custom_id").fetchall()
-        ]
+        rows = conn.execute(
+            """SELECT count(res.request_id) FROM request_inputs i
+               LEFT JOIN request_results res ON res.request_id = i.id GROUP BY i.custom_id"""
+        ).fetchall()
+        return [r[0] for r in rows]
 
 
 def test_engine_errors_are_retried_until_every_request_succeeds(

@@ -77,3 +77,30 @@ async def fold_counters(pool: Pool) -> None:
     async with pool.connection() as conn:
         await counters.fold(conn, await counters.pending_batches(conn))
         await counters.fold_batch_totals(conn)
+
+
+REQUESTS_JOINED = """(
+    SELECT q.*, i.line, i.custom_id, i.url, i.model, i.body, i.input_hash,
+        res.response_status, res.response_request_id, res.response_body,
+        coalesce(res.error, q.last_error) AS error, res.prompt_tokens,
+        res.completion_tokens, res.finished_at, res.worker_id
+    FROM requests q JOIN request_inputs i ON i.id = q.id
+    LEFT JOIN request_results res ON res.request_id = q.id
+) AS requests"""
+"""A request's three rows side by side, in one flat shape, for tests that read them."""
+
+SETTLE_DIRECTLY = """
+WITH s AS (
+    UPDATE requests SET status = %(status)s, pool = coalesce(%(pool)s, pool),
+        started_at = %(started)s, dedup_of = %(dedup_of)s
+    WHERE id = ANY(%(ids)s::bigint[])
+    RETURNING id, batch_id, status, pool, attempts, started_at, dedup_of
+)
+INSERT INTO request_results (request_id, batch_id, status, pool, attempt, started_at,
+    finished_at, response_status, prompt_tokens, completion_tokens, dedup_of)
+SELECT id, batch_id, status, pool, attempts, started_at, %(finished)s, %(response_status)s,
+    %(prompt_tokens)s, %(completion_tokens)s, dedup_of
+FROM s
+"""
+"""Settle requests by hand (no worker), writing their result rows: for tests that need
+finished history of a given shape."""

@@ -18,7 +18,7 @@ from inferbatch.db.types import Conn, Pool
 from inferbatch.domain import User
 from inferbatch.scheduler.ingest import ingest_next
 from tests.helpers import chat_file
-from tests.integration.fixtures import make_batch, make_user, utcnow
+from tests.integration.fixtures import SETTLE_DIRECTLY, make_batch, make_user, utcnow
 
 pytestmark = pytest.mark.integration
 
@@ -194,24 +194,23 @@ async def _finish(
     tokens: int = 10,
     dedup: bool = False,
 ) -> None:
+    cur = await conn.execute(
+        "SELECT id FROM request_inputs WHERE batch_id = %s AND line = %s", (batch_id, line)
+    )
+    row = await cur.fetchone()
+    assert row is not None
     await conn.execute(
-        """
-        UPDATE requests SET status = %(status)s, pool = %(pool)s, finished_at = %(fin)s,
-            started_at = CASE WHEN %(dedup)s THEN NULL
-                ELSE %(fin)s - make_interval(secs => %(took)s) END,
-            prompt_tokens = %(tokens)s, completion_tokens = 0,
-            dedup_of = CASE WHEN %(dedup)s THEN 1 END
-        WHERE batch_id = %(batch)s AND line = %(line)s
-        """,
+        SETTLE_DIRECTLY,
         {
+            "ids": [row["id"]],
             "status": status,
             "pool": pool,
-            "fin": finished,
-            "took": took,
-            "tokens": tokens,
-            "dedup": dedup,
-            "batch": batch_id,
-            "line": line,
+            "started": None if dedup else finished - timedelta(seconds=took),
+            "finished": finished,
+            "dedup_of": 1 if dedup else None,
+            "response_status": 200 if status == "completed" else None,
+            "prompt_tokens": tokens,
+            "completion_tokens": 0,
         },
     )
 
@@ -276,8 +275,8 @@ async def test_activity_statistics_count_by_status_pool_bucket_and_latency(
             conn, theirs.id, 1, status="completed", pool="dedicated", finished=now, took=1
         )
         await conn.execute(
-            "UPDATE requests SET status = 'running', pool = 'dedicated' "
-            "WHERE batch_id = %s AND line = 7",
+            "UPDATE requests SET status = 'running', pool = 'dedicated' WHERE id = "
+            "(SELECT id FROM request_inputs WHERE batch_id = %s AND line = 7)",
             (mine.id,),
         )
 

@@ -13,7 +13,7 @@ from inferbatch.db.requests import Outcome
 from inferbatch.db.types import Pool
 from inferbatch.scheduler.ingest import ingest_next
 from tests.helpers import chat_line
-from tests.integration.fixtures import make_batch, make_user, utcnow
+from tests.integration.fixtures import REQUESTS_JOINED, make_batch, make_user, utcnow
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 async def _statuses(pool: Pool) -> dict[str, tuple[str, bool]]:
     async with pool.connection() as conn:
         cur = await conn.execute(
-            "SELECT custom_id, status, dedup_of IS NOT NULL AS dup FROM requests"
+            f"SELECT custom_id, status, dedup_of IS NOT NULL AS dup FROM {REQUESTS_JOINED}"
         )
         return {r["custom_id"]: (r["status"], r["dup"]) for r in await cur.fetchall()}
 
@@ -78,7 +78,8 @@ async def test_followers_copy_a_successful_leader(pool: Pool, tmp_path: Path) ->
         assert (queue.total(done), requeued) == (2, 0)
         assert {t.pool for t in done} == {"none"}
         cur = await conn.execute(
-            "SELECT response_body, prompt_tokens FROM requests WHERE custom_id = 'c2'"
+            f"SELECT response_body::json, prompt_tokens FROM {REQUESTS_JOINED} "
+            "WHERE custom_id = 'c2'"
         )
         assert await cur.fetchone() == {"response_body": {"answer": 42}, "prompt_tokens": 3}
 
@@ -91,7 +92,8 @@ async def test_a_batch_of_identical_lines_has_one_leader(pool: Pool, tmp_path: P
     await ingest_next(pool, blobs, max_requests=5000, now=utcnow)
     async with pool.connection() as conn:
         cur = await conn.execute(
-            "SELECT status, count(*) AS n, count(DISTINCT dedup_of) AS leaders FROM requests "
+            "SELECT status, count(*) AS n, count(DISTINCT dedup_of) AS leaders "
+            f"FROM {REQUESTS_JOINED} "
             "GROUP BY status ORDER BY status"
         )
         rows = await cur.fetchall()

@@ -3,6 +3,7 @@ the published desired dedicated worker count."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,13 @@ from inferbatch.scheduler.ingest import ingest_next
 from inferbatch.scheduler.leadership import Leadership
 from inferbatch.scheduler.service import Scheduler
 from tests.helpers import chat_file
-from tests.integration.fixtures import fold_counters, make_batch, make_user, utcnow
+from tests.integration.fixtures import (
+    SETTLE_DIRECTLY,
+    fold_counters,
+    make_batch,
+    make_user,
+    utcnow,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -57,11 +64,24 @@ def _loop(pool: Pool, policy: str = "default") -> EscalationLoop:
 async def _finish_some(pool: Pool, seconds: float, n: int = MIN_SAMPLES) -> None:
     """Give the loop a measured service time: ``n`` requests that ran ``seconds`` each."""
     async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT id FROM requests WHERE status = 'queued' ORDER BY id LIMIT %s", (n,)
+        )
+        ids = [r["id"] for r in await cur.fetchall()]
+        now = datetime.now(UTC)
         await conn.execute(
-            """UPDATE requests SET status = 'completed', response_status = 200,
-                   started_at = now() - make_interval(secs => %s), finished_at = now()
-               WHERE id IN (SELECT id FROM requests ORDER BY id LIMIT %s)""",
-            (seconds, n),
+            SETTLE_DIRECTLY,
+            {
+                "ids": ids,
+                "status": "completed",
+                "pool": None,
+                "started": now - timedelta(seconds=seconds),
+                "finished": now,
+                "dedup_of": None,
+                "response_status": 200,
+                "prompt_tokens": None,
+                "completion_tokens": None,
+            },
         )
 
 

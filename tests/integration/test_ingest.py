@@ -13,7 +13,7 @@ from inferbatch.db import batches
 from inferbatch.db.types import Pool
 from inferbatch.scheduler.ingest import ingest_next
 from tests.helpers import chat_file, chat_line
-from tests.integration.fixtures import make_batch, make_user, utcnow
+from tests.integration.fixtures import REQUESTS_JOINED, make_batch, make_user, utcnow
 
 pytestmark = pytest.mark.integration
 
@@ -127,10 +127,10 @@ async def test_valid_file_queues_every_request_in_the_spot_pool(pool: Pool, tmp_
     assert queued == 500 and batch.total_count == 500 and batch.model == "m1"
     async with pool.connection() as conn:
         cur = await conn.execute(
-            """SELECT count(DISTINCT custom_id) AS ids, min(line) AS lo, max(line) AS hi,
+            f"""SELECT count(DISTINCT custom_id) AS ids, min(line) AS lo, max(line) AS hi,
                       bool_and(status = 'queued' AND pool = 'spot') AS all_queued,
                       count(DISTINCT input_hash) AS hashes
-               FROM requests WHERE batch_id = %s""",
+               FROM {REQUESTS_JOINED} WHERE batch_id = %s""",
             (batch.id,),
         )
         row = await cur.fetchone()
@@ -144,7 +144,7 @@ async def test_special_characters_survive_the_copy(pool: Pool, tmp_path: Path) -
     assert batch.status == "in_progress" and queued == 1
     async with pool.connection() as conn:
         cur = await conn.execute(
-            "SELECT custom_id, body FROM requests WHERE batch_id = %s", (batch.id,)
+            f"SELECT custom_id, body::json FROM {REQUESTS_JOINED} WHERE batch_id = %s", (batch.id,)
         )
         row = await cur.fetchone()
     assert row is not None

@@ -16,7 +16,7 @@ from inferbatch.db.requests import Outcome
 from inferbatch.db.types import Pool
 from inferbatch.scheduler.ingest import ingest_next
 from tests.helpers import chat_file
-from tests.integration.fixtures import make_batch, make_user, utcnow
+from tests.integration.fixtures import REQUESTS_JOINED, make_batch, make_user, utcnow
 
 pytestmark = pytest.mark.integration
 
@@ -111,7 +111,7 @@ async def test_a_cursor_resumes_after_its_last_claim_and_rescans_for_what_lies_b
     # a released request sits before the cursor: resumed claims pass it by ...
     async with pool.connection() as conn:
         [first] = await (
-            await conn.execute("SELECT id FROM requests WHERE custom_id = 'a-0'")
+            await conn.execute(f"SELECT id FROM {REQUESTS_JOINED} WHERE custom_id = 'a-0'")
         ).fetchall()
         released = await queue.requeue(
             conn, ("running",), [queue.Requeue(first["id"], attempt=1, owner="w")]
@@ -165,7 +165,7 @@ async def test_a_result_from_a_lost_lease_cannot_overwrite_a_newer_attempt(
         assert await queue.record_outcomes(conn, "new-worker", [fresh]) == {first.id}
         assert await queue.record_outcomes(conn, "new-worker", [fresh]) == set()
         cur = await conn.execute(
-            "SELECT status, response_body FROM requests WHERE id = %s", (first.id,)
+            f"SELECT status, response_body::json FROM {REQUESTS_JOINED} WHERE id = %s", (first.id,)
         )
         row = await cur.fetchone()
     assert row == {"status": "completed", "response_body": {"fresh": True}}
@@ -198,9 +198,9 @@ async def test_grouped_outcomes_write_completed_failed_and_retry(
     async with pool.connection() as conn:
         assert await queue.record_outcomes(conn, "w", outcomes) == {a.id, b.id, c.id}
         cur = await conn.execute(
-            """SELECT id, status, failed_attempts, prompt_tokens, lease_owner,
+            f"""SELECT id, status, failed_attempts, prompt_tokens, lease_owner,
                       next_attempt_at > now() + interval '50 seconds' AS delayed
-               FROM requests ORDER BY id"""
+               FROM {REQUESTS_JOINED} ORDER BY id"""
         )
         rows = {r["id"]: r for r in await cur.fetchall()}
     assert rows[a.id]["status"] == "completed" and rows[a.id]["prompt_tokens"] == 5
@@ -226,7 +226,7 @@ async def test_results_are_stored_exactly_as_the_engine_sent_them(
     async with pool.connection() as conn:
         assert await queue.record_outcomes(conn, "w", outcomes) == {a.id, b.id}
         cur = await conn.execute(
-            "SELECT id, response_body::text AS body, error FROM requests ORDER BY id"
+            f"SELECT id, response_body::text AS body, error FROM {REQUESTS_JOINED} ORDER BY id"
         )
         rows = {r["id"]: r for r in await cur.fetchall()}
     assert json.loads(rows[a.id]["body"]) == body
@@ -252,7 +252,7 @@ async def test_a_live_workers_beat_keeps_its_requests_and_a_silent_ones_go_back(
     async with pool.connection() as conn:
         cur = await conn.execute(
             "SELECT sum(interruptions) AS n, count(*) FILTER (WHERE status = 'queued') AS q "
-            "FROM requests"
+            f"FROM {REQUESTS_JOINED}"
         )
         row = await cur.fetchone()
     assert row == {"n": 2, "q": 3}
@@ -271,6 +271,46 @@ async def test_a_heartbeat_writes_the_worker_row_only(pool: Pool, tmp_path: Path
         await registry.heartbeat(conn, "w", state="running", in_flight=4)
         after = await (await conn.execute("SELECT id, xmin::text AS x FROM requests")).fetchall()
     assert sorted(before, key=lambda r: r["id"]) == sorted(after, key=lambda r: r["id"])
+
+
+async def test_claims_and_results_never_rewrite_the_input_and_results_are_written_once(
+    pool: Pool, tmp_path: Path
+) -> None:
+    """The body is written once at ingest: claims, retries and completions update only the
+    narrow queue row, and a settled request has exactly one result row."""
+    await _queued_batch(pool, LocalBlobStore(tmp_path), 3)
+    inputs = "SELECT id, xmin::text AS x FROM request_inputs ORDER BY id"
+    async with pool.connection() as conn:
+        before = await (await conn.execute(inputs)).fetchall()
+    a, b, c = await _claim(pool, "w", 3)
+    async with pool.connection() as conn:
+        await queue.record_outcomes(
+            conn,
+            "w",
+            [
+                Outcome(a.id, a.attempt, "completed", response_status=200, response_text='{"k":1}'),
+                Outcome(b.id, b.attempt, "retry", error={"code": "x", "message": "m"}),
+                Outcome(c.id, c.attempt, "failed", response_status=400, response_body={"e": 1}),
+            ],
+        )
+    [b2] = await _claim(pool, "w", 1)
+    async with pool.connection() as conn:
+        await queue.record_outcomes(
+            conn, "w", [Outcome(b2.id, b2.attempt, "completed", response_status=200)]
+        )
+        after = await (await conn.execute(inputs)).fetchall()
+        cur = await conn.execute(
+            "SELECT request_id, status, attempt, response_body FROM request_results "
+            "ORDER BY request_id"
+        )
+        results = await cur.fetchall()
+    assert before == after
+    assert [(r["request_id"], r["status"], r["attempt"]) for r in results] == [
+        (a.id, "completed", 1),
+        (b.id, "completed", 2),
+        (c.id, "failed", 1),
+    ]
+    assert results[0]["response_body"] == '{"k":1}'  # the text as given, not re-rendered
 
 
 async def test_workers_stopped_long_ago_are_forgotten_and_their_requests_still_go_back(

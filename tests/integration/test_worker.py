@@ -18,7 +18,7 @@ from inferbatch.engines.registry import ANY_MODEL, EngineRegistry
 from inferbatch.scheduler.ingest import ingest_next
 from inferbatch.worker.worker import PREFETCH_MAX, Worker, WorkerConfig
 from tests.helpers import chat_file
-from tests.integration.fixtures import make_batch, make_user, utcnow
+from tests.integration.fixtures import REQUESTS_JOINED, make_batch, make_user, utcnow
 
 pytestmark = pytest.mark.integration
 
@@ -147,7 +147,7 @@ async def test_unknown_model_fails_the_request_without_an_engine_call(
     worker = Worker(_config("spot"), pool, EngineRegistry({"other-model": engine}))
     await _run_until(pool, worker, 1, within=1)
     async with pool.connection() as conn:
-        cur = await conn.execute("SELECT status, error->>'code' AS code FROM requests")
+        cur = await conn.execute(f"SELECT status, error->>'code' AS code FROM {REQUESTS_JOINED}")
         rows = await cur.fetchall()
     assert rows == [{"status": "failed", "code": "model_not_found"}] * 3
     assert engine.calls == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from datetime import timedelta
 
+import orjson
 import pytest
 
 from inferbatch.config import Settings, parse_duration
@@ -91,7 +92,7 @@ def _row(**kw: object) -> dict[str, object]:
         "status": "completed",
         "response_status": 200,
         "response_request_id": "r1",
-        "response_body": {"ok": 1},
+        "response_body": '{"ok":1}',
         "error": None,
     }
     return {**base, **kw}
@@ -105,7 +106,7 @@ def test_result_lines_follow_openai_format() -> None:
         b'{"status_code":200,"request_id":"r1","body":{"ok":1}},"error":null}\n'
     )
     ok, line = result_line(
-        _row(status="failed", response_status=400, response_body={"error": {"message": "bad"}})
+        _row(status="failed", response_status=400, response_body='{"error": {"message": "bad"}}')
     )
     assert not ok and b'"status_code":400' in line and b'"error":null' in line
     ok, line = result_line(_row(status="expired"))
@@ -118,3 +119,12 @@ def test_result_lines_follow_openai_format() -> None:
         )
     )
     assert not ok and b'"error":{"code":"engine_timeout","message":"t"}' in line
+
+
+def test_result_lines_keep_the_stored_body_text_on_one_line() -> None:
+    stored = '{"b": 1,  "a": "x\\ny"}'
+    ok, line = result_line(_row(response_body=stored))
+    assert ok and stored.encode() in line  # as stored: key order and spacing kept
+    ok, line = result_line(_row(response_body='{\n  "a": 1\n}'))
+    assert line.count(b"\n") == 1 and b'"body":{"a":1}' in line
+    assert orjson.loads(line)["response"]["body"] == {"a": 1}

@@ -47,11 +47,11 @@ def test_bad_line_is_rejected_with_its_code_and_line(
     assert result.message
 
 
-def test_good_line_parses_with_canonical_body_and_hash() -> None:
+def test_good_line_keeps_its_body_in_order_and_hashes_the_canonical_form() -> None:
     result = parse_line(_with(body={"model": "m", "z": 1, "a": {"y": 2, "b": "é"}}), 3, EP)
     assert isinstance(result, ParsedLine)
     assert result.custom_id == "a" and result.model == "m" and result.line == 3
-    assert result.body_json == '{"a":{"b":"é","y":2},"model":"m","z":1}'
+    assert result.body_json == '{"model":"m","z":1,"a":{"y":2,"b":"é"}}'
     expected = hashlib.sha256(
         json.dumps(
             {"url": EP, "body": {"z": 1, "model": "m", "a": {"y": 2, "b": "é"}}},

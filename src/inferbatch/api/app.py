@@ -25,11 +25,20 @@ from inferbatch.db import users
 from inferbatch.db.connector import open_pool
 from inferbatch.db.types import Pool
 from inferbatch.engines.registry import EngineRegistry
-from inferbatch.errors import InferbatchError, InvalidRequest, NotFound, Unavailable
+from inferbatch.errors import (
+    InferbatchError,
+    InvalidRequest,
+    NotFound,
+    StorageUnavailable,
+    Unavailable,
+)
 from inferbatch.metrics import ApiMetrics, SystemMetrics
 from inferbatch.portal import install as install_portal
 
 log = logging.getLogger(__name__)
+
+READY_STORAGE_SECONDS = 2.5
+"""How long /readyz waits for the blob store's check (probes time out at 3 s)."""
 
 
 def _utcnow() -> datetime:
@@ -68,7 +77,14 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = open_pool(database_url, min_size=1, max_size=16, name="inferbatch-api", timeout=5)
+        pool = open_pool(
+            database_url,
+            min_size=1,
+            max_size=16,
+            name="inferbatch-api",
+            timeout=5,
+            prepare=settings.prepare_statements,
+        )
         await pool.open(wait=False)
         # in the background: the API must come up (and answer 503) while the database is down
         registering = (
@@ -101,6 +117,11 @@ def create_app(
 
     @app.exception_handler(InferbatchError)
     async def _known(request: Request, exc: InferbatchError) -> JSONResponse:
+        return _error(exc)
+
+    @app.exception_handler(StorageUnavailable)
+    async def _storage_down(request: Request, exc: StorageUnavailable) -> JSONResponse:
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
         return _error(exc)
 
     @app.exception_handler(psycopg.OperationalError)
@@ -146,7 +167,16 @@ def create_app(
                 await conn.execute("SELECT 1")
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             return JSONResponse({"status": "unavailable", "database": str(exc)}, 503)
-        return JSONResponse({"status": "ok", "database": "ok"})
+        try:
+            # the store's own probe gives up within ~2 s; the wait is a backstop
+            await asyncio.wait_for(asyncio.to_thread(st.blobs.check), READY_STORAGE_SECONDS)
+        except StorageUnavailable as exc:
+            body = {"status": "unavailable", "database": "ok", "storage": exc.reason}
+            return JSONResponse(body, 503)
+        except TimeoutError:
+            body = {"status": "unavailable", "database": "ok", "storage": "no answer in time"}
+            return JSONResponse(body, 503)
+        return JSONResponse({"status": "ok", "database": "ok", "storage": "ok"})
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint(request: Request) -> Response:

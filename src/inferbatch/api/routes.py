@@ -100,9 +100,9 @@ async def delete_file(file_id: str, user: UserDep, st: StateDep) -> dict[str, An
 
 @router.get("/files/{file_id}/content")
 async def file_content(file_id: str, user: UserDep, st: StateDep) -> Response:
-    record = await file_service.content(st.db, st.blobs, user, file_id)
+    record, chunks = await file_service.open_content(st.db, st.blobs, user, file_id)
     return StreamingResponse(
-        st.blobs.iter_chunks(record.blob_key),
+        chunks,
         media_type="application/jsonl",
         headers={
             "content-length": str(record.bytes),

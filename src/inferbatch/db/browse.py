@@ -225,7 +225,7 @@ async def finished_since(
                 0) AS tokens,
             coalesce(sum(coalesce(r.prompt_tokens, 0) + coalesce(r.completion_tokens, 0))
                 FILTER (WHERE r.dedup_of IS NOT NULL), 0) AS dedup_tokens
-        FROM requests r
+        FROM request_results r
         WHERE r.finished_at >= %(since)s AND {scope}
         GROUP BY r.status, r.pool
         """,
@@ -255,7 +255,7 @@ async def activity_series(
             count(*) FILTER (WHERE r.status = 'failed') AS failed,
             coalesce(sum(coalesce(r.prompt_tokens, 0) + coalesce(r.completion_tokens, 0))
                 FILTER (WHERE r.status = 'completed'), 0) AS tokens
-        FROM requests r
+        FROM request_results r
         WHERE r.finished_at >= %(since)s AND r.status IN ('completed', 'failed') AND {scope}
         GROUP BY 1, 2 ORDER BY 1, 2
         """,
@@ -282,7 +282,7 @@ async def latency_histogram(
         f"""
         SELECT width_bucket(extract(epoch FROM r.finished_at - r.started_at)::float8,
                 %(edges)s::float8[]) AS bin, count(*) AS n
-        FROM requests r
+        FROM request_results r
         WHERE r.finished_at >= %(since)s AND r.status = 'completed'
           AND r.started_at IS NOT NULL AND r.dedup_of IS NULL AND {scope}
         GROUP BY 1
@@ -352,13 +352,14 @@ async def pool_breakdown(conn: Conn, batch_id: str) -> list[dict[str, Any]]:
     and how often its requests were interrupted on spot."""
     cur = await conn.execute(
         """
-        SELECT status, pool, count(*) AS n,
-            count(*) FILTER (WHERE dedup_of IS NOT NULL) AS deduplicated,
-            coalesce(sum(coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0))
-                FILTER (WHERE dedup_of IS NOT NULL), 0) AS dedup_tokens,
-            coalesce(sum(interruptions), 0) AS interruptions
-        FROM requests WHERE batch_id = %s AND status NOT IN ('queued', 'running', 'waiting')
-        GROUP BY status, pool
+        SELECT r.status, r.pool, count(*) AS n,
+            count(*) FILTER (WHERE r.dedup_of IS NOT NULL) AS deduplicated,
+            coalesce(sum(coalesce(r.prompt_tokens, 0) + coalesce(r.completion_tokens, 0))
+                FILTER (WHERE r.dedup_of IS NOT NULL), 0) AS dedup_tokens,
+            coalesce(sum(q.interruptions), 0) AS interruptions
+        FROM request_results r JOIN requests q ON q.id = r.request_id
+        WHERE r.batch_id = %s
+        GROUP BY r.status, r.pool
         """,
         (batch_id,),
     )
@@ -414,7 +415,13 @@ async def request_status_counts(conn: Conn, batch_id: str) -> dict[str, int]:
     """A batch's requests by status (exact, unlike the batch row's counters, which fold
     cancelled and expired requests into ``failed_count`` once the batch is finished)."""
     cur = await conn.execute(
-        "SELECT status, count(*) AS n FROM requests WHERE batch_id = %s GROUP BY status",
-        (batch_id,),
+        """
+        SELECT status, count(*) AS n FROM requests
+        WHERE batch_id = %(batch)s AND status IN ('queued', 'running', 'waiting')
+        GROUP BY status
+        UNION ALL
+        SELECT status, count(*) FROM request_results WHERE batch_id = %(batch)s GROUP BY status
+        """,
+        {"batch": batch_id},
     )
     return {r["status"]: int(r["n"]) for r in await cur.fetchall()}

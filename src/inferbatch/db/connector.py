@@ -1,8 +1,29 @@
 """The one place that opens PostgreSQL connections.
 
 Data-access functions elsewhere take an open connection and never commit: callers own
-transactions. This module turns settings into a URL (starting the embedded server when no
+transactions. This module turns settings into URLs (starting the embedded server when no
 URL is configured), opens pools, and applies migrations.
+
+Two URLs, because a transaction-mode pooler (PgBouncer ``pool_mode=transaction``) lends a
+server connection for one transaction only:
+
+- ``database_url`` (``INFERBATCH_DATABASE_URL``): every pool, i.e. all queue, API and
+  scheduler-duty work. Every statement of it runs inside one transaction or on its own, so
+  it may go through such a pooler. What must not: a session-level ``SET``, a ``LISTEN``, an
+  advisory session lock, a ``WITH HOLD`` cursor, a server-side prepared statement.
+  Server-side cursors (``requests.iter_results``) are only used inside a transaction.
+- ``session_url`` (``INFERBATCH_DATABASE_SESSION_URL``, default the same): the scheduler's
+  advisory-lock leadership, workers' ``LISTEN``, and migrations; a direct connection.
+
+psycopg prepares a statement server-side once it has run five times on a connection, and
+runs it by name afterwards. Behind a transaction pooler the name then reaches server
+connections that never saw it ("prepared statement "_pg3_0" does not exist") or that another
+client already prepared it on ("... already exists"). PgBouncer 1.21+ can track prepared
+statements (``max_prepared_statements``), but Debian 12 ships 1.18 and other poolers differ,
+so with ``INFERBATCH_DATABASE_POOL_MODE=transaction`` pools open with
+``prepare_threshold=None``: psycopg then prepares nothing by name (each statement goes as an
+unnamed Parse/Bind/Execute, which any pooler passes through) at the cost of planning each
+execution.
 """
 
 from __future__ import annotations
@@ -69,6 +90,14 @@ def database_url(settings: Settings) -> str:
     return embedded_url(settings.data_dir)
 
 
+def session_url(settings: Settings) -> str:
+    """The URL for what needs a PostgreSQL session of its own (leadership, LISTEN,
+    migrations): ``database_session_url``, else the same as :func:`database_url`."""
+    if settings.database_session_url:
+        return settings.database_session_url
+    return database_url(settings)
+
+
 def open_pool(
     url: str,
     *,
@@ -77,6 +106,7 @@ def open_pool(
     name: str = "inferbatch",
     timeout: float = 10.0,
     check: bool = True,
+    prepare: bool = True,
 ) -> AsyncConnectionPool[AsyncConnection[dict[str, Any]]]:
     """An unopened async pool whose connections return rows as dicts.
 
@@ -87,14 +117,21 @@ def open_pool(
     ``check`` tests each connection when it is handed out (a round trip): callers that
     retry a failed statement anyway (workers) turn it off, and a connection broken by a
     server restart then fails once and is replaced when it comes back to the pool.
+
+    ``prepare=False`` (``Settings.prepare_statements`` for ``database_url``) stops psycopg
+    from preparing statements server-side, for a URL that goes through a transaction-mode
+    pooler (see the module docstring).
     """
+    kwargs: dict[str, Any] = {"row_factory": dict_row, "application_name": name}
+    if not prepare:
+        kwargs["prepare_threshold"] = None
     return AsyncConnectionPool(
         url,
         min_size=min_size,
         max_size=max_size,
         name=name,
         open=False,
-        kwargs={"row_factory": dict_row, "application_name": name},
+        kwargs=kwargs,
         connection_class=AsyncConnection[dict[str, Any]],
         check=AsyncConnectionPool.check_connection if check else None,
         reconnect_timeout=3600,

@@ -25,60 +25,61 @@ _IN_SCOPE = """
 # fence keeps that walk on the (input_hash, id) index: freshly copied, unanalysed rows
 # otherwise invite plans that scan the whole batch for every line.
 _SAME_INPUT = """
-    SELECT c.id, c.batch_id, c.status, c.dedup_of, c.response_status,
-        c.response_request_id, c.response_body, c.prompt_tokens, c.completion_tokens
-    FROM requests c WHERE c.input_hash = n2.input_hash AND c.id < {bound}
+    SELECT c.id, c.batch_id FROM request_inputs c
+    WHERE c.input_hash = n2.input_hash AND c.id < {bound}
     ORDER BY c.input_hash, c.id OFFSET 0
 """
 # Earlier output can only come from before this batch: the walk stops at its first row.
-_BEFORE_BATCH = "(SELECT min(id) FROM requests WHERE batch_id = %(batch)s)"
+_BEFORE_BATCH = "(SELECT min(id) FROM request_inputs WHERE batch_id = %(batch)s)"
+# The copy of the output itself is written by :func:`tallied` from ``dedup_of``.
 REUSE_COMPLETED = f"""
-UPDATE requests n SET status = 'completed', dedup_of = m.src_id, finished_at = now(),
-    response_status = m.response_status, response_request_id = m.response_request_id,
-    response_body = m.response_body, prompt_tokens = m.prompt_tokens,
-    completion_tokens = m.completion_tokens
+UPDATE requests n SET status = 'completed', dedup_of = m.src_id
 FROM (
-    SELECT n2.id AS new_id, src.*
-    FROM requests n2
+    SELECT n2.id AS new_id, src.src_id
+    FROM request_inputs n2
     CROSS JOIN LATERAL (
-        SELECT r.id AS src_id, r.response_status, r.response_request_id, r.response_body,
-            r.prompt_tokens, r.completion_tokens
-        FROM ({_SAME_INPUT.format(bound=_BEFORE_BATCH)}) r JOIN batches b ON b.id = r.batch_id
+        SELECT c.id AS src_id
+        FROM ({_SAME_INPUT.format(bound=_BEFORE_BATCH)}) c
+        JOIN request_results r ON r.request_id = c.id
+        JOIN batches b ON b.id = c.batch_id
         WHERE r.status = 'completed' AND r.response_status BETWEEN 200 AND 299
+          AND r.finished_at >= now() - make_interval(secs => %(horizon)s)
           AND {_IN_SCOPE}
         LIMIT 1
     ) src
-    WHERE n2.batch_id = %(batch)s AND n2.status = 'queued'
+    WHERE n2.batch_id = %(batch)s
 ) m
-WHERE n.id = m.new_id
+WHERE n.id = m.new_id AND n.status = 'queued'
 """
 
 FOLLOW_IN_FLIGHT = f"""
 UPDATE requests n SET status = 'waiting', dedup_of = m.leader_id
 FROM (
     SELECT n2.id AS new_id, leader.id AS leader_id
-    FROM requests n2
+    FROM request_inputs n2
     CROSS JOIN LATERAL (
-        SELECT r.id FROM ({_SAME_INPUT.format(bound="n2.id")}) r
-        JOIN batches b ON b.id = r.batch_id
+        SELECT c.id FROM ({_SAME_INPUT.format(bound="n2.id")}) c
+        JOIN requests r ON r.id = c.id
+        JOIN batches b ON b.id = c.batch_id
         WHERE r.status IN ('queued', 'running') AND r.dedup_of IS NULL AND {_IN_SCOPE}
         LIMIT 1
     ) leader
-    WHERE n2.batch_id = %(batch)s AND n2.status = 'queued'
+    WHERE n2.batch_id = %(batch)s
 ) m
-WHERE n.id = m.new_id
+WHERE n.id = m.new_id AND n.status = 'queued'
 """
 
 
 async def deduplicate_batch(
-    conn: Conn, batch_id: str, owner_id: str, scope: str
+    conn: Conn, batch_id: str, owner_id: str, scope: str, horizon_seconds: float
 ) -> tuple[list[Tally], int]:
-    """At ingest: complete the batch's requests that match a finished 2xx request in scope,
-    and make the rest that match a queued or running one (in this batch or another) wait
-    for it. Returns (completed from earlier output, counted; how many now wait)."""
+    """At ingest: complete the batch's requests that match a 2xx request in scope that
+    finished within the last ``horizon_seconds``, and make the rest that match a queued or
+    running one (in this batch or another) wait for it. Returns (completed from earlier
+    output, counted; how many now wait)."""
     if scope == "off":
         return [], 0
-    params = {"batch": batch_id, "owner": owner_id, "scope": scope}
+    params = {"batch": batch_id, "owner": owner_id, "scope": scope, "horizon": horizon_seconds}
     reused = await fetch_tallies(
         await conn.execute(tallied(REUSE_COMPLETED, "n", pool="none"), params)
     )
@@ -93,12 +94,9 @@ async def settle_followers(conn: Conn) -> tuple[list[Tally], int]:
     done = await conn.execute(
         tallied(
             """
-        UPDATE requests f SET status = 'completed', finished_at = now(),
-            response_status = l.response_status, response_request_id = l.response_request_id,
-            response_body = l.response_body, prompt_tokens = l.prompt_tokens,
-            completion_tokens = l.completion_tokens
-        FROM requests l
-        WHERE f.status = 'waiting' AND l.id = f.dedup_of AND l.status = 'completed'
+        UPDATE requests f SET status = 'completed'
+        FROM request_results l
+        WHERE f.status = 'waiting' AND l.request_id = f.dedup_of AND l.status = 'completed'
           AND l.response_status BETWEEN 200 AND 299
         """,
             "f",
@@ -107,9 +105,8 @@ async def settle_followers(conn: Conn) -> tuple[list[Tally], int]:
     )
     orphans = await conn.execute(
         """
-        SELECT f.id FROM requests f JOIN requests l ON l.id = f.dedup_of
+        SELECT f.id FROM requests f JOIN request_results l ON l.request_id = f.dedup_of
         WHERE f.status = 'waiting'
-          AND l.status IN ('completed', 'failed', 'cancelled', 'expired')
           AND NOT (l.status = 'completed' AND l.response_status BETWEEN 200 AND 299)
         LIMIT 5000
         """

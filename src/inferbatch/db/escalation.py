@@ -52,9 +52,12 @@ async def service_times(
         """
         SELECT model, avg(s)::float8 AS mean, max(s)::float8 AS longest, count(*)::int AS n
         FROM (
-            SELECT model, extract(epoch FROM finished_at - started_at) AS s FROM requests
-            WHERE finished_at IS NOT NULL AND started_at IS NOT NULL AND dedup_of IS NULL
-            ORDER BY finished_at DESC LIMIT %s
+            SELECT i.model, extract(epoch FROM r.finished_at - r.started_at) AS s
+            FROM (
+                SELECT request_id, started_at, finished_at FROM request_results
+                WHERE started_at IS NOT NULL AND dedup_of IS NULL
+                ORDER BY finished_at DESC LIMIT %s
+            ) r JOIN request_inputs i ON i.id = r.request_id
         ) recent
         GROUP BY GROUPING SETS ((model), ())
         """,

@@ -1,8 +1,13 @@
-"""The request queue: claim, fenced result writes, leases, release and rescue.
+"""The request queue: claim, fenced result writes, re-queueing and rescue.
+
+Three tables share a request's id: ``request_inputs`` (what arrived, written once at
+ingest), ``requests`` (the narrow queue row: status, pool, priority, deadline, attempt,
+owner) and ``request_results`` (how it ended, one insert when it settles). Only the queue
+row is ever updated.
 
 A claimed row carries ``lease_owner`` and ``attempts``; every write of a result is
 conditional on ``status = 'running'``, the owner and the attempt number that was claimed,
-so a worker that lost its lease can never overwrite a newer attempt.
+so a worker that lost its claim can never overwrite a newer attempt.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ class Outcome:
     kind: OutcomeKind
     response_status: int | None = None
     response_body: Any = None
+    """The parsed answer (for tests and callers that build one)."""
+    response_text: str | None = None
+    """The answer as JSON text, stored as is when given (else ``response_body`` dumped)."""
     engine_request_id: str | None = None
     error: dict[str, Any] | None = None
     retry_after: float = 0.0
@@ -59,22 +67,39 @@ class Tally:
     tokens: int = 0
 
 
+RESULT_COLUMNS = """request_id, batch_id, status, pool, attempt, worker_id, started_at,
+    finished_at, response_status, response_request_id, response_body, error, prompt_tokens,
+    completion_tokens, dedup_of"""
+
+
 def tallied(update: str, alias: str = "requests", pool: str | None = None) -> str:
-    """Wrap an UPDATE of ``requests`` (aliased ``alias``) that settles requests, so that it
-    appends their counts to ``request_deltas`` (see :mod:`inferbatch.db.counters`) and
-    returns them counted as :class:`Tally` rows; ``pool`` overrides the pool reported."""
-    pool_expr = f"'{pool}'" if pool else "pool"
-    group = "url, model" if pool else "url, model, pool"
+    """Wrap an UPDATE of ``requests`` (aliased ``alias``) that settles requests without an
+    engine answer (cancelled, expired, or completed from an identical request's output), so
+    that it writes their ``request_results`` rows (a ``completed`` one copies the result of
+    the request named by its ``dedup_of``), appends their counts to ``request_deltas``
+    (see :mod:`inferbatch.db.counters`) and returns them counted as :class:`Tally` rows;
+    ``pool`` overrides the pool reported."""
+    pool_expr = f"'{pool}'" if pool else "w.pool"
+    group = "i.url, i.model" if pool else "i.url, i.model, w.pool"
     return f"""
     WITH settled AS ({update}
-        RETURNING {alias}.batch_id, {alias}.url, {alias}.model, {alias}.pool,
-            {alias}.status, {alias}.dedup_of, {alias}.prompt_tokens,
-            {alias}.completion_tokens),
-    {settled_deltas("settled")}
-    SELECT url, model, {pool_expr} AS pool, count(*)::int AS n,
-        coalesce(sum(coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0)), 0)::bigint
-            AS tokens
-    FROM settled GROUP BY {group}
+        RETURNING {alias}.id, {alias}.batch_id, {alias}.pool, {alias}.status,
+            {alias}.dedup_of, {alias}.attempts, {alias}.started_at),
+    written AS (
+        INSERT INTO request_results ({RESULT_COLUMNS})
+        SELECT s.id, s.batch_id, s.status, s.pool, s.attempts, NULL, s.started_at,
+            now(), src.response_status, src.response_request_id, src.response_body, NULL,
+            src.prompt_tokens, src.completion_tokens, s.dedup_of
+        FROM settled s LEFT JOIN request_results src
+            ON s.status = 'completed' AND src.request_id = s.dedup_of
+        RETURNING request_id, batch_id, pool, status, dedup_of, prompt_tokens,
+            completion_tokens
+    ),
+    {settled_deltas("written")}
+    SELECT i.url, i.model, {pool_expr} AS pool, count(*)::int AS n,
+        coalesce(sum(coalesce(w.prompt_tokens, 0) + coalesce(w.completion_tokens, 0)), 0)
+            ::bigint AS tokens
+    FROM written w JOIN request_inputs i ON i.id = w.request_id GROUP BY {group}
     """
 
 
@@ -97,10 +122,10 @@ WITH picked AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE requests r SET
-    status = 'running', lease_owner = %(owner)s, worker_id = %(owner)s,
-    attempts = r.attempts + 1, started_at = now()
-FROM picked WHERE r.id = picked.id
-RETURNING r.id, r.batch_id, r.custom_id, r.url, r.model, r.body::text AS body, r.attempts,
+    status = 'running', lease_owner = %(owner)s, attempts = r.attempts + 1, started_at = now()
+FROM picked JOIN request_inputs i ON i.id = picked.id
+WHERE r.id = picked.id
+RETURNING r.id, r.batch_id, i.custom_id, i.url, i.model, i.body, r.attempts,
     r.failed_attempts, r.interruptions, r.pool, r.priority, r.deadline_at
 """
 CLAIM_FROM_START = CLAIM.format(after="")
@@ -214,27 +239,30 @@ class QueueCursor:
 
 
 RECORD = f"""
-WITH settled AS (
-    UPDATE requests r SET
-        status = v.kind, lease_owner = NULL, finished_at = now(),
-        failed_attempts = r.failed_attempts + (v.kind = 'failed' AND v.charged)::int,
-        response_status = v.response_status,
-        response_request_id = v.engine_request_id,
-        response_body = v.response_body::json,
-        error = v.error,
-        prompt_tokens = v.prompt_tokens,
-        completion_tokens = v.completion_tokens
-    FROM json_to_recordset(%(rows)s::json) AS v(
+WITH v AS (
+    SELECT * FROM json_to_recordset(%(rows)s::json) AS v(
         id bigint, attempt int, kind text, response_status int, response_body text,
         engine_request_id text, error jsonb, prompt_tokens int, completion_tokens int,
         charged bool)
+), settled AS (
+    UPDATE requests r SET
+        status = v.kind, lease_owner = NULL,
+        failed_attempts = r.failed_attempts + (v.kind = 'failed' AND v.charged)::int
+    FROM v
     WHERE r.id = v.id AND r.status = 'running' AND r.lease_owner = %(owner)s
       AND r.attempts = v.attempt
-    RETURNING r.id, r.batch_id, r.pool, r.status, r.dedup_of, r.prompt_tokens,
-        r.completion_tokens
+    RETURNING r.id, r.batch_id, r.pool, r.status, r.attempts, r.started_at
+), written AS (
+    INSERT INTO request_results ({RESULT_COLUMNS})
+    SELECT s.id, s.batch_id, s.status, s.pool, s.attempts, %(owner)s, s.started_at, now(),
+        v.response_status, v.engine_request_id, v.response_body, v.error, v.prompt_tokens,
+        v.completion_tokens, NULL
+    FROM settled s JOIN v ON v.id = s.id
+    RETURNING request_id AS id, batch_id, pool, status, dedup_of, prompt_tokens,
+        completion_tokens
 ),
-{settled_deltas("settled")}
-SELECT id FROM settled
+{settled_deltas("written")}
+SELECT id FROM written
 """
 
 
@@ -262,7 +290,11 @@ async def record_outcomes(conn: Conn, owner: str, outcomes: Sequence[Outcome]) -
                     "attempt": o.attempt,
                     "kind": o.kind,
                     "response_status": o.response_status,
-                    "response_body": _body_text(o.response_body),
+                    "response_body": (
+                        o.response_text
+                        if o.response_text is not None
+                        else _body_text(o.response_body)
+                    ),
                     "engine_request_id": o.engine_request_id,
                     "error": o.error,
                     "prompt_tokens": o.prompt_tokens,
@@ -288,8 +320,6 @@ async def record_outcomes(conn: Conn, owner: str, outcomes: Sequence[Outcome]) -
                     escalate=o.escalate,
                     error=o.error,
                     response_status=o.response_status,
-                    response_body=o.response_body,
-                    engine_request_id=o.engine_request_id,
                 )
                 for o in retried
             ],
@@ -319,9 +349,8 @@ class Requeue:
     """Move it from spot to the dedicated pool, for this reason."""
     error: dict[str, Any] | None = None
     response_status: int | None = None
-    response_body: Any = None
-    engine_request_id: str | None = None
-    """The last attempt's answer, kept for the request's detail until the next one."""
+    """The last attempt's error and HTTP status, kept for the request's detail until the
+    next attempt settles."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,11 +369,11 @@ REQUEUE = f"""
 WITH v AS (
     SELECT * FROM json_to_recordset(%(rows)s::json) AS v(
         id bigint, attempt int, owner text, delay float8, interrupted bool, charged bool,
-        fresh bool, escalate text, error jsonb, response_status int, response_body text,
-        engine_request_id text)
+        fresh bool, escalate text, error jsonb, response_status int)
 ), old AS (
-    SELECT r.id, r.status, r.pool, r.prompt_tokens, r.completion_tokens
+    SELECT r.id, r.status, r.pool, res.prompt_tokens, res.completion_tokens
     FROM requests r JOIN v ON v.id = r.id
+    LEFT JOIN request_results res ON r.status = 'failed' AND res.request_id = r.id
     WHERE r.status = ANY(%(from)s::text[])
       AND (v.owner IS NULL OR r.lease_owner = v.owner)
       AND (v.attempt IS NULL OR r.attempts = v.attempt)
@@ -357,27 +386,25 @@ WITH v AS (
             THEN v.escalate ELSE r.escalation_reason END,
         escalated_at = CASE WHEN v.escalate IS NOT NULL AND r.pool = 'spot'
             THEN now() ELSE r.escalated_at END,
-        lease_owner = NULL, finished_at = NULL,
+        lease_owner = NULL,
         dedup_of = CASE WHEN r.status = 'waiting' THEN NULL ELSE r.dedup_of END,
         interruptions = r.interruptions + v.interrupted::int,
         failed_attempts = CASE WHEN v.fresh THEN 0
             ELSE r.failed_attempts + v.charged::int END,
         next_attempt_at = CASE WHEN r.status = 'queued' THEN r.next_attempt_at
             ELSE now() + make_interval(secs => v.delay) END,
-        response_status = CASE WHEN r.status = 'queued' THEN r.response_status
-            ELSE v.response_status END,
-        response_body = CASE WHEN r.status = 'queued' THEN r.response_body
-            ELSE v.response_body::json END,
-        response_request_id = CASE WHEN r.status = 'queued' THEN r.response_request_id
-            ELSE v.engine_request_id END,
-        error = CASE WHEN r.status = 'queued' THEN r.error ELSE v.error END,
-        prompt_tokens = CASE WHEN r.status = 'queued' THEN r.prompt_tokens END,
-        completion_tokens = CASE WHEN r.status = 'queued' THEN r.completion_tokens END
+        last_error = CASE WHEN r.status = 'queued' THEN r.last_error
+            WHEN r.status = 'failed' THEN NULL ELSE v.error END,
+        last_response_status = CASE WHEN r.status = 'queued' THEN r.last_response_status
+            WHEN r.status = 'failed' THEN NULL ELSE v.response_status END
     FROM old JOIN v ON v.id = old.id
     WHERE r.id = old.id
     RETURNING r.id, r.batch_id, old.status AS was, old.pool AS was_pool,
         old.prompt_tokens AS was_prompt, old.completion_tokens AS was_completion,
         (old.pool = 'spot' AND r.pool = 'dedicated') AS escalated, v.escalate AS reason
+), unsettled AS (
+    DELETE FROM request_results
+    WHERE request_id IN (SELECT id FROM moved WHERE was = 'failed')
 ), deltas AS (
     SELECT batch_id, was_pool AS pool, 'failed' AS status,
         (-count(*) FILTER (WHERE was = 'failed'))::int AS n,
@@ -419,8 +446,6 @@ async def requeue(conn: Conn, from_statuses: Sequence[str], rows: Sequence[Reque
                 "escalate": r.escalate,
                 "error": r.error,
                 "response_status": r.response_status,
-                "response_body": _body_text(r.response_body),
-                "engine_request_id": r.engine_request_id,
             }
             for r in rows
         ]
@@ -493,7 +518,7 @@ async def cancel_queued(conn: Conn) -> list[Tally]:
     cur = await conn.execute(
         tallied(
             """
-            UPDATE requests SET status = 'cancelled', finished_at = now()
+            UPDATE requests SET status = 'cancelled'
             WHERE status IN ('queued', 'waiting')
               AND batch_id IN (SELECT id FROM batches WHERE status = 'cancelling')
             """
@@ -508,7 +533,7 @@ async def expire_unsettled(conn: Conn, batch_id: str) -> list[Tally]:
     cur = await conn.execute(
         tallied(
             """
-            UPDATE requests SET status = 'expired', finished_at = now(), lease_owner = NULL
+            UPDATE requests SET status = 'expired', lease_owner = NULL
             WHERE batch_id = %s AND status IN ('queued', 'running', 'waiting')
             """
         ),
@@ -518,7 +543,8 @@ async def expire_unsettled(conn: Conn, batch_id: str) -> list[Tally]:
 
 
 async def iter_results(conn: Conn, batch_id: str) -> AsyncIterator[dict[str, Any]]:
-    """Every request of a batch in input order, with what the output files need.
+    """Every request of a batch in input order, with what the output files need
+    (``response_body`` is the stored JSON text).
 
     Uses a server-side cursor so memory does not grow with the batch.
     """
@@ -526,9 +552,12 @@ async def iter_results(conn: Conn, batch_id: str) -> AsyncIterator[dict[str, Any
         cur.itersize = 2000
         await cur.execute(
             """
-            SELECT id, custom_id, status, response_status, response_request_id,
-                response_body, error, prompt_tokens, completion_tokens, dedup_of
-            FROM requests WHERE batch_id = %s ORDER BY line
+            SELECT i.id, i.custom_id, q.status, res.response_status,
+                res.response_request_id, res.response_body, res.error, res.prompt_tokens,
+                res.completion_tokens, res.dedup_of
+            FROM request_inputs i JOIN requests q ON q.id = i.id
+            LEFT JOIN request_results res ON res.request_id = i.id
+            WHERE i.batch_id = %s ORDER BY i.line
             """,
             (batch_id,),
         )
@@ -550,11 +579,18 @@ async def queue_stats(conn: Conn) -> list[dict[str, Any]]:
 
 
 _DETAIL = """
-    id, batch_id, line, custom_id, url, model, status, pool, priority, attempts,
-    failed_attempts, interruptions,
-    nullif(next_attempt_at, '-infinity') AS next_attempt_at, worker_id,
-    escalation_reason, escalated_at, started_at, finished_at,
-    response_status, error, dedup_of, prompt_tokens, completion_tokens
+    q.id, q.batch_id, i.line, i.custom_id, i.url, i.model, q.status, q.pool, q.priority,
+    q.attempts, q.failed_attempts, q.interruptions,
+    nullif(q.next_attempt_at, '-infinity') AS next_attempt_at,
+    coalesce(res.worker_id, q.lease_owner) AS worker_id, q.escalation_reason,
+    q.escalated_at, coalesce(res.started_at, q.started_at) AS started_at, res.finished_at,
+    coalesce(res.response_status, q.last_response_status) AS response_status,
+    coalesce(res.error, q.last_error) AS error, q.dedup_of, res.prompt_tokens,
+    res.completion_tokens
+"""
+_JOINED = """
+    request_inputs i JOIN requests q ON q.id = i.id
+    LEFT JOIN request_results res ON res.request_id = i.id
 """
 
 
@@ -570,11 +606,11 @@ async def list_for_batch(
     """Up to ``limit`` + 1 requests of a batch in input order after ``after_line``."""
     cur = await conn.execute(
         f"""
-        SELECT {_DETAIL} FROM requests
-        WHERE batch_id = %(batch)s AND line > %(after)s
-          AND (%(status)s::text IS NULL OR status = %(status)s)
-          AND (%(custom_id)s::text IS NULL OR custom_id = %(custom_id)s)
-        ORDER BY line LIMIT %(limit)s
+        SELECT {_DETAIL} FROM {_JOINED}
+        WHERE i.batch_id = %(batch)s AND i.line > %(after)s
+          AND (%(status)s::text IS NULL OR q.status = %(status)s)
+          AND (%(custom_id)s::text IS NULL OR i.custom_id = %(custom_id)s)
+        ORDER BY i.line LIMIT %(limit)s
         """,
         {
             "batch": batch_id,
@@ -588,9 +624,13 @@ async def list_for_batch(
 
 
 async def get_detail(conn: Conn, request_id: int) -> dict[str, Any] | None:
-    """One request with its input and output bodies."""
+    """One request with its input and output bodies (parsed)."""
     cur = await conn.execute(
-        f"SELECT {_DETAIL}, body, response_body, response_request_id FROM requests WHERE id = %s",
+        f"""
+        SELECT {_DETAIL}, i.body::json AS body, res.response_body::json AS response_body,
+            res.response_request_id
+        FROM {_JOINED} WHERE i.id = %s
+        """,
         (request_id,),
     )
     return await cur.fetchone()
@@ -600,9 +640,9 @@ async def requeue_failed(conn: Conn, batch_id: str, request_id: int | None = Non
     """failed -> queued (all of a batch's, or one), with a fresh retry budget."""
     cur = await conn.execute(
         """
-        SELECT id FROM requests
+        SELECT request_id AS id FROM request_results
         WHERE batch_id = %(batch)s AND status = 'failed'
-          AND (%(id)s::bigint IS NULL OR id = %(id)s)
+          AND (%(id)s::bigint IS NULL OR request_id = %(id)s)
         """,
         {"batch": batch_id, "id": request_id},
     )

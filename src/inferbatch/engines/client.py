@@ -23,6 +23,8 @@ class EngineResponse:
     request_id: str | None
     retry_after: float | None
     seconds: float
+    text: str | None = None
+    """The body as it arrived, when it is JSON on one line (stored as is)."""
 
 
 UNAVAILABLE = "engine_unavailable"
@@ -121,8 +123,11 @@ class HttpEngine:
             raise EngineTransportError(
                 "engine_connection_lost", f"The engine dropped the connection: {exc!r}"
             ) from exc
+        text: str | None = None
         try:
             parsed: Any = orjson.loads(content) if content else None
+            if content and b"\n" not in content and b"\r" not in content:
+                text = content.decode()  # valid UTF-8: orjson checked it
         except orjson.JSONDecodeError:
             parsed = {"error": {"message": content[:2000].decode(errors="replace")}}
         return EngineResponse(
@@ -131,6 +136,7 @@ class HttpEngine:
             request_id=headers.get("x-request-id"),
             retry_after=parse_retry_after(headers.get("retry-after")),
             seconds=time.perf_counter() - started,
+            text=text,
         )
 
     async def models(self) -> list[str]:

@@ -15,6 +15,7 @@ from inferbatch.db import batches as batch_rows
 from inferbatch.db import browse
 from inferbatch.db import files as file_rows
 from inferbatch.domain import TERMINAL_BATCH_STATUSES, BatchRecord
+from inferbatch.errors import StorageUnavailable
 from inferbatch.metrics import LATENCY_BUCKETS
 from inferbatch.portal import charts
 from inferbatch.portal.checks import head_lines
@@ -91,9 +92,12 @@ async def _preview(page: Page, file_id: str | None) -> list[dict[str, Any]]:
         return []
     async with page.st.db.connection() as conn:
         record = await file_rows.get(conn, file_id, None)
-    if record is None or not page.st.blobs.exists(record.blob_key):
+    if record is None:
         return []
-    lines = await asyncio.to_thread(head_lines, page.st.blobs, record.blob_key, PREVIEW_LINES)
+    try:
+        lines = await asyncio.to_thread(head_lines, page.st.blobs, record.blob_key, PREVIEW_LINES)
+    except (FileNotFoundError, StorageUnavailable):
+        return []  # the page still shows the batch; the preview waits for the file storage
     out: list[dict[str, Any]] = []
     for raw in lines:
         try:

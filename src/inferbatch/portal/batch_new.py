@@ -195,9 +195,9 @@ def attachment(filename: str) -> str:
 
 @router.get("/files/{file_id}/download")
 async def download(file_id: str, page: PageDep) -> Response:
-    record = await file_service.content(page.st.db, page.st.blobs, page.user, file_id)
+    record, chunks = await file_service.open_content(page.st.db, page.st.blobs, page.user, file_id)
     return StreamingResponse(
-        page.st.blobs.iter_chunks(record.blob_key),
+        chunks,
         media_type="application/jsonl",
         headers={
             "content-length": str(record.bytes),

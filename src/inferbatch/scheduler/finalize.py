@@ -17,9 +17,10 @@ from typing import Any
 
 import orjson
 
-from inferbatch.blobstore import BlobStore, BlobWriter, new_blob_key
+from inferbatch.blobstore import BlobStore, BlobWriter, new_blob_key, writing
 from inferbatch.db import batches, counters, files
 from inferbatch.db import requests as queue
+from inferbatch.db import retention as retention_rows
 from inferbatch.db.types import Conn, Pool
 from inferbatch.domain import BatchRecord
 from inferbatch.ids import new_id, request_public_id
@@ -41,28 +42,39 @@ SETTLED_ERRORS = {
 }
 
 
+def _body_json(text: str | None) -> bytes:
+    """A stored response body (JSON text) as it goes into a JSONL line: as stored, unless
+    it spans lines (then compacted)."""
+    if text is None:
+        return b"null"
+    if "\n" in text or "\r" in text:
+        return orjson.dumps(orjson.loads(text))
+    return text.encode()
+
+
 def result_line(row: dict[str, Any]) -> tuple[bool, bytes]:
-    """(goes to the output file, JSONL line) for one request row in OpenAI's format."""
+    """(goes to the output file, JSONL line) for one request row in OpenAI's format. The
+    response body is spliced in as the stored text, not parsed and rendered again."""
     status = row["status"]
-    response = None
-    if row["response_status"] is not None:
-        response = {
-            "status_code": row["response_status"],
-            "request_id": row["response_request_id"],
-            "body": row["response_body"],
-        }
+    response = b"null"
+    if row["response_status"] is not None and status not in SETTLED_ERRORS:
+        response = b'{"status_code":%d,"request_id":%s,"body":%s}' % (
+            row["response_status"],
+            orjson.dumps(row["response_request_id"]),
+            _body_json(row["response_body"]),
+        )
     error = None
     if status in SETTLED_ERRORS:
-        response, error = None, SETTLED_ERRORS[status]
-    elif status != "completed" and response is None:
+        error = SETTLED_ERRORS[status]
+    elif status != "completed" and row["response_status"] is None:
         error = row["error"] or {"code": "request_failed", "message": "The request failed."}
-    line = {
-        "id": request_public_id(row["id"]),
-        "custom_id": row["custom_id"],
-        "response": response,
-        "error": error,
-    }
-    return status == "completed", orjson.dumps(line) + b"\n"
+    line = b'{"id":%s,"custom_id":%s,"response":%s,"error":%s}\n' % (
+        orjson.dumps(request_public_id(row["id"])),
+        orjson.dumps(row["custom_id"]),
+        response,
+        orjson.dumps(error),
+    )
+    return status == "completed", line
 
 
 @dataclass
@@ -101,7 +113,7 @@ async def _write_files(
     conn: Conn, blobs: BlobStore, batch: BatchRecord
 ) -> tuple[_Output, _Output, _Totals]:
     out_key, err_key = new_blob_key("output"), new_blob_key("output")
-    with blobs.open_writer(out_key) as out_writer, blobs.open_writer(err_key) as err_writer:
+    async with writing(blobs, out_key) as out_writer, writing(blobs, err_key) as err_writer:
         out, err = _Output(out_writer, out_key), _Output(err_writer, err_key)
         totals = _Totals()
         async for row in queue.iter_results(conn, batch.id):
@@ -127,7 +139,7 @@ async def _register(
     expires_at: datetime,
 ) -> str | None:
     if output.lines == 0:
-        blobs.delete(output.key)
+        await asyncio.to_thread(blobs.delete, output.key)
         return None
     record = await files.insert(
         conn,
@@ -151,9 +163,12 @@ async def finish_batch(
     *,
     retention: timedelta,
     now: Callable[[], datetime],
+    request_retention: timedelta | None = None,
     metrics: SchedulerMetrics | None = None,
 ) -> bool:
-    """Finish one batch as ``outcome``; False if another actor changed it first."""
+    """Finish one batch as ``outcome``; False if another actor changed it first. Its
+    output files expire after the batch's own setting or ``retention``; its request rows
+    are pruned after ``request_retention`` (None: with the output files)."""
     if outcome == "completed":
         async with pool.connection() as conn, conn.transaction():
             await batches.mark_finalizing(conn, batch_id, now())
@@ -189,6 +204,9 @@ async def finish_batch(
             tokens=(totals.input_tokens, totals.output_tokens),
             deduplicated=(totals.deduplicated, totals.dedup_tokens_saved),
         )
+        if done:
+            rows_expire = stamp + request_retention if request_retention is not None else expiry
+            await retention_rows.schedule(conn, batch_id, rows_expire)
         log.info(
             "batch %s %s: %d ok, %d errors",
             batch_id,
@@ -211,6 +229,7 @@ async def finish_ready(
     *,
     retention: timedelta,
     now: Callable[[], datetime],
+    request_retention: timedelta | None = None,
     metrics: SchedulerMetrics | None = None,
 ) -> int:
     """Finish every batch that is ready; returns how many were finished."""
@@ -220,7 +239,14 @@ async def finish_ready(
     finished = 0
     for batch_id, outcome in ready:
         if await finish_batch(
-            pool, blobs, batch_id, outcome, retention=retention, now=now, metrics=metrics
+            pool,
+            blobs,
+            batch_id,
+            outcome,
+            retention=retention,
+            now=now,
+            request_retention=request_retention,
+            metrics=metrics,
         ):
             finished += 1
     return finished

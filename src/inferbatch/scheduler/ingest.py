@@ -1,9 +1,10 @@
 """Ingest: validate a batch's input file, hash each request and queue it, atomically.
 
 The file is read line by line in a worker thread (constant memory), converted to COPY
-rows and streamed into ``requests`` inside the transaction that holds the batch row. Any
-invalid line rolls the rows back and fails the batch with line-numbered errors; a valid
-file moves the batch to ``in_progress`` in the same commit.
+rows and streamed into ``request_inputs`` inside the transaction that holds the batch row;
+one ``INSERT ... SELECT`` then queues them (their narrow ``requests`` rows). Any invalid
+line rolls the rows back and fails the batch with line-numbered errors; a valid file moves
+the batch to ``in_progress`` in the same commit.
 """
 
 from __future__ import annotations
@@ -28,10 +29,14 @@ log = logging.getLogger(__name__)
 MAX_LISTED_ERRORS = 100
 CHUNK_LINES = 2000
 
-COPY_REQUESTS = """
-COPY requests (batch_id, line, custom_id, url, model, body, input_hash, priority,
-               batch_created_at, deadline_at)
-FROM STDIN
+COPY_INPUTS = """
+COPY request_inputs (batch_id, line, custom_id, url, model, body, input_hash) FROM STDIN
+"""
+
+QUEUE_INPUTS = """
+INSERT INTO requests (id, batch_id, priority, batch_created_at, deadline_at)
+SELECT id, batch_id, %(priority)s, %(created)s, %(deadline)s
+FROM request_inputs WHERE batch_id = %(batch)s
 """
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -65,10 +70,6 @@ class _Validator:
         """Validate up to CHUNK_LINES lines; returns their COPY data (empty once the
         input is known to be invalid, since those rows will be rolled back)."""
         prefix = f"{self.batch.id}\t"
-        suffix = (
-            f"\t{self.batch.priority}\t{self.batch.created_at.isoformat()}"
-            f"\t{self.batch.deadline_at.isoformat()}\n"
-        )
         url = copy_text(self.batch.endpoint)
         out: list[str] = []
         for _ in range(CHUNK_LINES):
@@ -97,21 +98,21 @@ class _Validator:
             if len(self.models) < 2:
                 self.models.add(parsed.model)
             if self.error_count == 0:
-                out.append(self._row(parsed, prefix, url, suffix))
+                out.append(self._row(parsed, prefix, url))
         return "".join(out).encode()
 
     @staticmethod
-    def _row(p: ParsedLine, prefix: str, url: str, suffix: str) -> str:
+    def _row(p: ParsedLine, prefix: str, url: str) -> str:
         return (
             f"{prefix}{p.line}\t{copy_text(p.custom_id)}\t{url}\t{copy_text(p.model)}\t"
-            f"{copy_text(p.body_json)}\t\\\\x{p.input_hash.hex()}{suffix}"
+            f"{copy_text(p.body_json)}\t\\\\x{p.input_hash.hex()}\n"
         )
 
 
 async def _duplicate_errors(conn: Conn, batch_id: str) -> list[LineError]:
     cur = await conn.execute(
         """
-        SELECT custom_id, array_agg(line ORDER BY line) AS lines FROM requests
+        SELECT custom_id, array_agg(line ORDER BY line) AS lines FROM request_inputs
         WHERE batch_id = %s GROUP BY custom_id HAVING count(*) > 1
         ORDER BY min(line) LIMIT %s
         """,
@@ -159,7 +160,7 @@ async def _copy_input(
     conn: Conn, batch: BatchRecord, reader: BinaryIO, max_requests: int
 ) -> _Validator:
     validator = _Validator(batch=batch, reader=reader, max_requests=max_requests)
-    async with conn.cursor().copy(COPY_REQUESTS) as copy:
+    async with conn.cursor().copy(COPY_INPUTS) as copy:
         while not validator.done:
             data = await asyncio.to_thread(validator.next_chunk)
             if data:
@@ -173,10 +174,12 @@ async def ingest_next(
     *,
     max_requests: int,
     now: Callable[[], datetime],
+    dedup_horizon_seconds: float = 30 * 86400.0,
     metrics: SchedulerMetrics | None = None,
 ) -> str | None:
-    """Ingest the oldest batch waiting for it; returns its id, or None if none waits."""
-    batch_id, queued, reused = await _ingest(pool, blobs, max_requests, now)
+    """Ingest the oldest batch waiting for it; returns its id, or None if none waits.
+    Deduplication reuses outputs that finished within ``dedup_horizon_seconds``."""
+    batch_id, queued, reused = await _ingest(pool, blobs, max_requests, now, dedup_horizon_seconds)
     if metrics and batch_id is not None:
         metrics.ingest_batches.labels("queued" if queued else "failed").inc()
         metrics.ingested_lines.inc(queued)
@@ -187,7 +190,11 @@ async def ingest_next(
 
 
 async def _ingest(
-    pool: Pool, blobs: BlobStore, max_requests: int, now: Callable[[], datetime]
+    pool: Pool,
+    blobs: BlobStore,
+    max_requests: int,
+    now: Callable[[], datetime],
+    dedup_horizon_seconds: float,
 ) -> tuple[str | None, int, list[Tally]]:
     """(batch id or None, requests queued, requests completed from earlier output)."""
     async with pool.connection() as conn, conn.transaction():
@@ -195,17 +202,17 @@ async def _ingest(
         if batch is None:
             return None, 0, []
         record = await files.get(conn, batch.input_file_id, None)
-        if record is None or not blobs.exists(record.blob_key):
+        if record is None or not await asyncio.to_thread(blobs.exists, record.blob_key):
             error = LineError("file_not_found", "The input file no longer exists.", None)
             await batches.mark_invalid(conn, batch.id, [error.as_dict()], now())
             return batch.id, 0, []
         try:
             async with conn.transaction():
-                reader = blobs.open_reader(record.blob_key)
+                reader = await asyncio.to_thread(blobs.open_reader, record.blob_key)
                 try:
                     v = await _copy_input(conn, batch, reader, max_requests)
                 finally:
-                    reader.close()
+                    await asyncio.to_thread(reader.close)
                 if v.error_count:
                     raise _Invalid(v.errors, v.error_count)
                 if v.count == 0:
@@ -213,6 +220,15 @@ async def _ingest(
                 dups = await _duplicate_errors(conn, batch.id)
                 if dups:
                     raise _Invalid(dups, len(dups))
+                await conn.execute(
+                    QUEUE_INPUTS,
+                    {
+                        "batch": batch.id,
+                        "priority": batch.priority,
+                        "created": batch.created_at,
+                        "deadline": batch.deadline_at,
+                    },
+                )
         except _Invalid as invalid:
             await batches.mark_invalid(
                 conn, batch.id, _error_entries(invalid.errors, invalid.total), now()
@@ -225,7 +241,7 @@ async def _ingest(
             )
             return batch.id, 0, []
         reused, following = await dedup.deduplicate_batch(
-            conn, batch.id, batch.owner_id, batch.dedup_scope
+            conn, batch.id, batch.owner_id, batch.dedup_scope, dedup_horizon_seconds
         )
         if reused or following:
             log.info(

@@ -2,6 +2,12 @@
 
 If the leader's connection drops (crash, database restart), PostgreSQL releases the lock
 and another scheduler takes over on its next try.
+
+The connection must be a session of its own: the session URL
+(``INFERBATCH_DATABASE_SESSION_URL``), never a transaction-mode pooler. Through one, the
+lock would stay on a pooled server connection that other clients go on using: it would
+outlive a crashed leader, and a second scheduler handed that server connection would
+"take" it too (advisory locks are re-entrant within a session): two leaders.
 """
 
 from __future__ import annotations
@@ -17,8 +23,21 @@ log = logging.getLogger(__name__)
 
 LOCK_KEY = 0x1B_A7C4_5C4E  # "inferbatch scheduler"
 
+WHO_LEADS = """
+SELECT l.pid, a.client_addr::text AS client_addr, a.client_port, a.application_name
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+    AND ((l.classid::bigint << 32) | l.objid::bigint) = %s
+"""
+"""The server backend holding the leader lock in this database, if any (pass LOCK_KEY). The
+leading scheduler logs that pid when it takes the lead; the client address and port name
+its connection."""
+
 
 class Leadership:
+    """Leadership of one scheduler process; ``url`` is the session URL (see above)."""
+
     def __init__(self, url: str) -> None:
         self._url = url
         self._conn: AsyncConnection[Any] | None = None
@@ -40,7 +59,8 @@ class Leadership:
             row = await cur.fetchone()
             if row is not None and row[0]:
                 self._conn = conn
-                log.info("became scheduler leader")
+                # the backend pid ties this process to the lock holder in pg_locks (WHO_LEADS)
+                log.info("became scheduler leader (database backend pid %d)", conn.info.backend_pid)
                 return True
             await conn.close()
             return False

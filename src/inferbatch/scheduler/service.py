@@ -8,6 +8,7 @@
   desired dedicated worker count;
 - progress: fold the counts of requests settled since the last fold into the batches;
 - finalize: write output files and finish batches (completed, expired, cancelled);
+- retain: prune the request rows of finished batches past their retention, in steps;
 - clean: delete files past their expiry, forget workers stopped a week ago.
 """
 
@@ -24,9 +25,10 @@ from prometheus_client import CollectorRegistry
 
 from inferbatch.blobstore import BlobStore
 from inferbatch.config import Settings
-from inferbatch.db import counters, dedup, files, workers
+from inferbatch.db import counters, dedup, files, retention, workers
 from inferbatch.db import requests as queue
 from inferbatch.db.types import Pool
+from inferbatch.errors import StorageUnavailable
 from inferbatch.metrics import SchedulerMetrics
 from inferbatch.policy.escalation import escalate_request, policy_by_name
 from inferbatch.scheduler.escalate import EscalationLoop
@@ -70,6 +72,7 @@ class Scheduler:
             self.blobs,
             max_requests=self.settings.max_requests_per_batch,
             now=self.now,
+            dedup_horizon_seconds=self.settings.dedup_horizon_seconds,
             metrics=self.metrics,
         )
         return batch_id is not None
@@ -137,9 +140,25 @@ class Scheduler:
             self.blobs,
             retention=self.settings.file_retention_delta,
             now=self.now,
+            request_retention=self.settings.request_retention_delta,
             metrics=self.metrics,
         )
         return n > 0
+
+    async def retain(self) -> bool:
+        """Prune the request rows of one finished batch past its retention, one bounded
+        step (one transaction) per call; at once again while more is due."""
+        async with self.pool.connection() as conn:
+            step = await retention.prune_step(conn, self.now())
+        if step.batch_id is not None:
+            self.metrics.pruned_requests.inc(step.requests)
+            if step.finished:
+                log.info(
+                    "batch %s: request rows pruned",
+                    step.batch_id,
+                    extra={"batch_id": step.batch_id},
+                )
+        return step.batch_id is not None
 
     async def clean(self) -> bool:
         async with self.pool.connection() as conn:
@@ -162,7 +181,7 @@ class Scheduler:
                 try:
                     more = await duty()
                     failures = 0
-                except (psycopg.Error, OSError) as exc:
+                except (psycopg.Error, OSError, StorageUnavailable) as exc:
                     failures += 1
                     self.metrics.duty_errors.labels(name).inc()
                     log.warning("%s failed (%s); retrying", name, exc, extra={"duty": name})
@@ -194,6 +213,7 @@ class Scheduler:
             ("progress", self.progress, tick),
             ("finalize", self.finalize, tick),
             ("clean", self.clean, 60.0),
+            ("retain", self.retain, 30.0),
         ]
         for name, _, _ in duties:
             self.metrics.duty_errors.labels(name)

@@ -33,7 +33,8 @@ class ParsedLine:
     custom_id: str
     model: str
     body_json: str
-    """The body as canonical JSON (sorted keys, compact, UTF-8)."""
+    """The body as it arrived, compacted: its keys in their order, no whitespace (what is
+    stored and sent to the engine; the hash is of the canonical form)."""
     input_hash: bytes
 
 
@@ -98,6 +99,6 @@ def parse_line(raw: bytes, line: int, endpoint: str) -> ParsedLine | LineError:
         line=line,
         custom_id=custom_id,
         model=model,
-        body_json=canonical.decode(),
+        body_json=orjson.dumps(body).decode(),
         input_hash=input_hash(endpoint, canonical),
     )

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
-from inferbatch.blobstore import BlobStore
+from inferbatch.blobstore import BlobStore, open_stream
 from inferbatch.config import Settings
 from inferbatch.db import files as file_rows
 from inferbatch.db.types import Pool
 from inferbatch.domain import FileRecord, User
-from inferbatch.errors import InvalidRequest, NotFound, TooLarge
+from inferbatch.errors import InvalidRequest, NotFound, StorageUnavailable, TooLarge
 from inferbatch.ids import new_id
 from inferbatch.services.batches import owner_filter
 from inferbatch.services.uploads import receive_upload
+
+log = logging.getLogger(__name__)
 
 FILE_PURPOSES = ("batch",)
 
@@ -65,7 +68,10 @@ async def upload(
             )
     except BaseException:
         if received.blob_key is not None:
-            await asyncio.to_thread(blobs.delete, received.blob_key)
+            try:
+                await asyncio.to_thread(blobs.delete, received.blob_key)
+            except StorageUnavailable as exc:  # keep the original error; no row names it
+                log.warning("could not delete the blob of a refused upload: %s", exc)
         raise
 
 
@@ -78,18 +84,34 @@ async def get(db: Pool, user: User, file_id: str) -> FileRecord:
 
 
 async def delete(db: Pool, blobs: BlobStore, user: User, file_id: str) -> FileRecord:
+    """Delete the file's bytes, then its row: while the blob store is down this answers
+    503 and changes nothing (the other order would leave bytes no row points to)."""
+    await asyncio.to_thread(blobs.delete, (await get(db, user, file_id)).blob_key)
     async with db.connection() as conn:
         record = await file_rows.delete(conn, file_id, owner_filter(user))
     if record is None:
         raise NotFound(f"No file with id {file_id!r}.")
-    await asyncio.to_thread(blobs.delete, record.blob_key)
     return record
 
 
 async def content(db: Pool, blobs: BlobStore, user: User, file_id: str) -> FileRecord:
-    """The file's record, after checking its bytes are still there (read them with
-    ``blobs.iter_chunks(record.blob_key)``)."""
+    """The file's record, after checking its bytes are still there (read them in a thread,
+    or with :func:`open_content`)."""
     record = await get(db, user, file_id)
-    if not blobs.exists(record.blob_key):
+    if not await asyncio.to_thread(blobs.exists, record.blob_key):
         raise NotFound(f"The content of file {file_id!r} is gone.")
     return record
+
+
+async def open_content(
+    db: Pool, blobs: BlobStore, user: User, file_id: str
+) -> tuple[FileRecord, AsyncIterator[bytes]]:
+    """The file's record and its bytes as chunks read in a thread. The blob is opened
+    here, so a missing blob (404) or an unavailable store (503) is raised before a
+    response starts."""
+    record = await get(db, user, file_id)
+    try:
+        chunks = await open_stream(blobs, record.blob_key)
+    except FileNotFoundError as exc:
+        raise NotFound(f"The content of file {file_id!r} is gone.") from exc
+    return record, chunks

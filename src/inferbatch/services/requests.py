@@ -132,7 +132,7 @@ async def retry_batch(conn: Conn, user: User, batch_id: str, now: datetime) -> B
     batch = await get_batch(conn, user, batch_id)
     if batch.failed_count == 0 and batch.status in ("completed", "in_progress"):
         cur = await conn.execute(
-            "SELECT 1 FROM requests WHERE batch_id = %s AND status = 'failed' LIMIT 1",
+            "SELECT 1 FROM request_results WHERE batch_id = %s AND status = 'failed' LIMIT 1",
             (batch_id,),
         )
         if await cur.fetchone() is None:

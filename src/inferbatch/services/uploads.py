@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from inferbatch.blobstore import BlobStore, BlobWriter, new_blob_key
-from inferbatch.errors import InvalidRequest, TooLarge
+from inferbatch.errors import InferbatchError, InvalidRequest, TooLarge
 
 MAX_FIELD_BYTES = 4096
 FLUSH_BYTES = 1 << 20
@@ -45,8 +45,9 @@ async def receive_upload(
 ) -> UploadResult:
     """Parse a multipart body; the part named ``file`` is stored as a new blob.
 
-    Raises InvalidRequest for a malformed body, TooLarge past ``max_bytes``. On error no
-    blob is left behind.
+    Raises InvalidRequest for a malformed body, TooLarge past ``max_bytes``,
+    StorageUnavailable when the blob store fails. On error no blob is left behind. Every
+    blob store call runs in a thread.
     """
     kind, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")
@@ -54,7 +55,7 @@ async def receive_upload(
         raise InvalidRequest("Expected a multipart/form-data body.")
     key = new_blob_key("upload")
     st = _State()
-    writer_cm = blobs.open_writer(key)
+    writer_cm = await asyncio.to_thread(blobs.open_writer, key)
     writer: BlobWriter = writer_cm.__enter__()
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
@@ -127,15 +128,16 @@ async def receive_upload(
         if st.error is not None:
             raise st.error
         if st.pending:
-            writer.write(bytes(st.pending))
-    except Exception as exc:
-        writer_cm.__exit__(type(exc), exc, None)
-        if isinstance(exc, InvalidRequest | TooLarge):
-            raise
+            await asyncio.to_thread(writer.write, bytes(st.pending))
+    except BaseException as exc:
+        await asyncio.to_thread(writer_cm.__exit__, type(exc), exc, None)
+        if isinstance(exc, InferbatchError) or not isinstance(exc, Exception):
+            raise  # InvalidRequest, TooLarge, StorageUnavailable; cancellation
         raise InvalidRequest(f"Malformed multipart body: {exc}") from exc
-    writer_cm.__exit__(None, None, None)
+    # completes the blob (the last part of a multipart upload); on failure nothing is kept
+    await asyncio.to_thread(writer_cm.__exit__, None, None, None)
     filename = st.fields.pop("__filename__", None)
     if not st.file_seen:
-        blobs.delete(key)
+        await asyncio.to_thread(blobs.delete, key)
         return UploadResult(st.fields, None, None, 0, "")
     return UploadResult(st.fields, filename, key, writer.size, writer.sha256)

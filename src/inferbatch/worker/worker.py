@@ -54,6 +54,9 @@ class WorkerConfig:
     escalation: EscalationConfig | None = None
     """Per-request rule: move a request to dedicated after spot interruptions or on retry."""
     flush_max: int = 256
+    listen_url: str | None = None
+    """Where to LISTEN for queue notifications: a session of its own (the session URL, not
+    a transaction-mode pooler). None: the pool's URL."""
 
 
 def _usage(body: object) -> tuple[int | None, int | None]:
@@ -217,6 +220,7 @@ class Worker:
         common: dict[str, object] = {
             "response_status": resp.status,
             "response_body": resp.body,
+            "response_text": resp.text,
             "engine_request_id": resp.request_id,
         }
         if 200 <= resp.status < 300:
@@ -392,7 +396,7 @@ class Worker:
     async def _listen_loop(self, done: asyncio.Event) -> None:
         """LISTEN for requests becoming claimable and wake the idle claim loop at once. A
         hint only: a lost notification or connection costs at most one poll interval."""
-        url = self.db.conninfo
+        url = self.config.listen_url or self.db.conninfo
         if not isinstance(url, str):  # a pool configured by a callable: polling only
             return
         delay = 0.5

@@ -71,6 +71,11 @@ app.kubernetes.io/part-of: inferbatch
 {{- if and (not .Values.secret.existingSecret) (not .Values.database.url) }}
 {{- fail "set database.url or secret.existingSecret (a Secret with the PostgreSQL URL)" }}
 {{- end }}
+{{- with .Values.objectStorage.url }}
+{{- if not (regexMatch "^s3://[A-Za-z0-9][A-Za-z0-9._-]+[A-Za-z0-9](/.*)?$" .) }}
+{{- fail (printf "objectStorage.url must be s3://BUCKET or s3://BUCKET/PREFIX, not %q" .) }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* Pod-level pieces shared by every workload ---------------------------------- */}}
@@ -92,10 +97,70 @@ securityContext:
     sizeLimit: {{ .Values.tmpSizeLimit }}
 {{- end }}
 
+{{/* "true" when file contents live on the shared volume (no object storage configured). */}}
+{{- define "inferbatch.usesBlobVolume" -}}
+{{- if not .Values.objectStorage.url }}true{{ end }}
+{{- end }}
+
 {{- define "inferbatch.blobVolume" -}}
+{{- if include "inferbatch.usesBlobVolume" . }}
 - name: blobs
   persistentVolumeClaim:
     claimName: {{ include "inferbatch.blobClaimName" . }}
+{{- end }}
+{{- end }}
+
+{{- define "inferbatch.blobMount" -}}
+{{- if include "inferbatch.usesBlobVolume" . }}
+- name: blobs
+  mountPath: {{ .Values.blobs.mountPath }}
+{{- end }}
+{{- end }}
+
+{{/*
+Where file contents live, for the api and the scheduler: the object storage bucket with
+the AWS SDK's standard settings (credentials from a Secret, or none: the workload
+identity of the ServiceAccount), else the directory on the shared volume.
+*/}}
+{{- define "inferbatch.blobEnv" -}}
+{{- $os := .Values.objectStorage }}
+{{- if $os.url }}
+- name: INFERBATCH_BLOB_URL
+  value: {{ $os.url | quote }}
+{{- with $os.endpoint }}
+- name: AWS_ENDPOINT_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- with $os.region }}
+- name: AWS_REGION
+  value: {{ . | quote }}
+- name: AWS_DEFAULT_REGION
+  value: {{ . | quote }}
+{{- end }}
+{{- with $os.existingSecret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $os.accessKeyIdKey }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $os.secretAccessKeyKey }}
+{{- if $os.sessionTokenKey }}
+- name: AWS_SESSION_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $os.sessionTokenKey }}
+      optional: true
+{{- end }}
+{{- end }}
+{{- else }}
+- name: INFERBATCH_BLOB_DIR
+  value: {{ .Values.blobs.mountPath | quote }}
+{{- end }}
 {{- end }}
 
 {{- define "inferbatch.enginesVolume" -}}

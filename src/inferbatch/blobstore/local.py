@@ -1,7 +1,8 @@
-"""Where file contents live. Rows hold metadata; bytes live behind this interface.
+"""``LocalBlobStore``: each blob is a file under a root directory.
 
-``LocalBlobStore`` keeps each blob as a file under a root directory. Writes go to a
-temporary name and are renamed into place, so a blob is either whole or absent.
+Writes go to a temporary name and are renamed into place, so a blob is either whole or
+absent. Every api and scheduler replica must see the same directory (one machine, or a
+ReadWriteMany volume); for anything larger, object storage (:mod:`inferbatch.blobstore.s3`).
 """
 
 from __future__ import annotations
@@ -11,41 +12,9 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
-
-class BlobWriter(Protocol):
-    """Receives a blob's bytes; the blob exists only once the context exits cleanly."""
-
-    def write(self, data: bytes) -> None: ...
-
-    @property
-    def size(self) -> int: ...
-
-    @property
-    def sha256(self) -> str: ...
-
-    def __enter__(self) -> BlobWriter: ...
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None: ...
-
-
-class BlobStore(Protocol):
-    """Blocking interface; async callers run it in a thread."""
-
-    def open_writer(self, key: str) -> BlobWriter: ...
-
-    def open_reader(self, key: str) -> BinaryIO: ...
-
-    def iter_chunks(self, key: str, chunk_size: int = 1 << 16) -> Iterator[bytes]: ...
-
-    def delete(self, key: str) -> None: ...
-
-    def exists(self, key: str) -> bool: ...
-
-
-def new_blob_key(prefix: str) -> str:
-    return f"{prefix}/{secrets.token_hex(16)}"
+from inferbatch.errors import StorageUnavailable
 
 
 class _LocalWriter:
@@ -88,6 +57,9 @@ class LocalBlobStore:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
 
+    def __repr__(self) -> str:
+        return f"LocalBlobStore({str(self.root)!r})"
+
     def _path(self, key: str) -> Path:
         if ".." in key.split("/") or key.startswith("/"):
             raise ValueError(f"invalid blob key {key!r}")
@@ -109,3 +81,9 @@ class LocalBlobStore:
         with self.open_reader(key) as f:
             while chunk := f.read(chunk_size):
                 yield chunk
+
+    def check(self) -> None:
+        if not self.root.is_dir():
+            raise StorageUnavailable(f"blob directory {self.root} does not exist")
+        if not os.access(self.root, os.R_OK | os.W_OK | os.X_OK):
+            raise StorageUnavailable(f"blob directory {self.root} is not writable")

@@ -1,0 +1,110 @@
+"""Migrations move existing data: the narrow queue split keeps every request, its body and
+its result, and its downgrade puts them back."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from alembic import command
+from alembic.config import Config
+
+from inferbatch.db.connector import MIGRATIONS_DIR
+from tests.conftest import with_dbname
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def empty_url(server_url: str) -> Iterator[str]:
+    name = f"ib_migrate_{secrets.token_hex(6)}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield with_dbname(server_url, name)
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _alembic(url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+WIDE_ROWS = """
+INSERT INTO users (id, name) VALUES ('u1', 'alice');
+INSERT INTO batches (id, owner_id, input_file_id, endpoint, completion_window, deadline_at,
+    status) VALUES ('b1', 'u1', 'f1', '/v1/chat/completions', '24h', now() + interval '1 day',
+    'in_progress');
+INSERT INTO requests (batch_id, line, custom_id, url, model, body, input_hash, status,
+    priority, batch_created_at, deadline_at, attempts, lease_owner, started_at, finished_at,
+    response_status, response_request_id, response_body, prompt_tokens, completion_tokens,
+    worker_id)
+VALUES
+    ('b1', 1, 'done', '/v1/chat/completions', 'm', '{"model": "m", "n": 1}', '\\x01',
+     'completed', 1, now(), now() + interval '1 day', 1, NULL, now(), now(), 200, 'req-1',
+     '{"answer":  42}', 3, 4, 'w1'),
+    ('b1', 2, 'busy', '/v1/chat/completions', 'm', '{"model": "m", "n": 2}', '\\x02',
+     'running', 1, now(), now() + interval '1 day', 2, 'w1', now(), NULL, NULL, NULL, NULL,
+     NULL, NULL, 'w1'),
+    ('b1', 3, 'todo', '/v1/chat/completions', 'm', '{"model": "m", "n": 3}', '\\x03',
+     'queued', 1, now(), now() + interval '1 day', 0, NULL, NULL, NULL, NULL, NULL, NULL,
+     NULL, NULL, NULL);
+"""
+
+
+def test_the_queue_split_keeps_every_request_and_its_result_both_ways(empty_url: str) -> None:
+    cfg = _alembic(empty_url)
+    command.upgrade(cfg, "0006")
+    with psycopg.connect(empty_url, autocommit=True) as conn:
+        conn.execute(WIDE_ROWS)
+        ids = dict(conn.execute("SELECT custom_id, id FROM requests").fetchall())
+
+    command.upgrade(cfg, "0007")
+    with psycopg.connect(empty_url, autocommit=True) as conn:
+        inputs = conn.execute(
+            "SELECT custom_id, id, line, body::jsonb FROM request_inputs ORDER BY line"
+        ).fetchall()
+        assert [(c, i, line) for c, i, line, _ in inputs] == [
+            ("done", ids["done"], 1),
+            ("busy", ids["busy"], 2),
+            ("todo", ids["todo"], 3),
+        ]
+        assert inputs[0][3] == {"model": "m", "n": 1}
+        queue = conn.execute(
+            "SELECT id, status, attempts, lease_owner FROM requests ORDER BY id"
+        ).fetchall()
+        assert queue == [
+            (ids["done"], "completed", 1, None),
+            (ids["busy"], "running", 2, "w1"),
+            (ids["todo"], "queued", 0, None),
+        ]
+        results = conn.execute(
+            "SELECT request_id, status, response_status, response_request_id, "
+            "response_body::jsonb, prompt_tokens, completion_tokens, worker_id "
+            "FROM request_results"
+        ).fetchall()
+        assert results == [(ids["done"], "completed", 200, "req-1", {"answer": 42}, 3, 4, "w1")]
+        # new ids continue after the migrated ones
+        conn.execute(
+            "INSERT INTO request_inputs (batch_id, line, custom_id, url, model, body, "
+            "input_hash) VALUES ('b1', 4, 'new', '/v1/chat/completions', 'm', '{}', '\\x04')"
+        )
+        new = conn.execute("SELECT id FROM request_inputs WHERE custom_id = 'new'").fetchone()
+        assert new is not None and new[0] > max(ids.values())
+        conn.execute("DELETE FROM request_inputs WHERE custom_id = 'new'")
+
+    command.downgrade(cfg, "0006")
+    with psycopg.connect(empty_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT custom_id, status, response_status, response_body::jsonb, prompt_tokens, "
+            "body FROM requests ORDER BY line"
+        ).fetchall()
+    assert rows == [
+        ("done", "completed", 200, {"answer": 42}, 3, {"model": "m", "n": 1}),
+        ("busy", "running", None, None, None, {"model": "m", "n": 2}),
+        ("todo", "queued", None, None, None, {"model": "m", "n": 3}),
+    ]
