@@ -13,7 +13,13 @@ from inferbatch.db.requests import Outcome
 from inferbatch.db.types import Pool
 from inferbatch.scheduler.ingest import ingest_next
 from tests.helpers import chat_line
-from tests.integration.fixtures import REQUESTS_JOINED, make_batch, make_user, utcnow
+from tests.integration.fixtures import (
+    REQUESTS_JOINED,
+    SETTLE_DIRECTLY,
+    make_batch,
+    make_user,
+    utcnow,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -101,3 +107,75 @@ async def test_a_batch_of_identical_lines_has_one_leader(pool: Pool, tmp_path: P
         {"status": "queued", "n": 1, "leaders": 0},
         {"status": "waiting", "n": 2999, "leaders": 1},
     ]
+
+
+async def _ids(pool: Pool) -> dict[str, tuple[int, int | None]]:
+    async with pool.connection() as conn:
+        cur = await conn.execute(f"SELECT custom_id, id, dedup_of FROM {REQUESTS_JOINED}")
+        return {r["custom_id"]: (r["id"], r["dedup_of"]) for r in await cur.fetchall()}
+
+
+async def test_a_new_batch_follows_the_leader_not_a_waiting_request(
+    pool: Pool, tmp_path: Path
+) -> None:
+    """The newest identical request is itself waiting: the new lines wait for its leader,
+    so no follower ever waits on a follower."""
+    blobs = LocalBlobStore(tmp_path)
+    user = await make_user(pool)
+    first = "\n".join(chat_line(f"a{i}", "same") for i in range(2)).encode()
+    second = "\n".join(chat_line(f"b{i}", "same") for i in range(2)).encode()
+    await make_batch(pool, blobs, user, first)
+    await ingest_next(pool, blobs, max_requests=10, now=utcnow)
+    await make_batch(pool, blobs, user, second)
+    await ingest_next(pool, blobs, max_requests=10, now=utcnow)
+    ids = await _ids(pool)
+    leader = ids["a0"][0]
+    assert ids["a0"][1] is None
+    assert {ids[c][1] for c in ("a1", "b0", "b1")} == {leader}
+
+
+def _work(node: dict[str, object]) -> float:
+    """Rows a plan node produced over all its loops plus the rows its filters threw away,
+    summed over the tree."""
+    loops = float(node.get("Actual Loops", 1))  # type: ignore[arg-type]
+    rows = float(node.get("Actual Rows", 0)) * loops  # type: ignore[arg-type]
+    for key in ("Rows Removed by Filter", "Rows Removed by Join Filter"):
+        rows += float(node.get(key, 0)) * loops  # type: ignore[arg-type]
+    children = node.get("Plans", [])
+    return rows + sum(_work(child) for child in children)  # type: ignore[union-attr]
+
+
+async def test_the_lookup_costs_a_few_rows_per_line_whatever_the_statistics_say(
+    pool: Pool, tmp_path: Path
+) -> None:
+    """A settled history, analysed, then a new batch whose rows the statistics have not
+    seen (as at every ingest): the lookup must still do a bounded amount of work per line.
+    Planned on those statistics, joins over the new rows become nested loops over whole
+    partial indexes, quadratic in the batch (millions of rows for these 1,500 lines)."""
+    blobs = LocalBlobStore(tmp_path)
+    user = await make_user(pool)
+    history = "\n".join(chat_line(f"h{i}", f"old {i}") for i in range(3000)).encode()
+    await make_batch(pool, blobs, user, history)
+    await ingest_next(pool, blobs, max_requests=5000, now=utcnow)
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT id FROM requests")
+        settle = {"status": "completed", "pool": "spot", "started": utcnow(), "dedup_of": None}
+        settle |= {"finished": utcnow(), "response_status": 200, "prompt_tokens": 1}
+        settle |= {"completion_tokens": 1, "ids": [r["id"] for r in await cur.fetchall()]}
+        await conn.execute(SETTLE_DIRECTLY, settle)
+        for table in ("requests", "request_inputs", "request_results", "batches"):
+            await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
+            await conn.execute(f"ANALYZE {table}")
+    lines = 1500
+    new = [chat_line(f"n{i}", f"new {i}") for i in range(lines - 1)]
+    new.append(chat_line("again", "old 7"))  # the one line that reuses the history
+    batch = await make_batch(pool, blobs, user, "\n".join(new).encode())
+    await ingest_next(pool, blobs, max_requests=5000, now=utcnow)
+    assert (await _statuses(pool))["again"] == ("completed", True)
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + dedup.MATCHES,
+            {"batch": batch.id, "owner": user.id, "scope": "user", "horizon": 86400.0},
+        )
+        [plan] = (await cur.fetchone())["QUERY PLAN"]  # type: ignore[index]
+    assert _work(plan["Plan"]) <= 20 * lines

@@ -157,13 +157,14 @@ async def test_the_ready_buffer_follows_the_completion_rate(pool: Pool) -> None:
     worker = Worker(
         _config("spot"), pool, EngineRegistry({ANY_MODEL: CountingEngine(max_in_flight=32)})
     )
-    assert worker.prefetch == worker.min_prefetch == 16
+    claimer = worker.claimer
+    assert claimer.prefetch == claimer.min_prefetch == 16
     for _ in range(20):  # 1,000 finished/s: 100 ms of it
-        worker._adapt_prefetch(100, 0.1)
-    assert 99 <= worker.prefetch <= 100
+        claimer.adapt_prefetch(100, 0.1)
+    assert 99 <= claimer.prefetch <= 100
     for _ in range(20):  # capped: a claim carries every body it takes
-        worker._adapt_prefetch(1_000_000, 0.1)
-    assert worker.prefetch == PREFETCH_MAX
+        claimer.adapt_prefetch(1_000_000, 0.1)
+    assert claimer.prefetch == PREFETCH_MAX
     for _ in range(20):  # 16 finished/s: back to the floor, leases are not held idle
-        worker._adapt_prefetch(16, 1.0)
-    assert worker.prefetch == 16
+        claimer.adapt_prefetch(16, 1.0)
+    assert claimer.prefetch == 16

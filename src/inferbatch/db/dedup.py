@@ -5,6 +5,14 @@ Two requests are identical when their ``input_hash`` (SHA-256 of the canonical J
 ``{url, body}``) is equal. Scope, set per batch: ``user`` reuses the same owner's
 requests; ``global`` also reuses those of other owners' ``global`` batches; ``off``
 reuses nothing and is reused by nobody. Only 2xx results are ever reused.
+
+The statements are written so that their cost follows the new batch and the live work,
+whatever the planner believes: the first line of each distinct input in the batch walks
+the ``(input_hash, id)`` index backwards from itself (newest first) and stops at the first
+row that qualifies; every other row it needs (queue row, result, batch) is read by its key
+in a fenced subquery. Joins on freshly copied rows, whose statistics say "one row", would
+otherwise be planned as nested loops over whole partial indexes (quadratic in the batch),
+and an unanchored join could scan the settled history.
 """
 
 from __future__ import annotations
@@ -12,79 +20,116 @@ from __future__ import annotations
 from inferbatch.db.requests import Requeue, Tally, fetch_tallies, requeue, tallied
 from inferbatch.db.types import Conn
 
-# Requests visible to batch %(batch)s of owner %(owner)s under scope %(scope)s.
+# Whether batch ``b`` (one read by key) is visible to batch %(batch)s of owner %(owner)s
+# under scope %(scope)s.
 _IN_SCOPE = """
     b.dedup_scope <> 'off' AND (
         b.owner_id = %(owner)s
         OR (%(scope)s = 'global' AND b.dedup_scope = 'global'))
 """
 
-# Both statements walk the new batch's rows and, for each, read the input_hash index in id
-# order and stop at the first earlier row that qualifies (LATERAL ... LIMIT 1), so even a
-# batch of thousands of identical lines costs one short index walk per line. The OFFSET 0
-# fence keeps that walk on the (input_hash, id) index: freshly copied, unanalysed rows
-# otherwise invite plans that scan the whole batch for every line.
-_SAME_INPUT = """
-    SELECT c.id, c.batch_id FROM request_inputs c
-    WHERE c.input_hash = n2.input_hash AND c.id < {bound}
-    ORDER BY c.input_hash, c.id OFFSET 0
-"""
-# Earlier output can only come from before this batch: the walk stops at its first row.
-_BEFORE_BATCH = "(SELECT min(id) FROM request_inputs WHERE batch_id = %(batch)s)"
-# The copy of the output itself is written by :func:`tallied` from ``dedup_of``.
-REUSE_COMPLETED = f"""
-UPDATE requests n SET status = 'completed', dedup_of = m.src_id
-FROM (
-    SELECT n2.id AS new_id, src.src_id
-    FROM request_inputs n2
-    CROSS JOIN LATERAL (
-        SELECT c.id AS src_id
-        FROM ({_SAME_INPUT.format(bound=_BEFORE_BATCH)}) c
-        JOIN request_results r ON r.request_id = c.id
-        JOIN batches b ON b.id = c.batch_id
-        WHERE r.status = 'completed' AND r.response_status BETWEEN 200 AND 299
-          AND r.finished_at >= now() - make_interval(secs => %(horizon)s)
-          AND {_IN_SCOPE}
-        LIMIT 1
-    ) src
-    WHERE n2.batch_id = %(batch)s
-) m
-WHERE n.id = m.new_id AND n.status = 'queued'
-"""
 
-FOLLOW_IN_FLIGHT = f"""
-UPDATE requests n SET status = 'waiting', dedup_of = m.leader_id
-FROM (
-    SELECT n2.id AS new_id, leader.id AS leader_id
-    FROM request_inputs n2
+def _earlier(select: str, where: str) -> str:
+    """The newest earlier request with line ``f``'s input, in scope, that satisfies
+    ``where`` (over ``q``: its queue row, ``r``: its result or NULLs, ``b``: its batch)."""
+    return f"""
+    SELECT {select}
+    FROM (
+        SELECT c.id, c.batch_id FROM request_inputs c
+        WHERE c.input_hash = f.input_hash AND c.id < f.id
+        ORDER BY c.input_hash DESC, c.id DESC OFFSET 0
+    ) c
+    CROSS JOIN LATERAL (SELECT status, dedup_of FROM requests WHERE id = c.id OFFSET 0) q
+    LEFT JOIN LATERAL (
+        SELECT status, response_status, finished_at FROM request_results
+        WHERE request_id = c.id OFFSET 0
+    ) r ON true
     CROSS JOIN LATERAL (
-        SELECT c.id FROM ({_SAME_INPUT.format(bound="n2.id")}) c
-        JOIN requests r ON r.id = c.id
-        JOIN batches b ON b.id = c.batch_id
-        WHERE r.status IN ('queued', 'running') AND r.dedup_of IS NULL AND {_IN_SCOPE}
-        LIMIT 1
-    ) leader
-    WHERE n2.batch_id = %(batch)s
-) m
-WHERE n.id = m.new_id AND n.status = 'queued'
+        SELECT owner_id, dedup_scope FROM batches WHERE id = c.batch_id OFFSET 0
+    ) b
+    WHERE {_IN_SCOPE} AND {where}
+    LIMIT 1
+    """
+
+
+MATCHES = f"""
+WITH lines AS (
+    SELECT id, input_hash, row_number() OVER w = 1 AS first
+    FROM request_inputs WHERE batch_id = %(batch)s
+    WINDOW w AS (PARTITION BY input_hash ORDER BY id)
+),
+matched AS (
+    SELECT f.id, f.input_hash, reuse.src_id, follow.leader_id
+    FROM lines f
+    LEFT JOIN LATERAL ({
+    _earlier(
+        "c.id AS src_id",
+        "f.first AND r.status = 'completed' AND r.response_status BETWEEN 200 AND 299"
+        " AND r.finished_at >= now() - make_interval(secs => %(horizon)s)",
+    )
+}) reuse ON true
+    LEFT JOIN LATERAL ({
+    _earlier(
+        "coalesce(q.dedup_of, c.id) AS leader_id",
+        "f.first AND reuse.src_id IS NULL AND (q.status = 'waiting'"
+        " OR (q.status IN ('queued', 'running') AND q.dedup_of IS NULL))",
+    )
+}) follow ON true
+),
+spread AS (
+    SELECT id, first_value(id) OVER w AS first_id, first_value(src_id) OVER w AS src_id,
+        first_value(leader_id) OVER w AS leader_id
+    FROM matched
+    WINDOW w AS (PARTITION BY input_hash ORDER BY id)
+)
+SELECT id, src_id,
+    CASE WHEN src_id IS NULL THEN coalesce(leader_id, nullif(first_id, id)) END AS leader_id
+FROM spread
+WHERE src_id IS NOT NULL OR leader_id IS NOT NULL OR id <> first_id
+"""
+"""Every line of the batch that need not run itself: (id, the request whose output it
+reuses, or the request it waits for). The first line of each distinct input reuses the
+newest 2xx output in scope within the horizon, else follows the newest queued or running
+identical request (a waiting one's leader); the batch's other lines with that input do as
+their first line does, or wait for it."""
+
+# The rows were written by this transaction's ingest: no one else sees them yet.
+REUSE = """
+UPDATE requests n SET status = 'completed', dedup_of = m.src_id
+FROM unnest(%(ids)s::bigint[], %(sources)s::bigint[]) m(id, src_id)
+WHERE n.id = m.id
+"""
+FOLLOW = """
+UPDATE requests n SET status = 'waiting', dedup_of = m.leader_id
+FROM unnest(%(ids)s::bigint[], %(sources)s::bigint[]) m(id, leader_id)
+WHERE n.id = m.id
 """
 
 
 async def deduplicate_batch(
     conn: Conn, batch_id: str, owner_id: str, scope: str, horizon_seconds: float
 ) -> tuple[list[Tally], int]:
-    """At ingest: complete the batch's requests that match a 2xx request in scope that
-    finished within the last ``horizon_seconds``, and make the rest that match a queued or
-    running one (in this batch or another) wait for it. Returns (completed from earlier
-    output, counted; how many now wait)."""
+    """At ingest, in the transaction that queued the batch: complete the batch's requests
+    that match a 2xx request in scope that finished within the last ``horizon_seconds``,
+    and make the rest that match a queued or running one (in this batch or another) wait
+    for it. Returns (completed from earlier output, counted; how many now wait)."""
     if scope == "off":
         return [], 0
     params = {"batch": batch_id, "owner": owner_id, "scope": scope, "horizon": horizon_seconds}
-    reused = await fetch_tallies(
-        await conn.execute(tallied(REUSE_COMPLETED, "n", pool="none"), params)
-    )
-    following = await conn.execute(FOLLOW_IN_FLIGHT, params)
-    return reused, following.rowcount
+    matches = await (await conn.execute(MATCHES, params)).fetchall()
+    reuse = [(m["id"], m["src_id"]) for m in matches if m["src_id"] is not None]
+    follow = [(m["id"], m["leader_id"]) for m in matches if m["src_id"] is None]
+    reused: list[Tally] = []
+    if reuse:
+        ids, sources = zip(*reuse, strict=True)
+        cur = await conn.execute(
+            tallied(REUSE, "n", pool="none"), {"ids": list(ids), "sources": list(sources)}
+        )
+        reused = await fetch_tallies(cur)
+    if follow:
+        ids, sources = zip(*follow, strict=True)
+        await conn.execute(FOLLOW, {"ids": list(ids), "sources": list(sources)})
+    return reused, len(follow)
 
 
 async def settle_followers(conn: Conn) -> tuple[list[Tally], int]:

@@ -1,0 +1,264 @@
+"""Running claimed requests against their engines.
+
+Each request runs as a task of its own, at most an engine's ``max_in_flight`` at a time
+per engine (so the engine can batch them). An engine that cannot be reached is paused,
+longer after each failure in a row, and what arrives for it meanwhile goes back to the
+queue without spending its retry budget. Every attempt ends as one :class:`Outcome`,
+handed to the ``on_done`` callback; a bug here must not lose the request, so it becomes a
+retry too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+from inferbatch.db.requests import Outcome, OutcomeKind
+from inferbatch.domain import ClaimedRequest
+from inferbatch.engines.client import UNAVAILABLE, Engine, EngineResponse, EngineTransportError
+from inferbatch.engines.registry import EngineRegistry
+from inferbatch.metrics import WorkerMetrics
+from inferbatch.policy.escalation import EscalationConfig, escalate_request
+from inferbatch.worker.retry import backoff_seconds, is_retryable
+from inferbatch.worker.wait import wait_any
+
+log = logging.getLogger(__name__)
+
+ENGINE_DOWN_MAX_PAUSE = 15.0
+"""Longest pause before trying an unreachable engine again."""
+
+
+def _usage(body: object) -> tuple[int | None, int | None]:
+    if isinstance(body, dict):
+        usage = body.get("usage")
+        if isinstance(usage, dict):
+            prompt = usage.get("prompt_tokens")
+            completion = usage.get("completion_tokens")
+            return (
+                prompt if isinstance(prompt, int) else None,
+                completion if isinstance(completion, int) else 0,
+            )
+    return None, None
+
+
+def _answered(req: ClaimedRequest, kind: OutcomeKind, resp: EngineResponse) -> Outcome:
+    """The outcome of an attempt the engine answered, carrying its answer."""
+    prompt, completion = _usage(resp.body) if kind == "completed" else (None, None)
+    return Outcome(
+        req.id,
+        req.attempt,
+        kind,
+        response_status=resp.status,
+        response_body=resp.body,
+        response_text=resp.text,
+        engine_request_id=resp.request_id,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+    )
+
+
+def _errored(req: ClaimedRequest, code: str, message: str) -> Outcome:
+    """A failure without an engine answer (final, or the base of a retry)."""
+    return Outcome(req.id, req.attempt, "failed", error={"code": code, "message": message})
+
+
+class Executor:
+    """Runs requests as tasks and keeps track of the ones running.
+
+    ``on_done(req, outcome)`` is called once for every request that ran to the end (not
+    for one cancelled by :meth:`cancel`), after it has left the running set.
+    """
+
+    def __init__(
+        self,
+        engines: EngineRegistry,
+        *,
+        worker_id: str,
+        pool: str,
+        max_attempts: int,
+        retry_base_seconds: float,
+        retry_max_seconds: float,
+        escalation: EscalationConfig | None,
+        metrics: WorkerMetrics | None,
+        on_done: Callable[[ClaimedRequest, Outcome], None],
+    ) -> None:
+        self.engines = engines
+        self.capacity = max(1, engines.total_in_flight)
+        """Requests run at once here: the engines' in-flight slots together."""
+        self._worker_id = worker_id
+        self._pool = pool
+        self._max_attempts = max_attempts
+        self._retry_base_seconds = retry_base_seconds
+        self._retry_max_seconds = retry_max_seconds
+        self._escalation = escalation
+        self._metrics = metrics
+        self._on_done = on_done
+        self._slots: dict[int, asyncio.Semaphore] = {
+            id(e): asyncio.Semaphore(e.max_in_flight) for e in engines.engines
+        }
+        self._running: dict[int, tuple[ClaimedRequest, asyncio.Task[None]]] = {}
+        self._started: dict[int, float] = {}
+        self._service_ewma: float | None = None
+        """Smoothed seconds an engine call takes here: predicts what a drain can finish."""
+        self._down_until: dict[int, float] = {}
+        self._down_failures: dict[int, int] = {}
+
+    # -- engine health -------------------------------------------------------------------
+
+    def _engine_down_for(self, engine: Engine) -> float:
+        return max(0.0, self._down_until.get(id(engine), 0.0) - time.monotonic())
+
+    def _mark_engine(self, engine: Engine, *, up: bool) -> None:
+        key = id(engine)
+        if up:
+            self._down_failures.pop(key, None)
+            self._down_until.pop(key, None)
+        else:
+            failures = self._down_failures.get(key, 0) + 1
+            self._down_failures[key] = failures
+            pause = min(ENGINE_DOWN_MAX_PAUSE, 0.25 * 2.0 ** (failures - 1))
+            self._down_until[key] = time.monotonic() + pause
+        if self._metrics:
+            self._metrics.engine_up.labels(engine.name).set(1 if up else 0)
+
+    def all_engines_down_for(self) -> float:
+        """Seconds until some engine is worth trying again (0 while one is up)."""
+        return min((self._engine_down_for(e) for e in self.engines.engines), default=0.0)
+
+    # -- one attempt ---------------------------------------------------------------------
+
+    def _fail_or_retry(
+        self, req: ClaimedRequest, failed: Outcome, retry_after: float | None
+    ) -> Outcome:
+        """``failed`` when this was the request's last attempt, else the same outcome as a
+        retry after a backoff (and, from spot, perhaps escalated to dedicated)."""
+        attempts_after = req.failed_attempts + 1
+        if attempts_after >= self._max_attempts:
+            return failed
+        delay = backoff_seconds(
+            attempts_after,
+            base=self._retry_base_seconds,
+            cap=self._retry_max_seconds,
+            retry_after=retry_after,
+        )
+        escalate = (
+            escalate_request(req.interruptions, attempts_after, self._escalation)
+            if req.pool == "spot"
+            else None
+        )
+        return dataclasses.replace(failed, kind="retry", retry_after=delay, escalate=escalate)
+
+    async def execute(self, req: ClaimedRequest) -> Outcome:
+        """Call the request's engine once and say how the attempt ended."""
+        engine = self.engines.for_model(req.model)
+        if engine is None:
+            return _errored(req, "model_not_found", f"No engine serves the model {req.model!r}.")
+        down_for = self._engine_down_for(engine)
+        if down_for > 0:  # known down: give it back without spending the retry budget
+            error = {"code": UNAVAILABLE, "message": f"Engine {engine.name} is unreachable."}
+            return Outcome(
+                req.id, req.attempt, "retry", retry_after=down_for, error=error, charged=False
+            )
+        async with self._slots[id(engine)]:
+            if self._metrics:
+                self._metrics.engine_requests.labels(engine.name).inc()
+            try:
+                resp = await engine.call(req.url, req.body)
+            except EngineTransportError as exc:
+                if self._metrics:
+                    self._metrics.engine_errors.labels(engine.name, exc.code).inc()
+                if exc.code == UNAVAILABLE:
+                    self._mark_engine(engine, up=False)
+                    return Outcome(
+                        req.id,
+                        req.attempt,
+                        "retry",
+                        error={"code": exc.code, "message": exc.message},
+                        charged=False,
+                        retry_after=self._engine_down_for(engine),
+                    )
+                return self._fail_or_retry(req, _errored(req, exc.code, exc.message), None)
+        if self._down_failures.get(id(engine)):
+            self._mark_engine(engine, up=True)
+        if self._metrics:
+            self._metrics.engine_latency.labels(engine.name).observe(resp.seconds)
+            self._metrics.busy.labels(self._pool).inc(resp.seconds)
+        ewma = self._service_ewma
+        self._service_ewma = resp.seconds if ewma is None else 0.8 * ewma + 0.2 * resp.seconds
+        if 200 <= resp.status < 300:
+            return _answered(req, "completed", resp)
+        if self._metrics:
+            self._metrics.engine_errors.labels(engine.name, str(resp.status)).inc()
+        failed = _answered(req, "failed", resp)
+        if is_retryable(resp.status):
+            return self._fail_or_retry(req, failed, resp.retry_after)
+        return failed
+
+    async def _run_one(self, req: ClaimedRequest) -> None:
+        try:
+            outcome = await self.execute(req)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must not lose the request: retry it
+            log.exception(
+                "request %s failed unexpectedly",
+                req.id,
+                extra={
+                    "request_id": req.id,
+                    "batch_id": req.batch_id,
+                    "worker_id": self._worker_id,
+                },
+            )
+            outcome = self._fail_or_retry(req, _errored(req, "worker_error", repr(exc)), None)
+        self._running.pop(req.id, None)
+        self._started.pop(req.id, None)
+        self._on_done(req, outcome)
+
+    # -- the running set -----------------------------------------------------------------
+
+    def in_flight(self) -> int:
+        """Requests running now."""
+        return len(self._running)
+
+    def start_ready(self, ready: deque[ClaimedRequest]) -> None:
+        """Start requests from the front of ``ready`` while there are free slots."""
+        while ready and len(self._running) < self.capacity:
+            req = ready.popleft()
+            task = asyncio.create_task(self._run_one(req), name=f"req-{req.id}")
+            self._running[req.id] = (req, task)
+            self._started[req.id] = time.monotonic()
+
+    def unlikely_to_finish(self, within: float) -> list[int]:
+        """Running requests that, at the measured service time, will not finish within
+        ``within`` seconds (none while nothing has been measured)."""
+        if self._service_ewma is None:
+            return []
+        now = time.monotonic()
+        return [
+            rid
+            for rid in self._running
+            if self._started.get(rid, now) + self._service_ewma - now > within
+        ]
+
+    async def finish_running(self, abort: asyncio.Event, within: float) -> None:
+        """Let running requests finish, for at most ``within`` seconds or until ``abort``."""
+        tasks = [t for _, t in self._running.values()]
+        if tasks:
+            log.info("draining %d in-flight requests", len(tasks))
+            drain = asyncio.gather(*tasks, return_exceptions=True)
+            await wait_any(abort, asyncio.ensure_future(drain), timeout=within)
+
+    async def cancel(self, ids: list[int] | None = None) -> list[ClaimedRequest]:
+        """Cancel what still runs (or just ``ids``) and return those requests, still
+        leased here: the caller gives them back to the queue."""
+        chosen = list(self._running) if ids is None else ids
+        pending = [self._running.pop(rid) for rid in chosen if rid in self._running]
+        for req, task in pending:
+            self._started.pop(req.id, None)
+            task.cancel()
+        await asyncio.gather(*(t for _, t in pending), return_exceptions=True)
+        return [req for req, _ in pending]
