@@ -349,7 +349,9 @@ async def predicted_finish(conn: Conn, batch_id: str, now: datetime) -> datetime
 
 async def pool_breakdown(conn: Conn, batch_id: str) -> list[dict[str, Any]]:
     """A batch's finished requests by status and pool, with deduplicated answers, tokens
-    and how often its requests were interrupted on spot."""
+    and how often its requests were interrupted on spot. Each result's queue row is read
+    by its key (a fenced subquery): joined, it invites a scan of the whole queue table,
+    which the settled history makes large."""
     cur = await conn.execute(
         """
         SELECT r.status, r.pool, count(*) AS n,
@@ -357,7 +359,10 @@ async def pool_breakdown(conn: Conn, batch_id: str) -> list[dict[str, Any]]:
             coalesce(sum(coalesce(r.prompt_tokens, 0) + coalesce(r.completion_tokens, 0))
                 FILTER (WHERE r.dedup_of IS NOT NULL), 0) AS dedup_tokens,
             coalesce(sum(q.interruptions), 0) AS interruptions
-        FROM request_results r JOIN requests q ON q.id = r.request_id
+        FROM request_results r
+        CROSS JOIN LATERAL (
+            SELECT interruptions FROM requests WHERE id = r.request_id OFFSET 0
+        ) q
         WHERE r.batch_id = %s
         GROUP BY r.status, r.pool
         """,
