@@ -84,6 +84,10 @@ class BatchRecord:
     deduplicated_count: int
     dedup_tokens_saved: int
     escalated_count: int
+    requests_expire_at: datetime | None = None
+    """When the batch's request rows (bodies, responses) are due to be pruned."""
+    requests_pruned_at: datetime | None = None
+    """When they were pruned: the batch and its counts stay, its request list is empty."""
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> BatchRecord:

@@ -441,3 +441,35 @@ def test_dashboards_are_config_maps_for_the_grafana_sidecar() -> None:
     ]
     found = {name: json.loads(text) for m in maps for name, text in m["data"].items()}
     assert found == expected
+
+
+def test_behind_a_transaction_pooler_what_needs_a_session_gets_its_own_url() -> None:
+    direct = "postgresql://inferbatch:pw@postgresql:5432/inferbatch"
+    docs = render(
+        {
+            "database": {
+                "url": "postgresql://inferbatch:pw@pgbouncer:6432/inferbatch",
+                "poolMode": "transaction",
+                "sessionUrl": direct,
+            }
+        }
+    )
+    (secret,) = _kind(docs, "Secret")
+    assert secret["stringData"]["database-session-url"] == direct
+    containers = dict(_containers(docs))
+    assert containers
+    for name, container in containers.items():
+        env = {e["name"]: e for e in container["env"]}
+        assert env[PREFIX + "DATABASE_POOL_MODE"]["value"] == "transaction", name
+        ref = env[PREFIX + "DATABASE_SESSION_URL"]["valueFrom"]["secretKeyRef"]
+        assert ref["key"] == "database-session-url", name
+
+
+def test_a_transaction_pooler_without_a_session_url_is_refused() -> None:
+    with pytest.raises(Exception, match="sessionUrl"):
+        render({"database": {"poolMode": "transaction"}})
+
+
+def test_the_default_sets_no_pool_mode() -> None:
+    for _, container in _containers(render({})):
+        assert PREFIX + "DATABASE_POOL_MODE" not in {e["name"] for e in container["env"]}

@@ -16,6 +16,7 @@ from inferbatch.db.requests import Outcome
 from inferbatch.db.types import Pool
 from inferbatch.scheduler.finalize import finish_ready
 from inferbatch.scheduler.ingest import ingest_next
+from inferbatch.services.serialize import batch_object
 from tests.helpers import chat_file, chat_line
 from tests.integration.fixtures import make_batch, make_user, utcnow
 
@@ -67,6 +68,8 @@ async def test_a_finished_batch_loses_its_request_rows_in_steps_and_stays_listed
     await ingest_next(pool, blobs, max_requests=100, now=utcnow)
 
     async with pool.connection() as conn:
+        due = batch_object(await batches.get(conn, done.id, None))  # type: ignore[arg-type]
+        assert due["requests_expire_at"] is not None and due["requests_pruned_at"] is None
         # not due yet: nothing happens
         assert await retention.prune_step(conn, utcnow()) == retention.Pruned(None, 0, False)
         later = utcnow() + timedelta(hours=2)
@@ -80,6 +83,8 @@ async def test_a_finished_batch_loses_its_request_rows_in_steps_and_stays_listed
     assert await _rows(pool, live.id) == (3, 3, 0)  # live work untouched
     assert b is not None and b.status == "completed" and b.completed_count == 5
     assert b.output_file_id is not None
+    shown = batch_object(b)  # the API says why its request list is empty
+    assert shown["requests_expire_at"] is None and shown["requests_pruned_at"] is not None
 
 
 async def test_by_default_rows_are_kept_as_long_as_the_output_file(

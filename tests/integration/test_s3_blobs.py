@@ -18,13 +18,15 @@ import pytest
 from inferbatch.blobstore import LocalBlobStore, open_blob_store, parse_blob_url
 from inferbatch.blobstore.s3 import S3BlobStore
 from inferbatch.config import Settings
-from inferbatch.db import batches
+from inferbatch.db import batches, files
 from inferbatch.db.types import Pool
 from inferbatch.engines.local import free_port
 from inferbatch.errors import StorageUnavailable
 from inferbatch.scheduler.ingest import ingest_next
+from inferbatch.scheduler.leadership import Leadership
+from inferbatch.scheduler.service import Scheduler
 from tests.helpers import chat_file
-from tests.integration.fixtures import make_batch, make_user, utcnow
+from tests.integration.fixtures import make_batch, make_file, make_user, utcnow
 from tests.s3server import S3Bucket, S3Server, TcpProxy, s3_server, session
 
 pytestmark = pytest.mark.integration
@@ -309,3 +311,32 @@ async def test_ingest_leaves_the_batch_validating_while_storage_is_down(
         ingested = await batches.get(conn, batch.id, None)
     assert ingested is not None
     assert (ingested.status, ingested.total_count) == ("in_progress", 50)
+
+
+async def test_expired_files_keep_their_rows_until_their_bytes_are_gone(
+    pool: Pool, db_url: str, s3: S3Server, bucket: S3Bucket, proxy: TcpProxy
+) -> None:
+    """The clean duty deletes an expired file's bytes before its row: while the store is
+    down the row stays (so the next run retries it), and nothing is left behind after."""
+    store = s3.store(bucket, endpoint_url=proxy.url)
+    direct = s3.store(bucket)
+    user = await make_user(pool)
+    file_id = await make_file(pool, store, user, b"expired bytes\n")  # type: ignore[arg-type]
+    async with pool.connection() as conn:
+        await conn.execute(
+            "UPDATE files SET expires_at = now() - interval '1 second' WHERE id = %s", (file_id,)
+        )
+        record = await files.get(conn, file_id, None)
+    assert record is not None
+    scheduler = Scheduler(Settings(database_url=db_url), pool, store, Leadership(db_url))
+    proxy.cut()
+    with pytest.raises(StorageUnavailable):
+        await scheduler.clean()
+    async with pool.connection() as conn:
+        assert await files.get(conn, file_id, None) is not None
+    assert direct.exists(record.blob_key)
+    proxy.restore()
+    assert await scheduler.clean() is False
+    async with pool.connection() as conn:
+        assert await files.get(conn, file_id, None) is None
+    assert not direct.exists(record.blob_key)

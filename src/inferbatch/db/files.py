@@ -87,6 +87,12 @@ async def delete(conn: Conn, file_id: str, owner_id: str | None) -> FileRecord |
     return FileRecord.from_row(row) if row else None
 
 
+async def delete_many(conn: Conn, file_ids: list[str]) -> int:
+    """Delete these rows (whatever their owner); returns how many were deleted."""
+    cur = await conn.execute("DELETE FROM files WHERE id = ANY(%s)", (file_ids,))
+    return cur.rowcount
+
+
 async def expired(conn: Conn, now: datetime, limit: int) -> list[FileRecord]:
     cur = await conn.execute(
         f"SELECT {_COLUMNS} FROM files WHERE expires_at < %s ORDER BY expires_at LIMIT %s",

@@ -161,14 +161,21 @@ class Scheduler:
         return step.batch_id is not None
 
     async def clean(self) -> bool:
+        """Delete expired files, bytes first and then the row of each: while the blob
+        store is down the rows stay, and the next run tries again (the other order would
+        leave bytes that no row points to)."""
         async with self.pool.connection() as conn:
             expired = await files.expired(conn, self.now(), 500)
-            for record in expired:
-                await files.delete(conn, record.id, None)
             await workers.prune(conn, WORKER_MEMORY_SECONDS)
-            await conn.commit()
-        for record in expired:
-            await asyncio.to_thread(self.blobs.delete, record.blob_key)
+        gone: list[str] = []
+        try:
+            for record in expired:
+                await asyncio.to_thread(self.blobs.delete, record.blob_key)
+                gone.append(record.id)
+        finally:
+            if gone:
+                async with self.pool.connection() as conn:
+                    await files.delete_many(conn, gone)
         return len(expired) == 500
 
     async def _loop(self, name: str, duty: Callable[[], Awaitable[bool]], every: float) -> None:

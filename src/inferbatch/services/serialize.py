@@ -67,6 +67,8 @@ def batch_object(b: BatchRecord) -> dict[str, Any]:
             if b.output_expires_seconds
             else None
         ),
+        "requests_expire_at": ts(b.requests_expire_at),
+        "requests_pruned_at": ts(b.requests_pruned_at),
     }
 
 

@@ -71,6 +71,12 @@ app.kubernetes.io/part-of: inferbatch
 {{- if and (not .Values.secret.existingSecret) (not .Values.database.url) }}
 {{- fail "set database.url or secret.existingSecret (a Secret with the PostgreSQL URL)" }}
 {{- end }}
+{{- if not (has .Values.database.poolMode (list "session" "transaction")) }}
+{{- fail (printf "database.poolMode must be session or transaction, not %q" .Values.database.poolMode) }}
+{{- end }}
+{{- if and (eq .Values.database.poolMode "transaction") (not .Values.secret.existingSecret) (not .Values.database.sessionUrl) }}
+{{- fail "database.poolMode transaction needs database.sessionUrl: a direct URL for the leader lock, LISTEN and migrations (through the pooler two schedulers could both lead)" }}
+{{- end }}
 {{- with .Values.objectStorage.url }}
 {{- if not (regexMatch "^s3://[A-Za-z0-9][A-Za-z0-9._-]+[A-Za-z0-9](/.*)?$" .) }}
 {{- fail (printf "objectStorage.url must be s3://BUCKET or s3://BUCKET/PREFIX, not %q" .) }}
@@ -184,6 +190,16 @@ Takes the root context.
     secretKeyRef:
       name: {{ include "inferbatch.secretName" . }}
       key: {{ .Values.secret.databaseUrlKey }}
+- name: INFERBATCH_DATABASE_SESSION_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "inferbatch.secretName" . }}
+      key: {{ .Values.secret.sessionUrlKey }}
+      optional: true
+{{- if ne .Values.database.poolMode "session" }}
+- name: INFERBATCH_DATABASE_POOL_MODE
+  value: {{ .Values.database.poolMode | quote }}
+{{- end }}
 - name: INFERBATCH_API_KEY
   valueFrom:
     secretKeyRef:
