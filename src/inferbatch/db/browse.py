@@ -192,6 +192,14 @@ def _request_scope(owner: str | None, batch_id: str | None) -> tuple[str, dict[s
     return " AND ".join(conds), params
 
 
+def _finished_after(since_param: str, batch_id: str | None) -> str:
+    """The condition "finished at or after ``since``". Over one batch it is left out:
+    the callers' ``since`` is the batch's start, so all its results qualify, and a
+    condition on ``finished_at`` would invite a walk of that index over every batch's
+    recent results in place of the batch's own (``request_results_batch``)."""
+    return "true" if batch_id is not None else f"r.finished_at >= %({since_param})s"
+
+
 async def live_requests(
     conn: Conn, owner: str | None, batch_id: str | None = None
 ) -> list[dict[str, Any]]:
@@ -243,7 +251,8 @@ async def activity_series(
     batch_id: str | None = None,
 ) -> list[dict[str, Any]]:
     """Finished requests per time bucket (aligned on ``since``) and pool: completed,
-    failed, and completed tokens. Empty buckets are absent."""
+    failed, and completed tokens. Empty buckets are absent. With ``batch_id``, all the
+    batch's results (``since`` at or before its start)."""
     scope, params = _request_scope(owner, batch_id)
     params.update(since=since, bucket=bucket_seconds)
     cur = await conn.execute(
@@ -256,7 +265,8 @@ async def activity_series(
             coalesce(sum(coalesce(r.prompt_tokens, 0) + coalesce(r.completion_tokens, 0))
                 FILTER (WHERE r.status = 'completed'), 0) AS tokens
         FROM request_results r
-        WHERE r.finished_at >= %(since)s AND r.status IN ('completed', 'failed') AND {scope}
+        WHERE {_finished_after("since", batch_id)} AND r.status IN ('completed', 'failed')
+          AND {scope}
         GROUP BY 1, 2 ORDER BY 1, 2
         """,
         params,
@@ -275,7 +285,8 @@ async def latency_histogram(
     """Counts of requests completed since ``since`` by the duration of their last
     attempt (``finished_at - started_at``): ``len(edges) + 1`` bins, the first below
     ``edges[0]`` seconds, the last at or above ``edges[-1]``. Deduplicated answers,
-    which ran no attempt, are left out."""
+    which ran no attempt, are left out. With ``batch_id``, all the batch's results
+    (``since`` at or before its start)."""
     scope, params = _request_scope(owner, batch_id)
     params.update(since=since, edges=[float(e) for e in edges])
     cur = await conn.execute(
@@ -283,7 +294,7 @@ async def latency_histogram(
         SELECT width_bucket(extract(epoch FROM r.finished_at - r.started_at)::float8,
                 %(edges)s::float8[]) AS bin, count(*) AS n
         FROM request_results r
-        WHERE r.finished_at >= %(since)s AND r.status = 'completed'
+        WHERE {_finished_after("since", batch_id)} AND r.status = 'completed'
           AND r.started_at IS NOT NULL AND r.dedup_of IS NULL AND {scope}
         GROUP BY 1
         """,
