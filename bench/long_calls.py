@@ -72,6 +72,8 @@ from inferbatch.engines.local import free_port
 GOAL = 1.1
 CATALOG = "catalog:"
 """Prefix of a system catalog relation in the by-relation figures."""
+OTHER = "database:"
+"""Prefix of another database's WAL (a shared server): not the queue's."""
 """Largest ratio long / short allowed for each per-request figure."""
 LEASE_SECONDS = 30
 """The workers' lease: a beat every 10 s, so a long call spans several."""
@@ -117,7 +119,9 @@ class Cost:
         autovacuum's analyses land whenever its timer fires (None without a dump)."""
         if not self.wal_relations:
             return None
-        return sum(b for name, b in self.wal_relations.items() if not name.startswith(CATALOG))
+        return sum(
+            b for name, b in self.wal_relations.items() if not name.startswith((CATALOG, OTHER))
+        )
 
 
 @dataclass(frozen=True)
@@ -246,6 +250,8 @@ def _wal_stats(
         parts = line.replace("(", " ").replace(")", " ").split()
         if len(parts) == 9 and parts[1].isdigit() and parts[0] != "Total" and int(parts[1]):
             kinds[parts[0]] = (int(parts[3]), int(parts[5]))
+    row = conn.execute("SELECT oid::text FROM pg_database WHERE datname = current_database()")
+    database = str((row.fetchone() or ("",))[0])
     # a system catalog (with its indexes and TOAST) has an oid below FirstNormalObjectId
     names: dict[str, str] = {
         str(node): str(name) if user else f"{CATALOG}{name}"
@@ -260,9 +266,13 @@ def _wal_stats(
         size = re.search(r"len \(rec/tot\):\s*\d+/\s*(\d+)", line)
         if not size:
             continue
-        block = re.search(r"blkref #0: rel \d+/\d+/(\d+)", line)
-        node = block.group(1) if block else "-"
-        name = names.get(node, node if node == "-" else f"{CATALOG}{node}")
+        block = re.search(r"blkref #0: rel \d+/(\d+)/(\d+)", line)
+        if block is None:
+            name = "-"
+        elif block.group(1) not in (database, "0"):  # another database on a shared server
+            name = f"{OTHER}{block.group(1)}"
+        else:  # this database's, or a shared catalog (database 0)
+            name = names.get(block.group(2), f"{CATALOG}{block.group(2)}")
         relations[name] = relations.get(name, 0) + int(size.group(1))
     return kinds, dict(sorted(relations.items(), key=lambda kv: -kv[1]))
 

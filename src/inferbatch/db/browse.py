@@ -192,12 +192,12 @@ def _request_scope(owner: str | None, batch_id: str | None) -> tuple[str, dict[s
     return " AND ".join(conds), params
 
 
-def _finished_after(since_param: str, batch_id: str | None) -> str:
+def _finished_after(batch_id: str | None) -> str:
     """The condition "finished at or after ``since``". Over one batch it is left out:
     the callers' ``since`` is the batch's start, so all its results qualify, and a
     condition on ``finished_at`` would invite a walk of that index over every batch's
     recent results in place of the batch's own (``request_results_batch``)."""
-    return "true" if batch_id is not None else f"r.finished_at >= %({since_param})s"
+    return "true" if batch_id is not None else "r.finished_at >= %(since)s"
 
 
 async def live_requests(
@@ -265,7 +265,7 @@ async def activity_series(
             coalesce(sum(coalesce(r.prompt_tokens, 0) + coalesce(r.completion_tokens, 0))
                 FILTER (WHERE r.status = 'completed'), 0) AS tokens
         FROM request_results r
-        WHERE {_finished_after("since", batch_id)} AND r.status IN ('completed', 'failed')
+        WHERE {_finished_after(batch_id)} AND r.status IN ('completed', 'failed')
           AND {scope}
         GROUP BY 1, 2 ORDER BY 1, 2
         """,
@@ -294,7 +294,7 @@ async def latency_histogram(
         SELECT width_bucket(extract(epoch FROM r.finished_at - r.started_at)::float8,
                 %(edges)s::float8[]) AS bin, count(*) AS n
         FROM request_results r
-        WHERE {_finished_after("since", batch_id)} AND r.status = 'completed'
+        WHERE {_finished_after(batch_id)} AND r.status = 'completed'
           AND r.started_at IS NOT NULL AND r.dedup_of IS NULL AND {scope}
         GROUP BY 1
         """,
