@@ -10,6 +10,9 @@ class InferbatchError(Exception):
     status_code = 500
     type = "server_error"
     code: str | None = None
+    should_retry: bool | None = None
+    """Sent as ``x-should-retry`` when set: the official SDKs retry 408, 409, 429 and 5xx
+    unless told not to, and retrying a state conflict only delays the same answer."""
 
     def __init__(
         self, message: str | None = None, *, param: str | None = None, code: str | None = None
@@ -68,6 +71,7 @@ class Conflict(InferbatchError):
     status_code = 409
     type = "invalid_request_error"
     code = "invalid_state"
+    should_retry = False
 
 
 class TooLarge(InferbatchError):

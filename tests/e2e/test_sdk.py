@@ -228,19 +228,26 @@ def test_cancel_a_running_batch(db_url: str, tmp_path) -> None:
         assert {r["error"]["code"] for r in err} == {"batch_cancelled"}
         assert done.request_counts is not None
         assert done.request_counts.completed == len(out) and done.request_counts.failed == len(err)
-        with pytest.raises(openai.ConflictError):
-            client.batches.cancel(
-                wait_batch(
-                    client,
-                    client.batches.create(
-                        input_file_id=client.files.create(
-                            file=("bad.jsonl", b"\n"), purpose="batch"
-                        ).id,
-                        endpoint="/v1/chat/completions",
-                        completion_window="24h",
-                    ).id,
-                ).id
-            )
+        failed = wait_batch(
+            client,
+            client.batches.create(
+                input_file_id=client.files.create(file=("bad.jsonl", b"\n"), purpose="batch").id,
+                endpoint="/v1/chat/completions",
+                completion_window="24h",
+            ).id,
+        )
+        # a state conflict is not retried by the SDK, even with its retries on
+        sent: list[httpx.Request] = []
+        retrying = openai.OpenAI(
+            base_url=s.url + "/v1",
+            api_key=client.api_key,
+            max_retries=2,
+            http_client=httpx.Client(event_hooks={"request": [sent.append]}),
+        )
+        with pytest.raises(openai.ConflictError) as conflict:
+            retrying.batches.cancel(failed.id)
+        assert conflict.value.response.headers["x-should-retry"] == "false"
+        assert len(sent) == 1
     finally:
         s.close()
 

@@ -60,6 +60,13 @@ BAD_CASES = [
         "missing_model",
         1,
     ),
+    (
+        "stream_true",
+        f"{GOOD}\n"
+        + _raw(custom_id="s", method="POST", url=EP, body={"model": "m", "stream": True}),
+        "invalid_stream",
+        2,
+    ),
     ("empty_file", "\n\n", "empty_file", 0),
 ]
 

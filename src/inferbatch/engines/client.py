@@ -25,10 +25,15 @@ class EngineResponse:
     seconds: float
     text: str | None = None
     """The body as it arrived, when it is JSON on one line (stored as is)."""
+    malformed: bool = False
+    """The body is empty or not JSON (an event stream, an HTML page from a proxy): never a
+    completed request, whatever the status."""
 
 
 UNAVAILABLE = "engine_unavailable"
 """The code of a transport error where the request never reached the engine."""
+TIMEOUT = "request_timeout"
+"""The code of a call that took longer than the engine timeout (OpenAI's code)."""
 
 
 class EngineTransportError(Exception):
@@ -118,17 +123,19 @@ class HttpEngine:
                 UNAVAILABLE, f"The engine could not be reached: {exc!r}"
             ) from exc
         except TimeoutError as exc:
-            raise EngineTransportError("engine_timeout", f"The engine timed out: {exc!r}") from exc
+            raise EngineTransportError(TIMEOUT, f"The engine timed out: {exc!r}") from exc
         except aiohttp.ClientError as exc:
             raise EngineTransportError(
                 "engine_connection_lost", f"The engine dropped the connection: {exc!r}"
             ) from exc
         text: str | None = None
+        malformed = False
         try:
-            parsed: Any = orjson.loads(content) if content else None
-            if content and b"\n" not in content and b"\r" not in content:
+            parsed: Any = orjson.loads(content)
+            if b"\n" not in content and b"\r" not in content:
                 text = content.decode()  # valid UTF-8: orjson checked it
         except orjson.JSONDecodeError:
+            malformed = True
             parsed = {"error": {"message": content[:2000].decode(errors="replace")}}
         return EngineResponse(
             status=status,
@@ -137,6 +144,7 @@ class HttpEngine:
             retry_after=parse_retry_after(headers.get("retry-after")),
             seconds=time.perf_counter() - started,
             text=text,
+            malformed=malformed,
         )
 
     async def models(self) -> list[str]:

@@ -2,7 +2,8 @@
 
 Each line of a batch input file must be a JSON object with a string ``custom_id``,
 ``method`` ``POST``, ``url`` equal to the batch endpoint and an object ``body`` naming a
-``model``. Duplicate custom_ids are found by the ingest step, which sees all lines.
+``model`` and not asking for a stream. Duplicate custom_ids are found by the ingest step,
+which sees all lines.
 """
 
 from __future__ import annotations
@@ -93,6 +94,15 @@ def parse_line(raw: bytes, line: int, endpoint: str) -> ParsedLine | LineError:
     if not isinstance(model, str) or not model:
         return LineError(
             "missing_model", "body.model is missing or not a string.", line, param="body.model"
+        )
+    stream = body.get("stream")
+    if stream is not None and stream is not False:
+        # a batch stores one JSON answer per line; an event stream has no place in it
+        return LineError(
+            "invalid_stream",
+            "body.stream is not supported in a batch; leave it out or set it to false.",
+            line,
+            param="body.stream",
         )
     canonical = canonical_json(body)
     return ParsedLine(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 ENGINE_DOWN_MAX_PAUSE = 15.0
 """Longest pause before trying an unreachable engine again."""
+MALFORMED = "invalid_engine_response"
+"""The code of a 2xx answer whose body is not JSON: retried, and failed in the end."""
 
 
 def _usage(body: object) -> tuple[int | None, int | None]:
@@ -46,7 +49,8 @@ def _usage(body: object) -> tuple[int | None, int | None]:
 
 
 def _answered(req: ClaimedRequest, kind: OutcomeKind, resp: EngineResponse) -> Outcome:
-    """The outcome of an attempt the engine answered, carrying its answer."""
+    """The outcome of an attempt the engine answered, carrying its answer. An engine that
+    names no request id gets one here: an output line's ``request_id`` is always a string."""
     prompt, completion = _usage(resp.body) if kind == "completed" else (None, None)
     return Outcome(
         req.id,
@@ -55,7 +59,7 @@ def _answered(req: ClaimedRequest, kind: OutcomeKind, resp: EngineResponse) -> O
         response_status=resp.status,
         response_body=resp.body,
         response_text=resp.text,
-        engine_request_id=resp.request_id,
+        engine_request_id=resp.request_id or f"req_{secrets.token_hex(16)}",
         prompt_tokens=prompt,
         completion_tokens=completion,
     )
@@ -189,6 +193,14 @@ class Executor:
             self._metrics.busy.labels(self._pool).inc(resp.seconds)
         ewma = self._service_ewma
         self._service_ewma = resp.seconds if ewma is None else 0.8 * ewma + 0.2 * resp.seconds
+        if 200 <= resp.status < 300 and resp.malformed:
+            if self._metrics:
+                self._metrics.engine_errors.labels(engine.name, "malformed").inc()
+            message = (
+                f"The engine answered {resp.status} with a body that is not JSON: "
+                f"{resp.body['error']['message'][:200]!r}"
+            )
+            return self._fail_or_retry(req, _errored(req, MALFORMED, message), None)
         if 200 <= resp.status < 300:
             return _answered(req, "completed", resp)
         if self._metrics:
