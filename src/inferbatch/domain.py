@@ -81,6 +81,10 @@ class BatchRecord:
     failed_count: int
     input_tokens: int
     output_tokens: int
+    cached_tokens: int
+    """Input tokens the engine served from its prefix cache."""
+    reasoning_tokens: int
+    """Output tokens spent on reasoning."""
     deduplicated_count: int
     dedup_tokens_saved: int
     escalated_count: int

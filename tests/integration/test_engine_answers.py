@@ -6,19 +6,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
 from inferbatch.blobstore import LocalBlobStore
+from inferbatch.db import batches, dedup
 from inferbatch.db.types import Pool
 from inferbatch.engines.client import HttpEngine
 from inferbatch.engines.registry import ANY_MODEL, EngineRegistry
+from inferbatch.scheduler.finalize import finish_ready
 from inferbatch.scheduler.ingest import ingest_next
+from inferbatch.services.serialize import batch_object
 from inferbatch.worker.worker import Worker, WorkerConfig
 from tests.helpers import chat_file
-from tests.integration.fixtures import REQUESTS_JOINED, make_batch, make_user, utcnow
+from tests.integration.fixtures import (
+    REQUESTS_JOINED,
+    fold_counters,
+    make_batch,
+    make_user,
+    utcnow,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -42,10 +52,13 @@ async def _engine(handler: Handler) -> AsyncIterator[HttpEngine]:
         await runner.cleanup()
 
 
-async def _run(pool: Pool, tmp_path: Path, engine: HttpEngine, n: int) -> list[dict[str, object]]:
-    """Ingest ``n`` chat lines, run one worker until every request settled; the rows."""
+async def _run(
+    pool: Pool, tmp_path: Path, engine: HttpEngine, n: int, content: bytes | None = None
+) -> list[dict[str, object]]:
+    """Ingest ``n`` chat lines (or ``content``), run one worker until every request
+    settled; the rows."""
     user = await make_user(pool)
-    await make_batch(pool, LocalBlobStore(tmp_path), user, chat_file(n))
+    await make_batch(pool, LocalBlobStore(tmp_path), user, content or chat_file(n))
     await ingest_next(pool, LocalBlobStore(tmp_path), max_requests=1000, now=utcnow)
     config = WorkerConfig(
         pool="spot",
@@ -67,6 +80,7 @@ async def _run(pool: Pool, tmp_path: Path, engine: HttpEngine, n: int) -> list[d
         async with asyncio.timeout(20):
             while True:
                 async with pool.connection() as conn:
+                    await dedup.settle_followers(conn)  # the scheduler's duty
                     rows = await (await conn.execute(query)).fetchall()
                 if all(r["status"] in ("completed", "failed") for r in rows):
                     return rows
@@ -123,3 +137,43 @@ async def test_every_answer_has_a_request_id_even_when_the_engine_sends_none(
     assert all(isinstance(i, str) for i in ids) and len(set(ids)) == 6
     assert sum(1 for i in ids if str(i).startswith("engine-")) == 3
     assert sum(1 for i in ids if str(i).startswith("req_")) == 3
+
+
+async def test_cached_and_reasoning_tokens_reach_the_batch_usage(
+    pool: Pool, tmp_path: Path
+) -> None:
+    async def detailed(request: web.Request) -> web.Response:
+        usage = {
+            "prompt_tokens": 10,
+            "completion_tokens": 5,
+            "total_tokens": 15,
+            "prompt_tokens_details": {"cached_tokens": 8},
+            "completion_tokens_details": {"reasoning_tokens": 3},
+        }
+        return web.json_response({"object": "chat.completion", "usage": usage})
+
+    # four distinct lines and two copies of the first: the copies are answered by
+    # deduplication and carry the answer's counts, as their input and output tokens do
+    lines = chat_file(4).decode().splitlines()
+    copies = [lines[0].replace('"req-0"', f'"copy-{i}"') for i in range(2)]
+    async with _engine(detailed) as engine:
+        rows = await _run(pool, tmp_path, engine, 0, ("\n".join(lines + copies) + "\n").encode())
+    assert [r["status"] for r in rows] == ["completed"] * 6
+    await fold_counters(pool)
+    async with pool.connection() as conn:
+        (batch,) = await batches.list_page(conn, None, after=None, limit=1)
+    assert (batch.input_tokens, batch.output_tokens) == (60, 30)
+    assert (batch.cached_tokens, batch.reasoning_tokens) == (48, 18)  # live, from the counters
+    blobs = LocalBlobStore(tmp_path)
+    assert await finish_ready(pool, blobs, retention=timedelta(days=1), now=utcnow) == 1
+    async with pool.connection() as conn:
+        done = await batches.get(conn, batch.id, None)
+    assert done is not None and done.status == "completed"
+    usage = batch_object(done)["usage"]
+    assert usage == {
+        "input_tokens": 60,
+        "input_tokens_details": {"cached_tokens": 48},
+        "output_tokens": 30,
+        "output_tokens_details": {"reasoning_tokens": 18},
+        "total_tokens": 90,
+    }

@@ -195,7 +195,7 @@ async def test_a_counter_fold_racing_a_finish_keeps_the_final_counts(
                 output_file_id=None,
                 error_file_id=None,
                 counts=(4, 1, 3),
-                tokens=(0, 0),
+                tokens=(0, 0, 0, 0),
             )
         assert await counters.fold(folder, [batch_id]) == 0  # nothing left to add
         totals = {(r["status"], r["pool"]): r["n"] for r in await counters.request_totals(folder)}

@@ -13,6 +13,7 @@ from inferbatch.engines.client import engine_path, parse_retry_after
 from inferbatch.ids import parse_request_public_id, request_public_id
 from inferbatch.scheduler.finalize import result_line
 from inferbatch.scheduler.ingest import copy_text
+from inferbatch.worker.executor import Usage, usage_of
 from inferbatch.worker.retry import backoff_seconds, is_retryable
 
 pytestmark = pytest.mark.unit
@@ -128,3 +129,38 @@ def test_result_lines_keep_the_stored_body_text_on_one_line() -> None:
     ok, line = result_line(_row(response_body='{\n  "a": 1\n}'))
     assert line.count(b"\n") == 1 and b'"body":{"a":1}' in line
     assert orjson.loads(line)["response"]["body"] == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            {
+                "usage": {
+                    "prompt_tokens": 10,
+                    "completion_tokens": 5,
+                    "prompt_tokens_details": {"cached_tokens": 8},
+                    "completion_tokens_details": {"reasoning_tokens": 3},
+                }
+            },
+            Usage(10, 5, 8, 3),
+        ),
+        (  # a Response object's usage
+            {
+                "usage": {
+                    "input_tokens": 7,
+                    "output_tokens": 2,
+                    "input_tokens_details": {"cached_tokens": 4},
+                    "output_tokens_details": {"reasoning_tokens": 1},
+                }
+            },
+            Usage(7, 2, 4, 1),
+        ),
+        ({"usage": {"prompt_tokens": 3}}, Usage(3, 0, None, None)),  # embeddings
+        ({"usage": {"prompt_tokens": True, "completion_tokens": "4"}}, Usage(None, 0)),
+        ({"object": "x"}, Usage()),
+        ([1, 2], Usage()),
+    ],
+)
+def test_token_counts_are_read_from_either_usage_shape(body: object, expected: Usage) -> None:
+    assert usage_of(body) == expected

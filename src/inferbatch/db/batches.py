@@ -217,10 +217,11 @@ async def mark_finished(
     output_file_id: str | None,
     error_file_id: str | None,
     counts: tuple[int, int, int],
-    tokens: tuple[int, int],
+    tokens: tuple[int, int, int, int],
     deduplicated: tuple[int, int] = (0, 0),
 ) -> bool:
-    """in_progress|finalizing|cancelling -> completed|expired|cancelled with final counts."""
+    """in_progress|finalizing|cancelling -> completed|expired|cancelled with final counts;
+    ``tokens``: input, output, cached input and reasoning output tokens."""
     stamp = {"completed": "completed_at", "expired": "expired_at", "cancelled": "cancelled_at"}[
         status
     ]
@@ -230,6 +231,7 @@ async def mark_finished(
             output_file_id = %(out)s, error_file_id = %(err)s,
             total_count = %(total)s, completed_count = %(completed)s, failed_count = %(failed)s,
             input_tokens = %(inp)s, output_tokens = %(outp)s,
+            cached_tokens = %(cached)s, reasoning_tokens = %(reasoning)s,
             deduplicated_count = %(dedup)s, dedup_tokens_saved = %(saved)s
         WHERE id = %(id)s AND status IN ('in_progress', 'finalizing', 'cancelling')
         """,
@@ -243,6 +245,8 @@ async def mark_finished(
             "failed": counts[2],
             "inp": tokens[0],
             "outp": tokens[1],
+            "cached": tokens[2],
+            "reasoning": tokens[3],
             "dedup": deduplicated[0],
             "saved": deduplicated[1],
             "id": batch_id,

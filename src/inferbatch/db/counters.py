@@ -27,14 +27,15 @@ SETTLED_STATUSES = ("completed", "failed", "cancelled", "expired")
 def append_deltas(source: str) -> str:
     """A data-modifying CTE (to follow ``WITH``/``,``) that appends the rows of the CTE
     ``source`` to ``request_deltas``. ``source`` has the columns ``batch_id``, ``pool``,
-    ``status``, ``n`` (signed), ``input_tokens``, ``output_tokens``, ``deduplicated``,
-    ``dedup_tokens`` and ``escalated``, already grouped."""
+    ``status``, ``n`` (signed), ``input_tokens``, ``output_tokens``, ``cached_tokens``,
+    ``reasoning_tokens``, ``deduplicated``, ``dedup_tokens`` and ``escalated``, already
+    grouped."""
     return f"""
     counted AS (
         INSERT INTO request_deltas (batch_id, pool, status, n, input_tokens, output_tokens,
-            deduplicated, dedup_tokens, escalated)
-        SELECT batch_id, pool, status, n, input_tokens, output_tokens, deduplicated,
-            dedup_tokens, escalated
+            cached_tokens, reasoning_tokens, deduplicated, dedup_tokens, escalated)
+        SELECT batch_id, pool, status, n, input_tokens, output_tokens, cached_tokens,
+            reasoning_tokens, deduplicated, dedup_tokens, escalated
         FROM {source}
         WHERE n <> 0 OR escalated <> 0
     )"""
@@ -42,13 +43,15 @@ def append_deltas(source: str) -> str:
 
 def settled_deltas(rows: str) -> str:
     """A CTE ``deltas`` grouping the settled rows of CTE ``rows`` (columns ``batch_id``,
-    ``pool``, ``status``, ``dedup_of``, ``prompt_tokens``, ``completion_tokens``), followed
-    by :func:`append_deltas` of it."""
+    ``pool``, ``status``, ``dedup_of``, ``prompt_tokens``, ``completion_tokens``,
+    ``cached_tokens``, ``reasoning_tokens``), followed by :func:`append_deltas` of it."""
     return f"""
     deltas AS (
         SELECT batch_id, pool, status, count(*)::int AS n,
             coalesce(sum(prompt_tokens), 0)::bigint AS input_tokens,
             coalesce(sum(completion_tokens), 0)::bigint AS output_tokens,
+            coalesce(sum(cached_tokens), 0)::bigint AS cached_tokens,
+            coalesce(sum(reasoning_tokens), 0)::bigint AS reasoning_tokens,
             count(*) FILTER (WHERE status = 'completed' AND dedup_of IS NOT NULL)::int
                 AS deduplicated,
             coalesce(sum(coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0))
@@ -66,13 +69,14 @@ WITH locked AS (
     FOR UPDATE SKIP LOCKED
 ), d AS (
     DELETE FROM request_deltas WHERE batch_id IN (SELECT id FROM locked)
-    RETURNING batch_id, pool, status, n, input_tokens, output_tokens, deduplicated,
-        dedup_tokens, escalated
+    RETURNING batch_id, pool, status, n, input_tokens, output_tokens, cached_tokens,
+        reasoning_tokens, deduplicated, dedup_tokens, escalated
 ), per_batch AS (
     SELECT batch_id,
         coalesce(sum(n) FILTER (WHERE status = 'completed'), 0) AS completed,
         coalesce(sum(n) FILTER (WHERE status = 'failed'), 0) AS failed,
         sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
+        sum(cached_tokens) AS cached_tokens, sum(reasoning_tokens) AS reasoning_tokens,
         sum(deduplicated) AS deduplicated, sum(dedup_tokens) AS dedup_tokens,
         sum(escalated) AS escalated
     FROM d GROUP BY batch_id
@@ -82,6 +86,8 @@ WITH locked AS (
         failed_count = b.failed_count + p.failed,
         input_tokens = b.input_tokens + p.input_tokens,
         output_tokens = b.output_tokens + p.output_tokens,
+        cached_tokens = b.cached_tokens + p.cached_tokens,
+        reasoning_tokens = b.reasoning_tokens + p.reasoning_tokens,
         deduplicated_count = b.deduplicated_count + p.deduplicated,
         dedup_tokens_saved = b.dedup_tokens_saved + p.dedup_tokens,
         escalated_count = b.escalated_count + p.escalated

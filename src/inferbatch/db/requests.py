@@ -50,6 +50,8 @@ class Outcome:
     retry_after: float = 0.0
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
     charged: bool = True
     escalate: str | None = None
     """With ``retry``: move the request to the dedicated pool, for this reason."""
@@ -69,7 +71,7 @@ class Tally:
 
 RESULT_COLUMNS = """request_id, batch_id, status, pool, attempt, worker_id, started_at,
     finished_at, response_status, response_request_id, response_body, error, prompt_tokens,
-    completion_tokens, dedup_of"""
+    completion_tokens, cached_tokens, reasoning_tokens, dedup_of"""
 
 
 def tallied(update: str, alias: str = "requests", pool: str | None = None) -> str:
@@ -89,11 +91,12 @@ def tallied(update: str, alias: str = "requests", pool: str | None = None) -> st
         INSERT INTO request_results ({RESULT_COLUMNS})
         SELECT s.id, s.batch_id, s.status, s.pool, s.attempts, NULL, s.started_at,
             now(), src.response_status, src.response_request_id, src.response_body, NULL,
-            src.prompt_tokens, src.completion_tokens, s.dedup_of
+            src.prompt_tokens, src.completion_tokens, src.cached_tokens,
+            src.reasoning_tokens, s.dedup_of
         FROM settled s LEFT JOIN request_results src
             ON s.status = 'completed' AND src.request_id = s.dedup_of
         RETURNING request_id, batch_id, pool, status, dedup_of, prompt_tokens,
-            completion_tokens
+            completion_tokens, cached_tokens, reasoning_tokens
     ),
     {settled_deltas("written")}
     SELECT i.url, i.model, {pool_expr} AS pool, count(*)::int AS n,
@@ -243,7 +246,7 @@ WITH v AS (
     SELECT * FROM json_to_recordset(%(rows)s::json) AS v(
         id bigint, attempt int, kind text, response_status int, response_body text,
         engine_request_id text, error jsonb, prompt_tokens int, completion_tokens int,
-        charged bool)
+        cached_tokens int, reasoning_tokens int, charged bool)
 ), settled AS (
     UPDATE requests r SET
         status = v.kind, lease_owner = NULL,
@@ -256,10 +259,10 @@ WITH v AS (
     INSERT INTO request_results ({RESULT_COLUMNS})
     SELECT s.id, s.batch_id, s.status, s.pool, s.attempts, %(owner)s, s.started_at, now(),
         v.response_status, v.engine_request_id, v.response_body, v.error, v.prompt_tokens,
-        v.completion_tokens, NULL
+        v.completion_tokens, v.cached_tokens, v.reasoning_tokens, NULL
     FROM settled s JOIN v ON v.id = s.id
     RETURNING request_id AS id, batch_id, pool, status, dedup_of, prompt_tokens,
-        completion_tokens
+        completion_tokens, cached_tokens, reasoning_tokens
 ),
 {settled_deltas("written")}
 SELECT id FROM written
@@ -299,6 +302,8 @@ async def record_outcomes(conn: Conn, owner: str, outcomes: Sequence[Outcome]) -
                     "error": o.error,
                     "prompt_tokens": o.prompt_tokens,
                     "completion_tokens": o.completion_tokens,
+                    "cached_tokens": o.cached_tokens,
+                    "reasoning_tokens": o.reasoning_tokens,
                     "charged": o.charged,
                 }
                 for o in settled
@@ -412,6 +417,7 @@ WITH v AS (
             AS input_tokens,
         (-coalesce(sum(was_completion) FILTER (WHERE was = 'failed'), 0))::bigint
             AS output_tokens,
+        0::bigint AS cached_tokens, 0::bigint AS reasoning_tokens,
         0 AS deduplicated, 0::bigint AS dedup_tokens,
         count(*) FILTER (WHERE escalated)::int AS escalated
     FROM moved GROUP BY batch_id, was_pool
@@ -554,7 +560,7 @@ async def iter_results(conn: Conn, batch_id: str) -> AsyncIterator[dict[str, Any
             """
             SELECT i.id, i.custom_id, q.status, res.response_status,
                 res.response_request_id, res.response_body, res.error, res.prompt_tokens,
-                res.completion_tokens, res.dedup_of
+                res.completion_tokens, res.cached_tokens, res.reasoning_tokens, res.dedup_of
             FROM request_inputs i JOIN requests q ON q.id = i.id
             LEFT JOIN request_results res ON res.request_id = i.id
             WHERE i.batch_id = %s ORDER BY i.line

@@ -105,6 +105,8 @@ class _Output:
 class _Totals:
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
     deduplicated: int = 0
     dedup_tokens_saved: int = 0
 
@@ -122,6 +124,8 @@ async def _write_files(
             tokens = (row["prompt_tokens"] or 0, row["completion_tokens"] or 0)
             totals.input_tokens += tokens[0]
             totals.output_tokens += tokens[1]
+            totals.cached_tokens += row["cached_tokens"] or 0
+            totals.reasoning_tokens += row["reasoning_tokens"] or 0
             if ok and row["dedup_of"] is not None:
                 totals.deduplicated += 1
                 totals.dedup_tokens_saved += sum(tokens)
@@ -201,7 +205,12 @@ async def finish_batch(
             output_file_id=output_file_id,
             error_file_id=error_file_id,
             counts=(out.lines + err.lines, out.lines, err.lines),
-            tokens=(totals.input_tokens, totals.output_tokens),
+            tokens=(
+                totals.input_tokens,
+                totals.output_tokens,
+                totals.cached_tokens,
+                totals.reasoning_tokens,
+            ),
             deduplicated=(totals.deduplicated, totals.dedup_tokens_saved),
         )
         if done:

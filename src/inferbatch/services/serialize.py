@@ -56,9 +56,9 @@ def batch_object(b: BatchRecord) -> dict[str, Any]:
         },
         "usage": {
             "input_tokens": b.input_tokens,
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens_details": {"cached_tokens": b.cached_tokens},
             "output_tokens": b.output_tokens,
-            "output_tokens_details": {"reasoning_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": b.reasoning_tokens},
             "total_tokens": b.input_tokens + b.output_tokens,
         },
         "metadata": b.metadata,

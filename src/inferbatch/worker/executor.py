@@ -17,6 +17,8 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from inferbatch.db.requests import Outcome, OutcomeKind
 from inferbatch.domain import ClaimedRequest
@@ -35,23 +37,55 @@ MALFORMED = "invalid_engine_response"
 """The code of a 2xx answer whose body is not JSON: retried, and failed in the end."""
 
 
-def _usage(body: object) -> tuple[int | None, int | None]:
-    if isinstance(body, dict):
-        usage = body.get("usage")
-        if isinstance(usage, dict):
-            prompt = usage.get("prompt_tokens")
-            completion = usage.get("completion_tokens")
-            return (
-                prompt if isinstance(prompt, int) else None,
-                completion if isinstance(completion, int) else 0,
-            )
-    return None, None
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts from an answer's ``usage``, in either of OpenAI's shapes: chat and
+    completions (``prompt_tokens``, ``completion_tokens``, ``*_tokens_details``) or
+    responses (``input_tokens``, ``output_tokens``, ``*_tokens_details``)."""
+
+    prompt: int | None = None
+    completion: int | None = None
+    cached: int | None = None
+    reasoning: int | None = None
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _detail(usage: dict[str, Any], keys: tuple[str, str], name: str) -> int | None:
+    for key in keys:
+        details = usage.get(key)
+        if isinstance(details, dict) and (n := _count(details.get(name))) is not None:
+            return n
+    return None
+
+
+def usage_of(body: object) -> Usage:
+    """The token counts an engine reported (all None when it reported none)."""
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        return Usage()
+    prompt = _count(usage.get("prompt_tokens"))
+    if prompt is None:
+        prompt = _count(usage.get("input_tokens"))
+    completion = _count(usage.get("completion_tokens"))
+    if completion is None:
+        completion = _count(usage.get("output_tokens"))
+    return Usage(
+        prompt=prompt,
+        completion=completion if completion is not None else 0,
+        cached=_detail(usage, ("prompt_tokens_details", "input_tokens_details"), "cached_tokens"),
+        reasoning=_detail(
+            usage, ("completion_tokens_details", "output_tokens_details"), "reasoning_tokens"
+        ),
+    )
 
 
 def _answered(req: ClaimedRequest, kind: OutcomeKind, resp: EngineResponse) -> Outcome:
     """The outcome of an attempt the engine answered, carrying its answer. An engine that
     names no request id gets one here: an output line's ``request_id`` is always a string."""
-    prompt, completion = _usage(resp.body) if kind == "completed" else (None, None)
+    usage = usage_of(resp.body) if kind == "completed" else Usage()
     return Outcome(
         req.id,
         req.attempt,
@@ -60,8 +94,10 @@ def _answered(req: ClaimedRequest, kind: OutcomeKind, resp: EngineResponse) -> O
         response_body=resp.body,
         response_text=resp.text,
         engine_request_id=resp.request_id or f"req_{secrets.token_hex(16)}",
-        prompt_tokens=prompt,
-        completion_tokens=completion,
+        prompt_tokens=usage.prompt,
+        completion_tokens=usage.completion,
+        cached_tokens=usage.cached,
+        reasoning_tokens=usage.reasoning,
     )
 
 
