@@ -26,7 +26,10 @@ stop_up() {  # Ctrl-C as a user would, then wait until every process of the clon
 }
 trap 'stop_up; rm -rf "$work"' EXIT
 
-first_answer() {  # seconds from `make up` to the first 200 from GET /v1/models
+# seconds from `make up` to the first 200 from GET /v1/models, in $answered (not printed
+# for a $(...) to read: make up must start in this shell, so that stop_up knows its pid)
+answered=""
+first_answer() {
   local log=$1 start
   start=$(date +%s)
   setsid make up >"$log" 2>&1 &
@@ -42,12 +45,14 @@ first_answer() {  # seconds from `make up` to the first 200 from GET /v1/models
     fi
     sleep 1
   done
-  echo $(( $(date +%s) - start ))
+  answered=$(( $(date +%s) - start ))
 }
 
-cold=$(first_answer "$work/up-cold.log")
-echo "cold-up: first make up (fresh clone, empty pip cache): ${cold}s to the first answered request"
+first_answer "$work/up-cold.log"
+echo "cold-up: first make up (fresh clone, empty pip cache): ${answered}s to the first answered request"
 stop_up
-warm=$(first_answer "$work/up-warm.log")
-echo "cold-up: second make up (same clone): ${warm}s to the first answered request"
+grep -q "inferbatch: stopped" "$work/up-cold.log" || echo "cold-up: make up did not stop on Ctrl-C" >&2
+first_answer "$work/up-warm.log"
+echo "cold-up: second make up (same clone): ${answered}s to the first answered request"
 stop_up
+grep -q "inferbatch: stopped" "$work/up-warm.log" || echo "cold-up: make up did not stop on Ctrl-C" >&2
