@@ -125,6 +125,25 @@ def test_invalid_file_fails_the_batch_with_line_numbers(stack: Stack) -> None:
     assert [(e.code, e.line) for e in b.errors.data] == [("invalid_method", 4)]
 
 
+def test_files_of_other_purposes_are_stored_but_feed_no_batch(stack: Stack) -> None:
+    client = stack.client()
+    data = client.files.create(file=("notes.txt", b"any bytes"), purpose="user_data")
+    kept = client.files.create(
+        file=("in.jsonl", chat_file(1)),
+        purpose="batch",
+        expires_after={"anchor": "created_at", "seconds": 7200},
+    )
+    assert data.purpose == "user_data" and data.bytes == 9
+    assert kept.expires_at == kept.created_at + 7200
+    assert [f.id for f in client.files.list(purpose="user_data")] == [data.id]
+    assert client.files.content(data.id).content == b"any bytes"
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.batches.create(
+            input_file_id=data.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+    assert exc.value.body["param"] == "input_file_id"  # type: ignore[index]
+
+
 def test_files_list_retrieve_delete(stack: Stack) -> None:
     client = stack.client()
     ids = [
@@ -340,8 +359,22 @@ def test_bad_create_requests_get_openai_errors(stack: Stack, payload: dict, para
 def test_upload_errors(stack: Stack) -> None:
     client = stack.client()
     with pytest.raises(openai.BadRequestError) as exc:
-        client.files.create(file=("in.jsonl", b"{}"), purpose="fine-tune")
+        client.files.create(file=("in.jsonl", b"{}"), purpose="nonsense")  # type: ignore[arg-type]
     assert exc.value.body["param"] == "purpose"  # type: ignore[index]
+    for expires_after, param in [
+        ({"anchor": "created_at", "seconds": -5}, "expires_after.seconds"),
+        ({"anchor": "created_at", "seconds": 60}, "expires_after.seconds"),
+        ({"anchor": "created_at", "seconds": 31 * 86400}, "expires_after.seconds"),
+        ({"anchor": "last_active_at", "seconds": 7200}, "expires_after.anchor"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as exc:
+            client.files.create(
+                file=("in.jsonl", chat_file(1)),
+                purpose="batch",
+                expires_after=expires_after,  # type: ignore[arg-type]
+            )
+        assert exc.value.body["param"] == param  # type: ignore[index]
+    assert list(client.files.list()) == []  # nothing kept of a refused upload
     with pytest.raises(openai.NotFoundError):
         client.batches.create(
             input_file_id="file-nope", endpoint="/v1/chat/completions", completion_window="24h"

@@ -19,7 +19,38 @@ from inferbatch.services.uploads import receive_upload
 
 log = logging.getLogger(__name__)
 
-FILE_PURPOSES = ("batch",)
+FILE_PURPOSES = ("batch", "user_data", "assistants", "fine-tune", "vision", "evals")
+"""What an upload may say it is for (OpenAI's list). All are stored; only ``batch`` files
+feed a batch. ``batch_output`` is the purpose of the files a batch writes."""
+MIN_FILE_EXPIRY = 3600
+MAX_FILE_EXPIRY = 30 * 86400
+
+
+def file_expiry(fields: dict[str, str], default: float) -> float:
+    """Seconds from creation until the file expires: ``expires_after[anchor]`` (only
+    ``created_at``) with ``expires_after[seconds]`` (one hour to 30 days), as OpenAI
+    accepts them; ``default`` without them."""
+    anchor = fields.get("expires_after[anchor]")
+    raw = fields.get("expires_after[seconds]")
+    if anchor is None and raw is None:
+        return default
+    if anchor != "created_at":
+        raise InvalidRequest(
+            "expires_after[anchor] must be 'created_at'.", param="expires_after.anchor"
+        )
+    if raw is None or not (raw.isascii() and raw.isdigit()):
+        raise InvalidRequest(
+            "expires_after[seconds] must be an integer number of seconds.",
+            param="expires_after.seconds",
+        )
+    seconds = int(raw)
+    if not MIN_FILE_EXPIRY <= seconds <= MAX_FILE_EXPIRY:
+        raise InvalidRequest(
+            f"expires_after[seconds] must be between {MIN_FILE_EXPIRY} (1 hour) and "
+            f"{MAX_FILE_EXPIRY} (30 days).",
+            param="expires_after.seconds",
+        )
+    return seconds
 
 
 async def upload(
@@ -34,8 +65,8 @@ async def upload(
     now: datetime,
 ) -> FileRecord:
     """Stream a multipart upload (fields ``purpose``, ``file``, optional
-    ``expires_after[seconds]``) into the blob store and record it. Nothing is kept on
-    error."""
+    ``expires_after[anchor]`` and ``expires_after[seconds]``) into the blob store and
+    record it. Nothing is kept on error."""
     limit = settings.max_upload_bytes
     if content_length and content_length.isdigit() and int(content_length) > limit + 64 * 1024:
         raise TooLarge(f"The file is larger than the limit of {limit} bytes.", param="file")
@@ -43,17 +74,12 @@ async def upload(
     try:
         purpose = received.fields.get("purpose")
         if purpose not in FILE_PURPOSES:
-            raise InvalidRequest("purpose must be 'batch'.", param="purpose")
+            raise InvalidRequest(
+                f"purpose must be one of {', '.join(map(repr, FILE_PURPOSES))}.", param="purpose"
+            )
         if received.blob_key is None:
             raise InvalidRequest("A file part named 'file' is required.", param="file")
-        seconds = settings.file_retention_delta.total_seconds()
-        if "expires_after[seconds]" in received.fields:
-            try:
-                seconds = int(received.fields["expires_after[seconds]"])
-            except ValueError as exc:
-                raise InvalidRequest(
-                    "expires_after[seconds] must be an integer.", param="expires_after"
-                ) from exc
+        seconds = file_expiry(received.fields, settings.file_retention_delta.total_seconds())
         async with db.connection() as conn:
             return await file_rows.insert(
                 conn,
