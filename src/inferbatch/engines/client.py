@@ -6,6 +6,8 @@ URL (``/v1/chat/completions``) is sent to the base URL plus the path after ``/v1
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import email.utils
 import time
 from dataclasses import dataclass
@@ -14,6 +16,12 @@ from typing import Any, Protocol
 
 import aiohttp
 import orjson
+
+from inferbatch.engines.responses import Untranslatable, from_chat, to_chat
+
+RESPONSES_MODES = ("auto", "native", "chat")
+"""How an engine is sent ``/v1/responses`` requests: as they are (``native``), translated
+to chat completions (``chat``), or as its first answer to a probe says (``auto``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +101,14 @@ class HttpEngine:
         max_in_flight: int,
         timeout: float,
         api_key: str | None = None,
+        responses: str = "auto",
     ) -> None:
+        if responses not in RESPONSES_MODES:
+            raise ValueError(f"responses must be one of {', '.join(RESPONSES_MODES)}")
         self.name = base_url.rstrip("/")
         self.max_in_flight = max_in_flight
+        self._native_responses: bool | None = {"native": True, "chat": False}.get(responses)
+        self._probe_lock = asyncio.Lock()
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=10.0)
         self._headers = {"content-type": "application/json"}
         if api_key:
@@ -113,9 +126,39 @@ class HttpEngine:
         return self._session
 
     async def call(self, url: str, body: bytes) -> EngineResponse:
+        if engine_path(url) == "/responses" and not await self._serves_responses():
+            return await self._call_as_chat(body)
+        return await self._post(engine_path(url), body)
+
+    async def _serves_responses(self) -> bool:
+        """Whether the engine serves ``/responses``: asked once, with an empty body, which
+        an engine that serves it refuses as invalid (400/422) and one that does not
+        answers 404 or 405 for."""
+        if self._native_responses is None:
+            async with self._probe_lock:
+                if self._native_responses is None:
+                    probe = await self._post("/responses", b"{}")
+                    self._native_responses = probe.status not in (404, 405)
+        return self._native_responses
+
+    async def _call_as_chat(self, body: bytes) -> EngineResponse:
+        """A Responses request sent as a chat completion, its answer made a Response."""
+        request = orjson.loads(body)
+        try:
+            chat = to_chat(request)
+        except Untranslatable as exc:
+            error = {"message": str(exc), "type": "invalid_request_error", "param": exc.param}
+            return EngineResponse(400, {"error": {**error, "code": None}}, None, None, 0.0)
+        resp = await self._post("/chat/completions", orjson.dumps(chat))
+        if not (200 <= resp.status < 300) or resp.malformed or not isinstance(resp.body, dict):
+            return resp
+        response = from_chat(resp.body, request)
+        return dataclasses.replace(resp, body=response, text=orjson.dumps(response).decode())
+
+    async def _post(self, path: str, body: bytes) -> EngineResponse:
         started = time.perf_counter()
         try:
-            async with self._client().post(self.name + engine_path(url), data=body) as resp:
+            async with self._client().post(self.name + path, data=body) as resp:
                 content = await resp.read()
                 status, headers = resp.status, resp.headers
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:

@@ -11,6 +11,7 @@ TOML or JSON file::
     url = "http://gpu-2:8000/v1"
     max_in_flight = 32
     api_key = "optional"
+    responses = "chat"       # /v1/responses: "native", "chat" (translated) or "auto"
 
 Models that name the same URL share one engine and its in-flight limit (the largest
 given).
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from inferbatch.config import Settings
-from inferbatch.engines.client import Engine, HttpEngine, NoopEngine
+from inferbatch.engines.client import RESPONSES_MODES, Engine, HttpEngine, NoopEngine
 
 ANY_MODEL = "*"
 
@@ -35,6 +36,8 @@ class EngineSpec:
     url: str
     max_in_flight: int
     api_key: str | None = None
+    responses: str = "auto"
+    """How ``/v1/responses`` requests reach the engine (see ``RESPONSES_MODES``)."""
 
 
 def load_specs(settings: Settings) -> dict[str, EngineSpec]:
@@ -59,7 +62,14 @@ def parse_specs(path: Path, default_in_flight: int) -> dict[str, EngineSpec]:
         in_flight = entry.get("max_in_flight", default_in_flight)
         if not isinstance(in_flight, int) or in_flight < 1:
             raise ValueError(f"{path}: model {name!r}: max_in_flight must be an integer >= 1")
-        specs[name] = EngineSpec(entry["url"].rstrip("/"), in_flight, entry.get("api_key"))
+        responses = entry.get("responses", "auto")
+        if responses not in RESPONSES_MODES:
+            raise ValueError(
+                f"{path}: model {name!r}: responses must be one of {', '.join(RESPONSES_MODES)}"
+            )
+        specs[name] = EngineSpec(
+            entry["url"].rstrip("/"), in_flight, entry.get("api_key"), responses
+        )
     return specs
 
 
@@ -71,7 +81,11 @@ def _engine_for(spec: EngineSpec, timeout: float) -> Engine:
     if spec.url.startswith(NOOP_URL):
         return NoopEngine(spec.max_in_flight)
     return HttpEngine(
-        spec.url, max_in_flight=spec.max_in_flight, timeout=timeout, api_key=spec.api_key
+        spec.url,
+        max_in_flight=spec.max_in_flight,
+        timeout=timeout,
+        api_key=spec.api_key,
+        responses=spec.responses,
     )
 
 

@@ -104,6 +104,13 @@ def parse_line(raw: bytes, line: int, endpoint: str) -> ParsedLine | LineError:
             line,
             param="body.stream",
         )
+    if endpoint == "/v1/responses" and not isinstance(body.get("input"), (str, list)):
+        return LineError(
+            "invalid_body",
+            "body.input must be a string or a list of input items.",
+            line,
+            param="body.input",
+        )
     canonical = canonical_json(body)
     return ParsedLine(
         line=line,
