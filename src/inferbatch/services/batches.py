@@ -16,8 +16,9 @@ from inferbatch.ids import new_id
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
-MIN_OUTPUT_EXPIRY = 3600
-MAX_OUTPUT_EXPIRY = 30 * 86400
+MIN_EXPIRY = 3600
+MAX_EXPIRY = 30 * 86400
+"""A file's ``expires_after`` and a batch's ``output_expires_after``: 1 hour to 30 days."""
 MAX_PRIORITY = 1_000_000
 
 
@@ -120,12 +121,15 @@ def output_expiry(value: Any) -> int | None:
             "output_expires_after must be {'anchor': 'created_at', 'seconds': N}.",
             param="output_expires_after",
         )
-    seconds: int = value["seconds"]
-    if not MIN_OUTPUT_EXPIRY <= seconds <= MAX_OUTPUT_EXPIRY:
+    return expiry_seconds(value["seconds"], "output_expires_after.seconds")
+
+
+def expiry_seconds(seconds: int, param: str) -> int:
+    """``seconds`` when it is within :data:`MIN_EXPIRY` .. :data:`MAX_EXPIRY`."""
+    if not MIN_EXPIRY <= seconds <= MAX_EXPIRY:
         raise InvalidRequest(
-            f"output_expires_after.seconds must be between {MIN_OUTPUT_EXPIRY} and "
-            f"{MAX_OUTPUT_EXPIRY}.",
-            param="output_expires_after.seconds",
+            f"{param} must be between {MIN_EXPIRY} (1 hour) and {MAX_EXPIRY} (30 days).",
+            param=param,
         )
     return seconds
 

@@ -14,7 +14,7 @@ from inferbatch.db.types import Pool
 from inferbatch.domain import FileRecord, User
 from inferbatch.errors import InvalidRequest, NotFound, StorageUnavailable, TooLarge
 from inferbatch.ids import new_id
-from inferbatch.services.batches import owner_filter
+from inferbatch.services.batches import expiry_seconds, owner_filter
 from inferbatch.services.uploads import receive_upload
 
 log = logging.getLogger(__name__)
@@ -22,13 +22,11 @@ log = logging.getLogger(__name__)
 FILE_PURPOSES = ("batch", "user_data", "assistants", "fine-tune", "vision", "evals")
 """What an upload may say it is for (OpenAI's list). All are stored; only ``batch`` files
 feed a batch. ``batch_output`` is the purpose of the files a batch writes."""
-MIN_FILE_EXPIRY = 3600
-MAX_FILE_EXPIRY = 30 * 86400
 
 
 def file_expiry(fields: dict[str, str], default: float) -> float:
     """Seconds from creation until the file expires: ``expires_after[anchor]`` (only
-    ``created_at``) with ``expires_after[seconds]`` (one hour to 30 days), as OpenAI
+    ``created_at``) with ``expires_after[seconds]`` (1 hour to 30 days), as OpenAI
     accepts them; ``default`` without them."""
     anchor = fields.get("expires_after[anchor]")
     raw = fields.get("expires_after[seconds]")
@@ -43,14 +41,7 @@ def file_expiry(fields: dict[str, str], default: float) -> float:
             "expires_after[seconds] must be an integer number of seconds.",
             param="expires_after.seconds",
         )
-    seconds = int(raw)
-    if not MIN_FILE_EXPIRY <= seconds <= MAX_FILE_EXPIRY:
-        raise InvalidRequest(
-            f"expires_after[seconds] must be between {MIN_FILE_EXPIRY} (1 hour) and "
-            f"{MAX_FILE_EXPIRY} (30 days).",
-            param="expires_after.seconds",
-        )
-    return seconds
+    return expiry_seconds(int(raw), "expires_after.seconds")
 
 
 async def upload(
