@@ -258,3 +258,23 @@ async def test_a_configured_mode_skips_the_probe() -> None:
         answer = await engine.call("/v1/responses", RESPONSES_BODY)
     assert answer.body["object"] == "response" and answer.body["id"] != "resp_native"
     assert [path for path, _ in seen] == ["/v1/chat/completions"]
+
+
+async def test_a_probe_that_gets_a_server_error_is_asked_again() -> None:
+    probes: list[int] = []
+
+    async def busy_then_absent(request: web.Request) -> web.Response:
+        probes.append(len(probes))
+        status = 503 if len(probes) == 1 else 404  # a proxy in front, then the engine
+        return web.json_response({"error": {"message": "x"}}, status=status)
+
+    app, seen = await _serving(responses=False)
+    app.router.add_post("/v1/responses", busy_then_absent)
+    async with _app_engine(app) as engine:
+        first = await engine.call("/v1/responses", RESPONSES_BODY)
+        second = await engine.call("/v1/responses", RESPONSES_BODY)
+        third = await engine.call("/v1/responses", RESPONSES_BODY)
+    assert first.status == 503  # the probe's answer: a retryable failure of this attempt
+    assert second.status == 200 and third.status == 200
+    assert len(probes) == 2  # asked again after the 503, then known
+    assert [path for path, _ in seen] == ["/v1/chat/completions"] * 2

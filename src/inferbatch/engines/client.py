@@ -126,19 +126,29 @@ class HttpEngine:
         return self._session
 
     async def call(self, url: str, body: bytes) -> EngineResponse:
-        if engine_path(url) == "/responses" and not await self._serves_responses():
-            return await self._call_as_chat(body)
+        if engine_path(url) == "/responses":
+            native = await self._serves_responses()
+            if isinstance(native, EngineResponse):
+                return native  # the probe's 429 or 5xx: this attempt is retried
+            if not native:
+                return await self._call_as_chat(body)
         return await self._post(engine_path(url), body)
 
-    async def _serves_responses(self) -> bool:
-        """Whether the engine serves ``/responses``: asked once, with an empty body, which
-        an engine that serves it refuses as invalid (400/422) and one that does not
-        answers 404 or 405 for."""
+    async def _serves_responses(self) -> bool | EngineResponse:
+        """Whether the engine serves ``/responses``: asked with an empty body, which an
+        engine that serves it refuses as invalid (400/422) and one that does not answers
+        404 or 405 for. The answer is kept. A 429 or 5xx says nothing: that answer is
+        returned for the caller to give as its own, and the next request asks again."""
         if self._native_responses is None:
             async with self._probe_lock:
                 if self._native_responses is None:
                     probe = await self._post("/responses", b"{}")
-                    self._native_responses = probe.status not in (404, 405)
+                    if probe.status in (404, 405):
+                        self._native_responses = False
+                    elif probe.status == 429 or probe.status >= 500:
+                        return probe
+                    else:
+                        self._native_responses = True
         return self._native_responses
 
     async def _call_as_chat(self, body: bytes) -> EngineResponse:
