@@ -183,6 +183,25 @@ def test_files_of_other_purposes_are_stored_but_feed_no_batch(stack: Stack) -> N
     assert exc.value.body["param"] == "input_file_id"  # type: ignore[index]
 
 
+def test_an_upload_with_validate_is_refused_when_a_line_is_bad(stack: Stack) -> None:
+    client = stack.client()
+    bad = chat_file(3) + b'{"custom_id": "req-1", "method": "POST"}\n'
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.files.create(
+            file=("bad.jsonl", bad), purpose="batch", extra_query={"validate": "true"}
+        )
+    error = exc.value.body
+    assert error["code"] == "invalid_url" and error["param"] == "file.line[4]"  # type: ignore[index]
+    assert "line 4" in error["message"]  # type: ignore[index]
+    assert list(client.files.list()) == []  # nothing kept
+    ok = client.files.create(
+        file=("ok.jsonl", chat_file(3)), purpose="batch", extra_query={"validate": "true"}
+    )
+    assert client.files.content(ok.id).content == chat_file(3)
+    # without validate the same bad file is stored, and the batch fails at ingest
+    assert client.files.create(file=("bad.jsonl", bad), purpose="batch").bytes == len(bad)
+
+
 def test_files_list_retrieve_delete(stack: Stack) -> None:
     client = stack.client()
     ids = [

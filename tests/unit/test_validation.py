@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 
 import pytest
 
-from inferbatch.scheduler.validation import LineError, ParsedLine, canonical_json, parse_line
+from inferbatch.scheduler.validation import (
+    LineError,
+    ParsedLine,
+    canonical_json,
+    check_file,
+    parse_line,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -93,3 +100,20 @@ def test_canonical_json_is_compact_sorted_utf8() -> None:
         canonical_json({"b": [1, {"d": 1, "c": 2}], "a": "ü"})
         == '{"a":"ü","b":[1,{"c":2,"d":1}]}'.encode()
     )
+
+
+def test_a_whole_file_is_checked_line_by_line_before_any_batch() -> None:
+    good = [_with(custom_id=f"c{i}") for i in range(3)]
+    lines = [*good, b"", _with(custom_id="c1"), _with(method="GET"), b"{nope"]
+    check = check_file(io.BytesIO(b"\n".join(lines) + b"\n"), max_requests=100)
+    assert check.lines == 6 and check.error_count == 3
+    assert [(e.code, e.line) for e in check.errors] == [
+        ("duplicate_custom_id", 5),
+        ("invalid_method", 6),
+        ("invalid_json_line", 7),
+    ]
+    assert "line 2" in check.errors[0].message
+    assert check_file(io.BytesIO(b"\n".join(good)), max_requests=100).error_count == 0
+    too_many = check_file(io.BytesIO(b"\n".join(good)), max_requests=2)
+    assert [e.code for e in too_many.errors] == ["too_many_requests"]
+    assert [e.code for e in check_file(io.BytesIO(b"\n\n"), 10).errors] == ["empty_file"]

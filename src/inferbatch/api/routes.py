@@ -64,6 +64,7 @@ async def upload_file(request: Request, user: UserDep, st: StateDep) -> dict[str
         content_length=request.headers.get("content-length"),
         body=request.stream(),
         now=st.now(),
+        validate=request.query_params.get("validate", "false").lower() in ("true", "1"),
     )
     return file_object(record)
 

@@ -9,8 +9,8 @@ which sees all lines.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -119,3 +119,56 @@ def parse_line(raw: bytes, line: int, endpoint: str) -> ParsedLine | LineError:
         body_json=orjson.dumps(body).decode(),
         input_hash=input_hash(endpoint, canonical),
     )
+
+
+@dataclass
+class FileCheck:
+    """What :func:`check_file` found: the first ``limit`` errors of all ``error_count``."""
+
+    lines: int = 0
+    error_count: int = 0
+    errors: list[LineError] = field(default_factory=list)
+
+
+def check_file(reader: BinaryIO, max_requests: int, limit: int = 20) -> FileCheck:
+    """Validate every line of a batch input file before any batch is made (an upload's
+    ``?validate=true``): each line as ingest would, the endpoint being the first line's
+    ``url``, custom_ids unique, at most ``max_requests`` requests. Reads line by line;
+    what it keeps grows with the lines only by a 16-byte digest per custom_id."""
+    check = FileCheck()
+    endpoint: str | None = None
+    seen: dict[bytes, int] = {}
+
+    def error(err: LineError) -> None:
+        check.error_count += 1
+        if len(check.errors) < limit:
+            check.errors.append(err)
+
+    line = 0
+    for raw in iter(reader.readline, b""):
+        line += 1
+        if not raw.strip():
+            continue
+        check.lines += 1
+        if check.lines > max_requests:
+            error(LineError("too_many_requests", f"More than {max_requests} requests.", line))
+            break
+        if endpoint is None:
+            try:
+                first = orjson.loads(raw)
+                endpoint = first.get("url") if isinstance(first, dict) else None
+            except orjson.JSONDecodeError:
+                pass
+        parsed = parse_line(raw, line, endpoint or "")
+        if isinstance(parsed, LineError):
+            error(parsed)
+            continue
+        key = hashlib.blake2b(parsed.custom_id.encode(), digest_size=16).digest()
+        if key in seen:
+            message = f"Duplicate custom_id {parsed.custom_id!r} (first on line {seen[key]})."
+            error(LineError("duplicate_custom_id", message, line, param="custom_id"))
+        else:
+            seen[key] = line
+    if check.lines == 0:
+        error(LineError("empty_file", "The input file is empty.", None))
+    return check

@@ -14,6 +14,7 @@ from inferbatch.db.types import Pool
 from inferbatch.domain import FileRecord, User
 from inferbatch.errors import InvalidRequest, NotFound, StorageUnavailable, TooLarge
 from inferbatch.ids import new_id
+from inferbatch.scheduler.validation import FileCheck, check_file
 from inferbatch.services.batches import expiry_seconds, owner_filter
 from inferbatch.services.uploads import receive_upload
 
@@ -54,10 +55,13 @@ async def upload(
     content_length: str | None,
     body: AsyncIterator[bytes],
     now: datetime,
+    validate: bool = False,
 ) -> FileRecord:
     """Stream a multipart upload (fields ``purpose``, ``file``, optional
     ``expires_after[anchor]`` and ``expires_after[seconds]``) into the blob store and
-    record it. Nothing is kept on error."""
+    record it. With ``validate``, a ``batch`` file's lines are all checked first, and a
+    file with an invalid line is refused (400 naming the first ones). Nothing is kept on
+    error."""
     limit = settings.max_upload_bytes
     if content_length and content_length.isdigit() and int(content_length) > limit + 64 * 1024:
         raise TooLarge(f"The file is larger than the limit of {limit} bytes.", param="file")
@@ -71,6 +75,8 @@ async def upload(
         if received.blob_key is None:
             raise InvalidRequest("A file part named 'file' is required.", param="file")
         seconds = file_expiry(received.fields, settings.file_retention_delta.total_seconds())
+        if validate and purpose == "batch":
+            await _check_lines(blobs, received.blob_key, settings.max_requests_per_batch)
         async with db.connection() as conn:
             return await file_rows.insert(
                 conn,
@@ -90,6 +96,26 @@ async def upload(
             except StorageUnavailable as exc:  # keep the original error; no row names it
                 log.warning("could not delete the blob of a refused upload: %s", exc)
         raise
+
+
+async def _check_lines(blobs: BlobStore, key: str, max_requests: int) -> None:
+    def run() -> FileCheck:
+        with blobs.open_reader(key) as reader:
+            return check_file(reader, max_requests)
+
+    check = await asyncio.to_thread(run)
+    if check.error_count:
+        first = check.errors[0]
+        listed = "; ".join(
+            f"line {e.line}: {e.message}" if e.line else e.message for e in check.errors[:5]
+        )
+        more = check.error_count - min(5, len(check.errors))
+        raise InvalidRequest(
+            f"{check.error_count} invalid lines, nothing was stored: {listed}"
+            + (f"; and {more} more." if more > 0 else ""),
+            param=f"file.line[{first.line}]" if first.line else "file",
+            code=first.code,
+        )
 
 
 async def get(db: Pool, user: User, file_id: str) -> FileRecord:
