@@ -10,10 +10,10 @@ import pytest
 
 from inferbatch.config import Settings, parse_duration
 from inferbatch.engines.client import engine_path, parse_retry_after
+from inferbatch.engines.usage import Usage, usage_of
 from inferbatch.ids import parse_request_public_id, request_public_id
 from inferbatch.scheduler.finalize import result_line
 from inferbatch.scheduler.ingest import copy_text
-from inferbatch.worker.executor import Usage, usage_of
 from inferbatch.worker.retry import backoff_seconds, is_retryable
 
 pytestmark = pytest.mark.unit

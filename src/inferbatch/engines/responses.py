@@ -19,6 +19,8 @@ import secrets
 import time
 from typing import Any
 
+from inferbatch.engines.usage import usage_of
+
 SAMPLING = ("temperature", "top_p", "seed", "user", "parallel_tool_calls")
 """Fields with the same name and meaning in both APIs."""
 IGNORED = ("store", "metadata", "truncation", "include", "service_tier", "prompt_cache_key")
@@ -183,19 +185,18 @@ def _id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(24)}"
 
 
-def _usage(chat_usage: Any) -> dict[str, Any] | None:
-    if not isinstance(chat_usage, dict):
+def _usage(answer: dict[str, Any]) -> dict[str, Any] | None:
+    """A chat answer's usage in the Responses shape."""
+    if not isinstance(answer.get("usage"), dict):
         return None
-    prompt = chat_usage.get("prompt_tokens") or 0
-    completion = chat_usage.get("completion_tokens") or 0
-    cached = (chat_usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-    reasoning = (chat_usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
+    u = usage_of(answer)
+    prompt, completion = u.prompt or 0, u.completion or 0
     return {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
+        "input_tokens_details": {"cached_tokens": u.cached or 0, "cache_write_tokens": 0},
         "output_tokens": completion,
-        "output_tokens_details": {"reasoning_tokens": reasoning},
-        "total_tokens": chat_usage.get("total_tokens") or prompt + completion,
+        "output_tokens_details": {"reasoning_tokens": u.reasoning or 0},
+        "total_tokens": prompt + completion,
     }
 
 
@@ -259,5 +260,5 @@ def from_chat(answer: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]
         "parallel_tool_calls": request.get("parallel_tool_calls", True),
         "text": fmt or {"format": {"type": "text"}},
         "metadata": request.get("metadata") or {},
-        "usage": _usage(answer.get("usage")),
+        "usage": _usage(answer),
     }

@@ -22,11 +22,16 @@ from inferbatch.db.requests import Tally, notify_queued, total
 from inferbatch.db.types import Conn, Pool
 from inferbatch.domain import BatchRecord
 from inferbatch.metrics import SchedulerMetrics
-from inferbatch.scheduler.validation import LineError, ParsedLine, parse_line
+from inferbatch.scheduler.validation import (
+    MAX_LISTED_ERRORS,
+    LineError,
+    ParsedLine,
+    parse_line,
+    too_many,
+)
 
 log = logging.getLogger(__name__)
 
-MAX_LISTED_ERRORS = 100
 CHUNK_LINES = 2000
 
 COPY_INPUTS = """
@@ -82,13 +87,7 @@ class _Validator:
                 continue
             self.count += 1
             if self.count > self.max_requests:
-                self._error(
-                    LineError(
-                        "too_many_requests",
-                        f"The file has more than {self.max_requests} requests.",
-                        self.line,
-                    )
-                )
+                self._error(too_many(self.max_requests, self.line))
                 self.done = True
                 break
             parsed = parse_line(raw, self.line, self.batch.endpoint)

@@ -121,6 +121,14 @@ def parse_line(raw: bytes, line: int, endpoint: str) -> ParsedLine | LineError:
     )
 
 
+MAX_LISTED_ERRORS = 100
+"""Line errors listed (a failed batch's ``errors.data``); the rest are counted."""
+
+
+def too_many(max_requests: int, line: int) -> LineError:
+    return LineError("too_many_requests", f"The file has more than {max_requests} requests.", line)
+
+
 @dataclass
 class FileCheck:
     """What :func:`check_file` found: the first ``limit`` errors of all ``error_count``."""
@@ -130,7 +138,7 @@ class FileCheck:
     errors: list[LineError] = field(default_factory=list)
 
 
-def check_file(reader: BinaryIO, max_requests: int, limit: int = 20) -> FileCheck:
+def check_file(reader: BinaryIO, max_requests: int, limit: int = MAX_LISTED_ERRORS) -> FileCheck:
     """Validate every line of a batch input file before any batch is made (an upload's
     ``?validate=true``): each line as ingest would, the endpoint being the first line's
     ``url``, custom_ids unique, at most ``max_requests`` requests. Reads line by line;
@@ -151,7 +159,7 @@ def check_file(reader: BinaryIO, max_requests: int, limit: int = 20) -> FileChec
             continue
         check.lines += 1
         if check.lines > max_requests:
-            error(LineError("too_many_requests", f"More than {max_requests} requests.", line))
+            error(too_many(max_requests, line))
             break
         if endpoint is None:
             try:

@@ -17,13 +17,12 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 from inferbatch.db.requests import Outcome, OutcomeKind
 from inferbatch.domain import ClaimedRequest
 from inferbatch.engines.client import UNAVAILABLE, Engine, EngineResponse, EngineTransportError
 from inferbatch.engines.registry import EngineRegistry
+from inferbatch.engines.usage import Usage, usage_of
 from inferbatch.metrics import WorkerMetrics
 from inferbatch.policy.escalation import EscalationConfig, escalate_request
 from inferbatch.worker.retry import backoff_seconds, is_retryable
@@ -35,51 +34,6 @@ ENGINE_DOWN_MAX_PAUSE = 15.0
 """Longest pause before trying an unreachable engine again."""
 MALFORMED = "invalid_engine_response"
 """The code of a 2xx answer whose body is not JSON: retried, and failed in the end."""
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Token counts from an answer's ``usage``, in either of OpenAI's shapes: chat and
-    completions (``prompt_tokens``, ``completion_tokens``, ``*_tokens_details``) or
-    responses (``input_tokens``, ``output_tokens``, ``*_tokens_details``)."""
-
-    prompt: int | None = None
-    completion: int | None = None
-    cached: int | None = None
-    reasoning: int | None = None
-
-
-def _count(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _detail(usage: dict[str, Any], keys: tuple[str, str], name: str) -> int | None:
-    for key in keys:
-        details = usage.get(key)
-        if isinstance(details, dict) and (n := _count(details.get(name))) is not None:
-            return n
-    return None
-
-
-def usage_of(body: object) -> Usage:
-    """The token counts an engine reported (all None when it reported none)."""
-    usage = body.get("usage") if isinstance(body, dict) else None
-    if not isinstance(usage, dict):
-        return Usage()
-    prompt = _count(usage.get("prompt_tokens"))
-    if prompt is None:
-        prompt = _count(usage.get("input_tokens"))
-    completion = _count(usage.get("completion_tokens"))
-    if completion is None:
-        completion = _count(usage.get("output_tokens"))
-    return Usage(
-        prompt=prompt,
-        completion=completion if completion is not None else 0,
-        cached=_detail(usage, ("prompt_tokens_details", "input_tokens_details"), "cached_tokens"),
-        reasoning=_detail(
-            usage, ("completion_tokens_details", "output_tokens_details"), "reasoning_tokens"
-        ),
-    )
 
 
 def _answered(req: ClaimedRequest, kind: OutcomeKind, resp: EngineResponse) -> Outcome:

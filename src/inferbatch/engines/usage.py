@@ -1,0 +1,51 @@
+"""Token counts from an engine's answer, in either of OpenAI's usage shapes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts from an answer's ``usage``, in either of OpenAI's shapes: chat and
+    completions (``prompt_tokens``, ``completion_tokens``, ``*_tokens_details``) or
+    responses (``input_tokens``, ``output_tokens``, ``*_tokens_details``)."""
+
+    prompt: int | None = None
+    completion: int | None = None
+    cached: int | None = None
+    reasoning: int | None = None
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _detail(usage: dict[str, Any], keys: tuple[str, str], name: str) -> int | None:
+    for key in keys:
+        details = usage.get(key)
+        if isinstance(details, dict) and (n := _count(details.get(name))) is not None:
+            return n
+    return None
+
+
+def usage_of(body: object) -> Usage:
+    """The token counts an engine reported (all None when it reported none)."""
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        return Usage()
+    prompt = _count(usage.get("prompt_tokens"))
+    if prompt is None:
+        prompt = _count(usage.get("input_tokens"))
+    completion = _count(usage.get("completion_tokens"))
+    if completion is None:
+        completion = _count(usage.get("output_tokens"))
+    return Usage(
+        prompt=prompt,
+        completion=completion if completion is not None else 0,
+        cached=_detail(usage, ("prompt_tokens_details", "input_tokens_details"), "cached_tokens"),
+        reasoning=_detail(
+            usage, ("completion_tokens_details", "output_tokens_details"), "reasoning_tokens"
+        ),
+    )
