@@ -120,17 +120,13 @@ async def create_batch(
             blob_key=key,
             expires_at=now + timedelta(days=1),
         )
-        batch = await batch_service.create(
-            conn,
-            user,
-            {
-                "input_file_id": record.id,
-                "endpoint": "/v1/chat/completions",
-                "completion_window": "7d",
-            },
+        new = batch_service.new_batch(
             Settings(max_requests_per_batch=n),
-            now,
+            input_file_id=record.id,
+            endpoint="/v1/chat/completions",
+            completion_window="7d",
         )
+        batch = await batch_service.create(conn, user, new, now)
     return batch.id
 
 

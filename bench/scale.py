@@ -224,17 +224,13 @@ async def _queue(
                     blob_key=key,
                     expires_at=None,
                 )
-                batch = await batch_service.create(
-                    conn,
-                    user,
-                    {
-                        "input_file_id": record.id,
-                        "endpoint": "/v1/chat/completions",
-                        "completion_window": "24h",
-                    },
+                new = batch_service.new_batch(
                     settings,
-                    now,
+                    input_file_id=record.id,
+                    endpoint="/v1/chat/completions",
+                    completion_window="24h",
                 )
+                batch = await batch_service.create(conn, user, new, now)
             ids.append(batch.id)
             if real:
                 started = time.perf_counter()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from inferbatch.blobstore import LocalBlobStore, new_blob_key
 from inferbatch.config import Settings
@@ -55,20 +54,15 @@ async def make_batch(
     settings: Settings | None = None,
 ) -> BatchRecord:
     file_id = await make_file(pool, blobs, user, content)
-    body: dict[str, Any] = {
-        "input_file_id": file_id,
-        "endpoint": endpoint,
-        "completion_window": window,
-        "metadata": metadata,
-    }
+    new = batch_service.new_batch(
+        settings or Settings(min_completion_window="1s"),
+        input_file_id=file_id,
+        endpoint=endpoint,
+        completion_window=window,
+        metadata=metadata,
+    )
     async with pool.connection() as conn:
-        return await batch_service.create(
-            conn,
-            user,
-            body,
-            settings or Settings(min_completion_window="1s"),
-            created_at or utcnow(),
-        )
+        return await batch_service.create(conn, user, new, created_at or utcnow())
 
 
 async def fold_counters(pool: Pool) -> None:

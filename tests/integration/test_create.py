@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +20,10 @@ from tests.integration.fixtures import make_file, make_user, utcnow
 pytestmark = pytest.mark.integration
 
 BODY = {"endpoint": "/v1/chat/completions", "completion_window": "24h"}
+
+
+def _new(file_id: str, **fields: Any) -> batch_service.NewBatch:
+    return batch_service.new_batch(Settings(), input_file_id=file_id, **{**BODY, **fields})
 
 
 async def test_an_output_file_cannot_be_a_batch_input(pool: Pool) -> None:
@@ -36,9 +41,7 @@ async def test_an_output_file_cannot_be_a_batch_input(pool: Pool) -> None:
             expires_at=None,
         )
         with pytest.raises(InvalidRequest) as exc:
-            await batch_service.create(
-                conn, user, {"input_file_id": out.id, **BODY}, Settings(), utcnow()
-            )
+            await batch_service.create(conn, user, _new(out.id), utcnow())
     assert exc.value.param == "input_file_id"
 
 
@@ -50,12 +53,8 @@ async def test_another_users_file_is_not_found_but_an_admin_may_use_it(
     file_id = await make_file(pool, LocalBlobStore(tmp_path), alice, b"{}\n")
     async with pool.connection() as conn:
         with pytest.raises(NotFound):
-            await batch_service.create(
-                conn, bob, {"input_file_id": file_id, **BODY}, Settings(), utcnow()
-            )
-        batch = await batch_service.create(
-            conn, admin, {"input_file_id": file_id, **BODY}, Settings(), utcnow()
-        )
+            await batch_service.create(conn, bob, _new(file_id), utcnow())
+        batch = await batch_service.create(conn, admin, _new(file_id), utcnow())
     assert batch.owner_id == alice.id  # the batch belongs to the file's owner
 
 
@@ -67,13 +66,7 @@ async def test_deadline_follows_the_completion_window(pool: Pool, tmp_path: Path
         batch = await batch_service.create(
             conn,
             user,
-            {
-                "input_file_id": file_id,
-                **BODY,
-                "completion_window": "30m",
-                "metadata": {"priority": "10", "dedup": "off"},
-            },
-            Settings(),
+            _new(file_id, completion_window="30m", metadata={"priority": "10", "dedup": "off"}),
             now,
         )
     assert batch.deadline_at == now + timedelta(minutes=30)

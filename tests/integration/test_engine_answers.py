@@ -162,7 +162,7 @@ async def test_cached_and_reasoning_tokens_reach_the_batch_usage(
     async with pool.connection() as conn:
         done = await batches.get(conn, batch.id, None)
     assert done is not None and done.status == "completed"
-    usage = batch_object(done)["usage"]
+    usage = batch_object(done).usage.model_dump()
     assert usage == {
         "input_tokens": 60,
         "input_tokens_details": {"cached_tokens": 48},

@@ -69,7 +69,7 @@ async def test_a_finished_batch_loses_its_request_rows_in_steps_and_stays_listed
 
     async with pool.connection() as conn:
         due = batch_object(await batches.get(conn, done.id, None))  # type: ignore[arg-type]
-        assert due["requests_expire_at"] is not None and due["requests_pruned_at"] is None
+        assert due.requests_expire_at is not None and due.requests_pruned_at is None
         # not due yet: nothing happens
         assert await retention.prune_step(conn, utcnow()) == retention.Pruned(None, 0, False)
         later = utcnow() + timedelta(hours=2)
@@ -84,7 +84,7 @@ async def test_a_finished_batch_loses_its_request_rows_in_steps_and_stays_listed
     assert b is not None and b.status == "completed" and b.completed_count == 5
     assert b.output_file_id is not None
     shown = batch_object(b)  # the API says why its request list is empty
-    assert shown["requests_expire_at"] is None and shown["requests_pruned_at"] is not None
+    assert shown.requests_expire_at is None and shown.requests_pruned_at is not None
 
 
 async def test_by_default_rows_are_kept_as_long_as_the_output_file(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 import psycopg_pool
@@ -43,6 +44,27 @@ READY_STORAGE_SECONDS = 2.5
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def invalid_request(errors: Sequence[Any]) -> InvalidRequest:
+    """The first of a wire model's validation errors as OpenAI words it, naming the
+    field (``metadata.priority``, ``limit``) in ``param``."""
+    if not errors:
+        return InvalidRequest()
+    first = errors[0]
+    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
+    param = ".".join(loc) or None
+    kind = first.get("type", "")
+    message = str(first.get("msg", "The request is invalid.")).removeprefix("Value error, ")
+    if kind == "json_invalid":
+        return InvalidRequest("The body is not valid JSON.")
+    if param is None:
+        return InvalidRequest("The body must be a JSON object.")
+    if kind == "missing":
+        return InvalidRequest(f"{param} is required.", param=param)
+    if kind == "extra_forbidden":
+        return InvalidRequest(f"Unrecognized request argument supplied: {param}.", param=param)
+    return InvalidRequest(f"{param}: {message}.", param=param)
 
 
 def _error(exc: InferbatchError) -> JSONResponse:
@@ -143,7 +165,7 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(InvalidRequest(str(exc.errors()[0].get("msg", "invalid request"))))
+        return _error(invalid_request(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

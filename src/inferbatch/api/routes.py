@@ -1,11 +1,10 @@
-"""OpenAI-compatible routes: thin wrappers over the services."""
+"""OpenAI-compatible routes: thin wrappers over the services, typed by the wire models."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
 from inferbatch.api.deps import AppState, current_user, state
@@ -13,48 +12,80 @@ from inferbatch.db import batches as batch_rows
 from inferbatch.db import files as file_rows
 from inferbatch.db import workers as worker_rows
 from inferbatch.domain import User
-from inferbatch.errors import Forbidden, InvalidRequest
+from inferbatch.errors import Forbidden
+from inferbatch.protocol.openai import (
+    Batch,
+    BatchCreateRequest,
+    BatchRequest,
+    CreatedBatch,
+    ErrorResponse,
+    FileDeleted,
+    FileObject,
+    ListPage,
+    Model,
+    ModelList,
+    Worker,
+)
 from inferbatch.services import batches as batch_service
 from inferbatch.services import files as file_service
 from inferbatch.services import requests as request_service
 from inferbatch.services.batches import owner_filter
-from inferbatch.services.serialize import batch_object, file_object, page, ts
+from inferbatch.services.serialize import batch_fields, batch_object, file_object, page, ts
 
-router = APIRouter(prefix="/v1")
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in (
+        (400, "Invalid request"),
+        (401, "Missing or invalid API key"),
+        (403, "Not allowed"),
+        (404, "No such object"),
+        (409, "Not in a state that allows this"),
+        (413, "Too large"),
+        (503, "Database or file storage unavailable"),
+    )
+}
+router = APIRouter(prefix="/v1", responses=ERRORS)
 
 UserDep = Annotated[User, Depends(current_user)]
 StateDep = Annotated[AppState, Depends(state)]
-FILE_PURPOSES = ("batch",)
+After = Annotated[str | None, Query(description="The id of the last object of the page before.")]
 
-
-def _limit(value: str | None, default: int = 20, high: int = 100) -> int:
-    if value is None:
-        return default
-    try:
-        limit = int(value)
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= high:
-        raise InvalidRequest(f"limit must be an integer from 1 to {high}.", param="limit")
-    return limit
-
-
-async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    try:
-        body = orjson.loads(raw) if raw else {}
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"The body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise InvalidRequest("The body must be a JSON object.")
-    return body
+UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "purpose"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "purpose": {
+                            "type": "string",
+                            "enum": list(file_service.FILE_PURPOSES),
+                        },
+                        "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
+                        "expires_after[seconds]": {"type": "integer"},
+                    },
+                }
+            }
+        },
+    }
+}
 
 
 # -- files ----------------------------------------------------------------------------------
 
 
-@router.post("/files")
-async def upload_file(request: Request, user: UserDep, st: StateDep) -> dict[str, Any]:
+@router.post("/files", response_model=FileObject, openapi_extra=UPLOAD_BODY)
+async def upload_file(
+    request: Request,
+    user: UserDep,
+    st: StateDep,
+    validate: Annotated[
+        bool, Query(description="Extension: check every line of a batch file first.")
+    ] = False,
+) -> FileObject:
     record = await file_service.upload(
         st.db,
         st.blobs,
@@ -64,42 +95,48 @@ async def upload_file(request: Request, user: UserDep, st: StateDep) -> dict[str
         content_length=request.headers.get("content-length"),
         body=request.stream(),
         now=st.now(),
-        validate=request.query_params.get("validate", "false").lower() in ("true", "1"),
+        validate=validate,
     )
     return file_object(record)
 
 
-@router.get("/files")
-async def list_files(request: Request, user: UserDep, st: StateDep) -> dict[str, Any]:
-    q = request.query_params
-    limit = _limit(q.get("limit"), default=10000, high=10000)
-    order = q.get("order", "desc")
-    if order not in ("asc", "desc"):
-        raise InvalidRequest("order must be 'asc' or 'desc'.", param="order")
+@router.get("/files", response_model=ListPage[FileObject])
+async def list_files(
+    user: UserDep,
+    st: StateDep,
+    purpose: str | None = None,
+    after: After = None,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
+    order: Literal["asc", "desc"] = "desc",
+) -> ListPage[Any]:
     async with st.db.connection() as conn:
         rows = await file_rows.list_page(
             conn,
             owner_filter(user),
-            purpose=q.get("purpose"),
-            after=q.get("after"),
+            purpose=purpose,
+            after=after,
             limit=limit,
             ascending=order == "asc",
         )
     return page([file_object(f) for f in rows[:limit]], len(rows) > limit)
 
 
-@router.get("/files/{file_id}")
-async def retrieve_file(file_id: str, user: UserDep, st: StateDep) -> dict[str, Any]:
+@router.get("/files/{file_id}", response_model=FileObject)
+async def retrieve_file(file_id: str, user: UserDep, st: StateDep) -> FileObject:
     return file_object(await file_service.get(st.db, user, file_id))
 
 
-@router.delete("/files/{file_id}")
-async def delete_file(file_id: str, user: UserDep, st: StateDep) -> dict[str, Any]:
+@router.delete("/files/{file_id}", response_model=FileDeleted)
+async def delete_file(file_id: str, user: UserDep, st: StateDep) -> FileDeleted:
     await file_service.delete(st.db, st.blobs, user, file_id)
-    return {"id": file_id, "object": "file", "deleted": True}
+    return FileDeleted(id=file_id, deleted=True)
 
 
-@router.get("/files/{file_id}/content")
+@router.get(
+    "/files/{file_id}/content",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/jsonl": {}}, "description": "The file."}},
+)
 async def file_content(file_id: str, user: UserDep, st: StateDep) -> Response:
     record, chunks = await file_service.open_content(st.db, st.blobs, user, file_id)
     return StreamingResponse(
@@ -115,101 +152,123 @@ async def file_content(file_id: str, user: UserDep, st: StateDep) -> Response:
 # -- batches --------------------------------------------------------------------------------
 
 
-@router.post("/batches")
-async def create_batch(request: Request, user: UserDep, st: StateDep) -> dict[str, Any]:
-    body = await _json_body(request)
+@router.post("/batches", response_model=CreatedBatch)
+async def create_batch(body: BatchCreateRequest, user: UserDep, st: StateDep) -> CreatedBatch:
+    new = batch_service.new_batch(
+        st.settings,
+        input_file_id=body.input_file_id,
+        endpoint=body.endpoint,
+        completion_window=body.completion_window,
+        metadata=body.metadata,
+        output_expires_seconds=(
+            body.output_expires_after.seconds if body.output_expires_after else None
+        ),
+        callback_url=body.callback_url,
+    )
     async with st.db.connection() as conn:
-        batch = await batch_service.create(conn, user, body, st.settings, st.now())
-    return batch_object(batch)
+        batch = await batch_service.create(conn, user, new, st.now())
+    return CreatedBatch.model_validate(batch_fields(batch))
 
 
-@router.get("/batches")
-async def list_batches(request: Request, user: UserDep, st: StateDep) -> dict[str, Any]:
-    q = request.query_params
-    limit = _limit(q.get("limit"))
-    priority = batch_service.priority_filter(q.get("priority"))
+@router.get("/batches", response_model=ListPage[Batch])
+async def list_batches(
+    user: UserDep,
+    st: StateDep,
+    after: After = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    priority: Annotated[
+        int | None,
+        Query(ge=1, le=batch_service.MAX_PRIORITY, description="Extension: only this priority."),
+    ] = None,
+) -> ListPage[Any]:
     async with st.db.connection() as conn:
         rows = await batch_rows.list_page(
-            conn, owner_filter(user), after=q.get("after"), limit=limit, priority=priority
+            conn, owner_filter(user), after=after, limit=limit, priority=priority
         )
     return page([batch_object(b) for b in rows[:limit]], len(rows) > limit)
 
 
-@router.get("/batches/{batch_id}")
-async def retrieve_batch(batch_id: str, user: UserDep, st: StateDep) -> dict[str, Any]:
+@router.get("/batches/{batch_id}", response_model=Batch)
+async def retrieve_batch(batch_id: str, user: UserDep, st: StateDep) -> Batch:
     async with st.db.connection() as conn:
         return batch_object(await batch_service.get(conn, user, batch_id))
 
 
-@router.post("/batches/{batch_id}/cancel")
-async def cancel_batch(batch_id: str, user: UserDep, st: StateDep) -> dict[str, Any]:
+@router.post("/batches/{batch_id}/cancel", response_model=Batch)
+async def cancel_batch(batch_id: str, user: UserDep, st: StateDep) -> Batch:
     async with st.db.connection() as conn:
         return batch_object(await batch_service.cancel(conn, user, batch_id, st.now()))
 
 
-@router.get("/batches/{batch_id}/requests")
+# -- extensions -----------------------------------------------------------------------------
+
+
+@router.get("/batches/{batch_id}/requests", response_model=ListPage[BatchRequest])
 async def list_batch_requests(
-    batch_id: str, request: Request, user: UserDep, st: StateDep
-) -> dict[str, Any]:
-    q = request.query_params
-    limit = _limit(q.get("limit"), default=100, high=1000)
+    batch_id: str,
+    user: UserDep,
+    st: StateDep,
+    status: Annotated[str | None, Query(description="Only requests in this status.")] = None,
+    custom_id: str | None = None,
+    after: After = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> ListPage[Any]:
     async with st.db.connection() as conn:
         data, has_more = await request_service.list_requests(
             conn,
             user,
             batch_id,
-            status=q.get("status"),
-            custom_id=q.get("custom_id"),
-            after=q.get("after"),
+            status=status,
+            custom_id=custom_id,
+            after=after,
             limit=limit,
         )
     return page(data, has_more)
 
 
-@router.get("/requests/{request_id}")
-async def retrieve_request(request_id: str, user: UserDep, st: StateDep) -> dict[str, Any]:
+@router.get("/requests/{request_id}", response_model=BatchRequest)
+async def retrieve_request(request_id: str, user: UserDep, st: StateDep) -> BatchRequest:
     async with st.db.connection() as conn:
         row = await request_service.get_request(conn, user, request_id)
     return request_service.request_object(row, detail=True)
 
 
-@router.post("/requests/{request_id}/retry")
-async def retry_request(request_id: str, user: UserDep, st: StateDep) -> dict[str, Any]:
+@router.post("/requests/{request_id}/retry", response_model=BatchRequest)
+async def retry_request(request_id: str, user: UserDep, st: StateDep) -> BatchRequest:
     async with st.db.connection() as conn:
         return await request_service.retry_request(conn, user, request_id, st.now())
 
 
-@router.post("/batches/{batch_id}/retry")
-async def retry_batch(batch_id: str, user: UserDep, st: StateDep) -> dict[str, Any]:
+@router.post("/batches/{batch_id}/retry", response_model=Batch)
+async def retry_batch(batch_id: str, user: UserDep, st: StateDep) -> Batch:
     async with st.db.connection() as conn:
         return batch_object(await request_service.retry_batch(conn, user, batch_id, st.now()))
 
 
-@router.post("/batches/{batch_id}/clone")
-async def clone_batch(batch_id: str, user: UserDep, st: StateDep) -> dict[str, Any]:
+@router.post("/batches/{batch_id}/clone", response_model=Batch)
+async def clone_batch(batch_id: str, user: UserDep, st: StateDep) -> Batch:
     async with st.db.connection() as conn:
         return batch_object(await request_service.clone_batch(conn, user, batch_id, st.now()))
 
 
-@router.get("/workers")
-async def list_workers(user: UserDep, st: StateDep) -> dict[str, Any]:
+@router.get("/workers", response_model=ListPage[Worker])
+async def list_workers(user: UserDep, st: StateDep) -> ListPage[Any]:
     """Worker processes by pool with their state and in-flight count (admins only)."""
     if not user.is_admin:
         raise Forbidden()
     async with st.db.connection() as conn:
         rows = await worker_rows.list_recent(conn)
     data = [
-        {
-            "id": r["id"],
-            "object": "worker",
-            "pool": r["pool"],
-            "host": r["host"],
-            "pid": r["pid"],
-            "state": r["state"],
-            "in_flight": r["in_flight"],
-            "started_at": ts(r["started_at"]),
-            "heartbeat_at": ts(r["heartbeat_at"]),
-        }
+        Worker(
+            id=r["id"],
+            pool=r["pool"],
+            host=r["host"],
+            pid=r["pid"],
+            state=r["state"],
+            in_flight=r["in_flight"],
+            started_at=ts(r["started_at"]),
+            heartbeat_at=ts(r["heartbeat_at"]),
+        )
         for r in rows
     ]
     return page(data, False)
@@ -218,10 +277,10 @@ async def list_workers(user: UserDep, st: StateDep) -> dict[str, Any]:
 # -- models ---------------------------------------------------------------------------------
 
 
-@router.get("/models")
-async def list_models(user: UserDep, st: StateDep) -> dict[str, Any]:
+@router.get("/models", response_model=ModelList)
+async def list_models(user: UserDep, st: StateDep) -> ModelList:
     data = [
-        {"id": name, "object": "model", "created": 0, "owned_by": "inferbatch"}
+        Model(id=name, created=0, owned_by="inferbatch")
         for name in await st.engines.served_models()
     ]
-    return {"object": "list", "data": data}
+    return ModelList(data=data)

@@ -134,7 +134,7 @@ async def _requests(page: Page, batch_id: str, q: dict[str, str]) -> dict[str, A
     custom_id = (q.get("custom_id") or "").strip() or None
     after = q.get("after") or None
     async with page.st.db.connection() as conn:
-        rows, more = await request_service.list_requests(
+        items, more = await request_service.list_requests(
             conn,
             page.user,
             batch_id,
@@ -143,6 +143,7 @@ async def _requests(page: Page, batch_id: str, q: dict[str, str]) -> dict[str, A
             after=after,
             limit=REQUEST_PAGE,
         )
+    rows = [r.model_dump() for r in items]
     params = {"status": status, "custom_id": custom_id}
     return {
         "requests": rows,

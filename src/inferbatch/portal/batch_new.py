@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from starlette.datastructures import FormData
 
+from inferbatch.config import Settings
 from inferbatch.db import files as file_rows
 from inferbatch.domain import ENDPOINTS
 from inferbatch.errors import InferbatchError, InvalidRequest
@@ -19,6 +20,7 @@ from inferbatch.portal.session import Flash
 from inferbatch.portal.web import ActionDep, Page, PageDep, PortalRoute
 from inferbatch.services import batches as batch_service
 from inferbatch.services import files as file_service
+from inferbatch.services.batches import NewBatch
 
 router = APIRouter(route_class=PortalRoute, include_in_schema=False)
 
@@ -95,9 +97,9 @@ def _values(form: FormData) -> dict[str, Any]:
     }
 
 
-def create_body(values: dict[str, Any]) -> dict[str, Any]:
-    """The ``POST /v1/batches`` body the form describes (priority and dedup go into
-    metadata, where the API reads them)."""
+def batch_from_form(values: dict[str, Any], settings: Settings) -> NewBatch:
+    """The batch the form describes (priority and dedup are kept in metadata, where the
+    API reads them too)."""
     metadata: dict[str, str] = {}
     for key, value in values["meta"]:
         key = key.strip()
@@ -114,12 +116,15 @@ def create_body(values: dict[str, Any]) -> dict[str, Any]:
         metadata["priority"] = PRIORITIES.get(values["priority"], "1")
     if values["dedup"]:
         metadata["dedup"] = values["dedup"]
-    return {
-        "input_file_id": values["input_file_id"],
-        "endpoint": values["endpoint"],
-        "completion_window": values["completion_window"],
-        "metadata": metadata,
-    }
+    if not values["input_file_id"]:
+        raise InvalidRequest("Upload a file or pick one.", param="input_file_id")
+    return batch_service.new_batch(
+        settings,
+        input_file_id=values["input_file_id"],
+        endpoint=values["endpoint"],
+        completion_window=values["completion_window"],
+        metadata=metadata,
+    )
 
 
 @router.post("/batches/new")
@@ -127,9 +132,7 @@ async def create_batch(request: Request, page: ActionDep) -> Response:
     values = _values(await request.form())
     st = page.st
     try:
-        body = create_body(values)
-        if not values["input_file_id"]:
-            raise InvalidRequest("Upload a file or pick one.", param="input_file_id")
+        new = batch_from_form(values, st.settings)
         record = await file_service.content(st.db, st.blobs, page.user, values["input_file_id"])
         if values["endpoint"] in ENDPOINTS:
             check = await check_file(
@@ -138,7 +141,7 @@ async def create_batch(request: Request, page: ActionDep) -> Response:
             if not check.ok:
                 return await _form_page(page, values, 400, check=check)
         async with st.db.connection() as conn:
-            batch = await batch_service.create(conn, page.user, body, st.settings, st.now())
+            batch = await batch_service.create(conn, page.user, new, st.now())
     except InferbatchError as exc:
         if exc.status_code >= 500:
             raise

@@ -21,7 +21,7 @@ async def request_page(request_id: str, page: PageDep) -> HTMLResponse:
     async with page.st.db.connection() as conn:
         row = await request_service.get_request(conn, page.user, request_id)
         batch = await batch_service.get(conn, page.user, row["batch_id"])
-    item = request_service.request_object(row, detail=True)
+    item = request_service.request_object(row, detail=True).model_dump()
     took = None
     if row["started_at"] is not None and row["finished_at"] is not None:
         took = (row["finished_at"] - row["started_at"]).total_seconds()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from inferbatch.config import Settings, parse_duration
 from inferbatch.db import batches, files
@@ -28,18 +27,14 @@ class BatchOptions:
     dedup_scope: str
 
 
-def validate_metadata(metadata: Any) -> dict[str, str] | None:
+def validate_metadata(metadata: dict[str, str] | None) -> dict[str, str] | None:
     if metadata is None:
         return None
-    if not isinstance(metadata, dict):
-        raise InvalidRequest("metadata must be an object of strings.", param="metadata")
     if len(metadata) > MAX_METADATA_PAIRS:
         raise InvalidRequest(
             f"metadata may hold at most {MAX_METADATA_PAIRS} pairs.", param="metadata"
         )
     for key, value in metadata.items():
-        if not isinstance(value, str):
-            raise InvalidRequest(f"metadata[{key!r}] must be a string.", param="metadata")
         if len(key) > MAX_METADATA_KEY:
             raise InvalidRequest(
                 f"metadata keys are at most {MAX_METADATA_KEY} characters.", param="metadata"
@@ -90,11 +85,8 @@ def priority_filter(value: str | None) -> int | None:
     return int(value)
 
 
-def completion_window(text: Any, settings: Settings) -> timedelta:
-    if not isinstance(text, str):
-        raise InvalidRequest(
-            "completion_window must be a string such as '24h'.", param="completion_window"
-        )
+def parse_completion_window(text: str, settings: Settings) -> timedelta:
+    """A completion window within the deployment's bounds."""
     try:
         window = parse_duration(text)
     except ValueError as exc:
@@ -109,21 +101,6 @@ def completion_window(text: Any, settings: Settings) -> timedelta:
     return window
 
 
-def output_expiry(value: Any) -> int | None:
-    if value is None:
-        return None
-    if (
-        not isinstance(value, dict)
-        or value.get("anchor") != "created_at"
-        or not isinstance(value.get("seconds"), int)
-    ):
-        raise InvalidRequest(
-            "output_expires_after must be {'anchor': 'created_at', 'seconds': N}.",
-            param="output_expires_after",
-        )
-    return expiry_seconds(value["seconds"], "output_expires_after.seconds")
-
-
 def expiry_seconds(seconds: int, param: str) -> int:
     """``seconds`` when it is within :data:`MIN_EXPIRY` .. :data:`MAX_EXPIRY`."""
     if not MIN_EXPIRY <= seconds <= MAX_EXPIRY:
@@ -134,42 +111,77 @@ def expiry_seconds(seconds: int, param: str) -> int:
     return seconds
 
 
-async def create(
-    conn: Conn, user: User, body: dict[str, Any], settings: Settings, now: datetime
-) -> BatchRecord:
-    """Validate a create request and insert the batch (``validating``); the scheduler
-    validates the input file's lines."""
-    input_file_id = body.get("input_file_id")
-    if not isinstance(input_file_id, str) or not input_file_id:
+@dataclass(frozen=True, slots=True)
+class NewBatch:
+    """A batch to create, checked against the deployment's rules (by :func:`new_batch`)."""
+
+    input_file_id: str
+    endpoint: str
+    completion_window: str
+    window: timedelta
+    metadata: dict[str, str] | None
+    options: BatchOptions
+    output_expires_seconds: int | None
+    callback_url: str | None = None
+
+
+def new_batch(
+    settings: Settings,
+    *,
+    input_file_id: str,
+    endpoint: str,
+    completion_window: str,
+    metadata: dict[str, str] | None = None,
+    output_expires_seconds: int | None = None,
+    callback_url: str | None = None,
+) -> NewBatch:
+    """What the API's create body and the portal's form both describe, validated:
+    ``InvalidRequest`` naming the field when a rule is broken."""
+    if not input_file_id:
         raise InvalidRequest("input_file_id is required.", param="input_file_id")
-    endpoint = body.get("endpoint")
     if endpoint not in ENDPOINTS:
         raise InvalidRequest(f"endpoint must be one of {', '.join(ENDPOINTS)}.", param="endpoint")
-    window = completion_window(body.get("completion_window"), settings)
-    metadata = validate_metadata(body.get("metadata"))
-    options = options_from_metadata(metadata, settings)
-    expires = output_expiry(body.get("output_expires_after"))
-    record = await files.get(conn, input_file_id, None if user.is_admin else user.id)
+    window = parse_completion_window(completion_window, settings)
+    metadata = validate_metadata(metadata)
+    return NewBatch(
+        input_file_id=input_file_id,
+        endpoint=endpoint,
+        completion_window=completion_window,
+        window=window,
+        metadata=metadata,
+        options=options_from_metadata(metadata, settings),
+        output_expires_seconds=(
+            expiry_seconds(output_expires_seconds, "output_expires_after.seconds")
+            if output_expires_seconds is not None
+            else None
+        ),
+        callback_url=callback_url,
+    )
+
+
+async def create(conn: Conn, user: User, new: NewBatch, now: datetime) -> BatchRecord:
+    """Insert the batch (``validating``); the scheduler validates the input file's lines."""
+    record = await files.get(conn, new.input_file_id, None if user.is_admin else user.id)
     if record is None:
-        raise NotFound(f"No file with id {input_file_id!r}.", param="input_file_id")
+        raise NotFound(f"No file with id {new.input_file_id!r}.", param="input_file_id")
     if record.purpose != "batch":
         raise InvalidRequest(
-            f"File {input_file_id!r} has purpose {record.purpose!r}; batches need 'batch'.",
+            f"File {new.input_file_id!r} has purpose {record.purpose!r}; batches need 'batch'.",
             param="input_file_id",
         )
     return await batches.insert(
         conn,
         batch_id=new_id("batch_"),
         owner_id=record.owner_id if user.is_admin else user.id,
-        input_file_id=input_file_id,
-        endpoint=str(endpoint),
-        completion_window=str(body["completion_window"]),
-        deadline_at=now + window,
+        input_file_id=new.input_file_id,
+        endpoint=new.endpoint,
+        completion_window=new.completion_window,
+        deadline_at=now + new.window,
         created_at=now,
-        priority=options.priority,
-        dedup_scope=options.dedup_scope,
-        metadata=metadata,
-        output_expires_seconds=expires,
+        priority=new.options.priority,
+        dedup_scope=new.options.dedup_scope,
+        metadata=new.metadata,
+        output_expires_seconds=new.output_expires_seconds,
     )
 
 

@@ -14,6 +14,7 @@ from inferbatch.db.types import Conn
 from inferbatch.domain import BatchRecord, User
 from inferbatch.errors import Conflict, InvalidRequest, NotFound
 from inferbatch.ids import new_id, parse_request_public_id, request_public_id
+from inferbatch.protocol.openai import BatchRequest
 from inferbatch.services.batches import get as get_batch
 from inferbatch.services.batches import owner_filter
 from inferbatch.services.serialize import ts
@@ -21,7 +22,7 @@ from inferbatch.services.serialize import ts
 REQUEST_STATUSES = ("queued", "running", "waiting", "completed", "failed", "cancelled", "expired")
 
 
-def request_object(row: dict[str, Any], *, detail: bool = False) -> dict[str, Any]:
+def request_object(row: dict[str, Any], *, detail: bool = False) -> BatchRequest:
     obj: dict[str, Any] = {
         "id": request_public_id(row["id"]),
         "object": "batch.request",
@@ -59,7 +60,7 @@ def request_object(row: dict[str, Any], *, detail: bool = False) -> dict[str, An
             if row["response_status"] is not None
             else None
         )
-    return obj
+    return BatchRequest.model_validate(obj)
 
 
 async def list_requests(
@@ -71,7 +72,7 @@ async def list_requests(
     custom_id: str | None,
     after: str | None,
     limit: int,
-) -> tuple[list[dict[str, Any]], bool]:
+) -> tuple[list[BatchRequest], bool]:
     await get_batch(conn, user, batch_id)
     if status is not None and status not in REQUEST_STATUSES:
         raise InvalidRequest(
@@ -115,7 +116,7 @@ async def _requeue(conn: Conn, batch: BatchRecord, request_id: int | None, now: 
     return await request_rows.requeue_failed(conn, batch.id, request_id)
 
 
-async def retry_request(conn: Conn, user: User, public_id: str, now: datetime) -> dict[str, Any]:
+async def retry_request(conn: Conn, user: User, public_id: str, now: datetime) -> BatchRequest:
     """Send one failed request back to the queue with a fresh retry budget."""
     row = await get_request(conn, user, public_id)
     if row["status"] != "failed":
