@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
 from inferbatch.api.deps import AppState, current_user, state
@@ -28,6 +28,8 @@ from inferbatch.protocol.openai import (
 )
 from inferbatch.services import batches as batch_service
 from inferbatch.services import files as file_service
+from inferbatch.services import idempotency
+from inferbatch.services import output as output_service
 from inferbatch.services import requests as request_service
 from inferbatch.services.batches import owner_filter
 from inferbatch.services.serialize import batch_fields, batch_object, file_object, page, ts
@@ -48,6 +50,14 @@ router = APIRouter(prefix="/v1", responses=ERRORS)
 
 UserDep = Annotated[User, Depends(current_user)]
 StateDep = Annotated[AppState, Depends(state)]
+IdempotencyHeader = Annotated[
+    str | None,
+    Header(
+        alias=idempotency.HEADER,
+        description="A retried create with the same key and request returns the first "
+        "result; another request under the key is a 409. Kept 24 hours.",
+    ),
+]
 After = Annotated[str | None, Query(description="The id of the last object of the page before.")]
 
 UPLOAD_BODY: dict[str, Any] = {
@@ -85,6 +95,7 @@ async def upload_file(
     validate: Annotated[
         bool, Query(description="Extension: check every line of a batch file first.")
     ] = False,
+    idempotency_key: IdempotencyHeader = None,
 ) -> FileObject:
     record = await file_service.upload(
         st.db,
@@ -96,6 +107,7 @@ async def upload_file(
         body=request.stream(),
         now=st.now(),
         validate=validate,
+        idempotency_key=idempotency_key,
     )
     return file_object(record)
 
@@ -153,7 +165,12 @@ async def file_content(file_id: str, user: UserDep, st: StateDep) -> Response:
 
 
 @router.post("/batches", response_model=CreatedBatch)
-async def create_batch(body: BatchCreateRequest, user: UserDep, st: StateDep) -> CreatedBatch:
+async def create_batch(
+    body: BatchCreateRequest,
+    user: UserDep,
+    st: StateDep,
+    idempotency_key: IdempotencyHeader = None,
+) -> CreatedBatch:
     new = batch_service.new_batch(
         st.settings,
         input_file_id=body.input_file_id,
@@ -165,8 +182,9 @@ async def create_batch(body: BatchCreateRequest, user: UserDep, st: StateDep) ->
         ),
         callback_url=body.callback_url,
     )
+    key = idempotency.parse(idempotency_key, "POST /v1/batches", body.model_dump_json())
     async with st.db.connection() as conn:
-        batch = await batch_service.create(conn, user, new, st.now())
+        batch = await batch_service.create(conn, user, new, st.now(), key)
     return CreatedBatch.model_validate(batch_fields(batch))
 
 
@@ -201,6 +219,40 @@ async def cancel_batch(batch_id: str, user: UserDep, st: StateDep) -> Batch:
 
 
 # -- extensions -----------------------------------------------------------------------------
+
+
+@router.get(
+    "/batches/{batch_id}/output",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"application/jsonl": {}},
+            "description": "Output lines of the requests settled after the cursor, in the "
+            "order they settled. Headers: x-inferbatch-next-after (the cursor for the next "
+            "call), x-inferbatch-complete (true once the batch ended and all its lines were "
+            "returned), x-inferbatch-batch-status.",
+        }
+    },
+)
+async def batch_output(
+    batch_id: str,
+    user: UserDep,
+    st: StateDep,
+    after: Annotated[
+        str | None, Query(description="x-inferbatch-next-after of the previous call.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+) -> Response:
+    """Extension: the output of a batch while it runs, a page of settled lines at a time."""
+    async with st.db.connection() as conn:
+        got = await output_service.output_page(conn, user, batch_id, after, limit)
+    headers = {
+        "x-inferbatch-complete": "true" if got.complete else "false",
+        "x-inferbatch-batch-status": got.status,
+    }
+    if got.next_after is not None:
+        headers["x-inferbatch-next-after"] = got.next_after
+    return Response(b"".join(got.lines), media_type="application/jsonl", headers=headers)
 
 
 @router.get("/batches/{batch_id}/requests", response_model=ListPage[BatchRequest])

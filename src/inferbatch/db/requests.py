@@ -571,6 +571,50 @@ async def iter_results(conn: Conn, batch_id: str) -> AsyncIterator[dict[str, Any
             yield row
 
 
+async def settled_since(
+    conn: Conn, batch_id: str, after: tuple[int, int] | None, limit: int
+) -> list[dict[str, Any]]:
+    """Up to ``limit`` settled requests of a batch in the order they settled, after the
+    cursor ``after`` (``(settled_xid, request_id)`` of the last one read), with what an
+    output line needs.
+
+    Only results written by transactions older than every transaction still open are
+    read, so a result that commits later can never sort before one already handed out:
+    following the cursor sees each result once (one written again after a retry, again).
+    A page is one range of the ``request_results_batch`` index.
+    """
+    xid, request_id = after if after is not None else (0, 0)
+    cur = await conn.execute(
+        """
+        SELECT res.settled_xid::text::bigint AS settled_xid, res.request_id AS id,
+            i.custom_id, res.status, res.response_status, res.response_request_id,
+            res.response_body, res.error
+        FROM request_results res JOIN request_inputs i ON i.id = res.request_id
+        WHERE res.batch_id = %(batch)s
+          AND (res.settled_xid, res.request_id) > (%(xid)s::text::xid8, %(id)s)
+          AND res.settled_xid < pg_snapshot_xmin(pg_current_snapshot())
+        ORDER BY res.settled_xid, res.request_id
+        LIMIT %(limit)s
+        """,
+        {"batch": batch_id, "xid": xid, "id": request_id, "limit": limit},
+    )
+    return await cur.fetchall()
+
+
+async def settled_after(conn: Conn, batch_id: str, after: tuple[int, int] | None) -> bool:
+    """Whether any result of the batch sorts after ``after``, visible to readers or not."""
+    xid, request_id = after if after is not None else (0, 0)
+    cur = await conn.execute(
+        """
+        SELECT 1 FROM request_results
+        WHERE batch_id = %s AND (settled_xid, request_id) > (%s::text::xid8, %s)
+        LIMIT 1
+        """,
+        (batch_id, xid, request_id),
+    )
+    return await cur.fetchone() is not None
+
+
 async def queue_stats(conn: Conn) -> list[dict[str, Any]]:
     """Counts of live requests by status, pool and priority (unsettled rows only: cheap)."""
     cur = await conn.execute(
