@@ -12,6 +12,7 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -53,9 +54,9 @@ def template_url(server_url: str) -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture
-def db_url(server_url: str, template_url: str) -> Iterator[str]:
-    """A fresh, migrated database for this test."""
+@contextmanager
+def cloned_database(server_url: str, template_url: str) -> Iterator[str]:
+    """A fresh, migrated database, dropped afterwards."""
     name = f"ib_test_{secrets.token_hex(6)}"
     template = urlsplit(template_url).path.lstrip("/")
     with psycopg.connect(server_url, autocommit=True) as conn:
@@ -63,6 +64,13 @@ def db_url(server_url: str, template_url: str) -> Iterator[str]:
     yield with_dbname(server_url, name)
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db_url(server_url: str, template_url: str) -> Iterator[str]:
+    """A fresh, migrated database for this test."""
+    with cloned_database(server_url, template_url) as url:
+        yield url
 
 
 @pytest.fixture

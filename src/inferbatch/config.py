@@ -113,8 +113,33 @@ class Settings(BaseSettings):
         default=600.0, gt=0, description="Per-request engine timeout."
     )
 
-    max_upload_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    max_file_bytes: int = Field(
+        default=200 * 1024 * 1024,
+        ge=1,
+        description="Largest file POST /v1/files accepts in one request (413 beyond); "
+        "larger ones go through the Uploads API, in parts.",
+    )
+    max_upload_bytes: int = Field(
+        default=8 * 1024**3,
+        ge=1,
+        description="Largest file the Uploads API (/v1/uploads) accepts: the bytes an "
+        "upload declares, and all its parts together (OpenAI's limit, 8 GB). Each part "
+        "is at most 64 MB.",
+    )
     max_requests_per_batch: int = Field(default=50_000, ge=1)
+    max_message_batch_requests: int = Field(
+        default=100_000,
+        ge=1,
+        description="Most requests in one Anthropic Message Batch (POST "
+        "/v1/messages/batches; Anthropic's limit, 100,000).",
+    )
+    max_message_batch_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1,
+        description="Largest body POST /v1/messages/batches accepts (413 beyond; "
+        "Anthropic's limit, 256 MB). The body is parsed in memory, so the api needs "
+        "a few times this much memory per concurrent create.",
+    )
     min_completion_window: str = Field(default="1m")
     max_completion_window: str = Field(default="30d")
     file_retention: str = Field(default="30d", description="Default expiry of batch files.")
@@ -130,6 +155,15 @@ class Settings(BaseSettings):
         description="How long the request rows (bodies and results) of a finished batch "
         "are kept. Unset: as long as the batch's output file. The batch itself stays "
         "listed.",
+    )
+
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="Let webhook endpoints and batch callback URLs reach hosts that resolve "
+        "to loopback, link-local, private, unspecified, multicast or reserved addresses. "
+        "Off: such URLs are refused on create and again when each delivery is sent (the "
+        "name is resolved anew, so a changed DNS answer cannot redirect a delivery inside "
+        "the network). Turn it on only where every such host may be called.",
     )
 
     lease_seconds: float = Field(

@@ -30,6 +30,9 @@ ENDPOINTS = (
     "/v1/moderations",
 )
 """The endpoints a batch may name (OpenAI's batch endpoints an engine can serve)."""
+MESSAGES_ENDPOINT = "/v1/messages"
+"""The endpoint of Anthropic Message Batches (``/v1/messages/batches``): their requests are
+Messages API calls. Not one of :data:`ENDPOINTS`: an OpenAI batch cannot name it."""
 TERMINAL_BATCH_STATUSES = frozenset({"failed", "completed", "expired", "cancelled"})
 
 
@@ -99,6 +102,16 @@ class BatchRecord:
     """When the batch's request rows (bodies, responses) are due to be pruned."""
     requests_pruned_at: datetime | None = None
     """When they were pruned: the batch and its counts stay, its request list is empty."""
+    callback_url: str | None = None
+    """Extension: where this batch's terminal event is also sent (besides the owner's
+    webhook endpoints)."""
+    callback_secret: str | None = None
+    """The signing secret of ``callback_url`` deliveries (``whsec_...``)."""
+    cancelled_count: int = 0
+    """Requests that ended ``cancelled`` (never run: the batch was cancelled first), as
+    of the last fold of the counters; exact once the batch is finished."""
+    expired_count: int = 0
+    """Requests that ended ``expired`` (still unsettled at the deadline), likewise."""
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> BatchRecord:
@@ -120,3 +133,111 @@ class ClaimedRequest:
     failed_attempts: int
     interruptions: int = 0
     pool: str = "spot"
+
+
+WebhookDeliveryStatus = Literal["pending", "delivered", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookEndpoint:
+    """A URL a user registered for batch events. Its signing secret is not part of it:
+    only the create response and the delivery duty ever see that."""
+
+    id: str
+    owner_id: str
+    url: str
+    events: tuple[str, ...]
+    description: str | None
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> WebhookEndpoint:
+        values = {name: row[name] for name in cls.__slots__}
+        values["events"] = tuple(row["events"])
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    """One event for one target (an endpoint, or the batch's ``callback_url`` when
+    ``endpoint_id`` is None) and how sending it went."""
+
+    id: int
+    event_id: str
+    event_type: str
+    batch_id: str
+    owner_id: str
+    endpoint_id: str | None
+    status: WebhookDeliveryStatus
+    attempts: int
+    next_attempt_at: datetime
+    last_attempt_at: datetime | None
+    last_response_status: int | None
+    last_error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> WebhookDelivery:
+        return cls(**{name: row[name] for name in cls.__slots__})
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedDelivery:
+    """A delivery the delivery duty holds a lease on; ``attempt`` is its fencing token."""
+
+    id: int
+    event_id: str
+    payload: str
+    """The exact body to send and sign, the same on every attempt."""
+    attempt: int
+    url: str | None
+    """None when the target has no URL (then the delivery fails without a request)."""
+    secret: str | None
+    enabled: bool
+    """False when the endpoint was disabled after the event was queued."""
+
+
+UploadStatus = Literal["pending", "completed", "cancelled", "expired"]
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRecord:
+    """An Upload (OpenAI's Uploads API): a file sent in parts, composed on completion."""
+
+    id: str
+    owner_id: str
+    filename: str
+    purpose: str
+    bytes: int
+    """The size declared on create; the completed parts must add up to it."""
+    mime_type: str
+    file_expires_seconds: int
+    """The resulting file expires this long after it is created."""
+    status: UploadStatus
+    created_at: datetime
+    expires_at: datetime
+    completing_at: datetime | None
+    """When a complete began composing it (a lease; None when none is underway)."""
+    file_id: str | None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> UploadRecord:
+        return cls(**{name: row[name] for name in cls.__slots__})
+
+
+@dataclass(frozen=True, slots=True)
+class UploadPartRecord:
+    """One part of an upload; ``bytes`` is None while its bytes are still arriving."""
+
+    id: str
+    upload_id: str
+    blob_key: str
+    bytes: int | None
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> UploadPartRecord:
+        return cls(**{name: row[name] for name in cls.__slots__})

@@ -16,7 +16,7 @@ from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from inferbatch.db import counters, escalation, workers
+from inferbatch.db import counters, escalation, webhooks, workers
 from inferbatch.db import requests as queue
 from inferbatch.db.requests import Tally
 from inferbatch.db.types import Conn
@@ -216,6 +216,14 @@ class SchedulerMetrics(RequestCounters):
             ["duty"],
             registry=registry,
         )
+        self.webhook_attempts = Counter(
+            "inferbatch_webhook_delivery_attempts_total",
+            "Webhook delivery attempts by outcome: delivered, retry, failed (gave up).",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in ("delivered", "retry", "failed"):
+            self.webhook_attempts.labels(outcome)
         for kind in ("reused", "coalesced"):
             self.dedup_hits.labels(kind)
         for status in ("queued", "failed"):
@@ -291,6 +299,11 @@ class SystemMetrics:
             "Requests ingested from input files (all batches ever accepted).",
             registry=registry,
         )
+        self.webhooks_pending = Gauge(
+            "inferbatch_webhook_deliveries_pending",
+            "Webhook deliveries not yet delivered or given up on.",
+            registry=registry,
+        )
 
     async def refresh(self, conn: Conn) -> None:
         for status in BATCH_STATUSES:
@@ -317,6 +330,7 @@ class SystemMetrics:
         for row in await counters.request_totals(conn):
             self.requests.labels(row["status"], row["pool"]).set(row["n"])
         self.ingested.set(ingested)
+        self.webhooks_pending.set(await webhooks.pending_count(conn))
         state = await escalation.published_all(conn)
         self.dedicated_desired.set(float(state.get(escalation.DESIRED_DEDICATED, 0)))
         self.spot_enabled.set(float(state.get(escalation.SPOT_ENABLED, 1)))

@@ -211,6 +211,10 @@ def test_files_list_retrieve_delete(stack: Stack) -> None:
     listed = [f.id for f in client.files.list()]
     assert listed[:3] == ids[::-1]
     assert client.files.retrieve(ids[0]).filename == "f0.jsonl"
+    assert client.files.wait_for_processing(ids[1], poll_interval=0.1).status == "processed"
+    assert client.files.retrieve_content(ids[1]) == chat_file(1).decode()  # deprecated, kept
+    asc = [f.id for f in client.files.list(order="asc", limit=2).data]
+    assert asc == ids[:2]
     deleted = client.files.delete(ids[0])
     assert deleted.deleted and deleted.id == ids[0]
     with pytest.raises(openai.NotFoundError):
@@ -446,7 +450,7 @@ def test_upload_errors(stack: Stack) -> None:
 
 
 def test_upload_over_the_size_limit_is_refused_while_streaming(db_url: str, tmp_path) -> None:
-    s = Stack(db_url, tmp_path, env={"INFERBATCH_MAX_UPLOAD_BYTES": "100000"}).start()
+    s = Stack(db_url, tmp_path, env={"INFERBATCH_MAX_FILE_BYTES": "100000"}).start()
     try:
         client = s.client()
 

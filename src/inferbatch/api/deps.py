@@ -35,9 +35,13 @@ def state(request: Request) -> AppState:
 
 
 async def current_user(request: Request) -> User:
+    """The key's user: from ``Authorization: Bearer <key>`` (OpenAI's header) or
+    ``x-api-key: <key>`` (Anthropic's)."""
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
+        key = request.headers.get("x-api-key", "")
+    if not key.strip():
         raise Unauthorized()
     async with state(request).db.connection() as conn:
         user = await users.user_for_key(conn, key.strip())

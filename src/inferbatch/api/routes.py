@@ -18,7 +18,6 @@ from inferbatch.protocol.openai import (
     BatchCreateRequest,
     BatchRequest,
     CreatedBatch,
-    ErrorResponse,
     FileDeleted,
     FileObject,
     ListPage,
@@ -31,22 +30,11 @@ from inferbatch.services import files as file_service
 from inferbatch.services import idempotency
 from inferbatch.services import output as output_service
 from inferbatch.services import requests as request_service
+from inferbatch.services import webhooks as webhook_service
 from inferbatch.services.batches import owner_filter
 from inferbatch.services.serialize import batch_fields, batch_object, file_object, page, ts
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": text}
-    for status, text in (
-        (400, "Invalid request"),
-        (401, "Missing or invalid API key"),
-        (403, "Not allowed"),
-        (404, "No such object"),
-        (409, "Not in a state that allows this"),
-        (413, "Too large"),
-        (503, "Database or file storage unavailable"),
-    )
-}
-router = APIRouter(prefix="/v1", responses=ERRORS)
+router = APIRouter(prefix="/v1")
 
 UserDep = Annotated[User, Depends(current_user)]
 StateDep = Annotated[AppState, Depends(state)]
@@ -180,12 +168,18 @@ async def create_batch(
         output_expires_seconds=(
             body.output_expires_after.seconds if body.output_expires_after else None
         ),
-        callback_url=body.callback_url,
+        callback_url=(
+            await webhook_service.check_url(body.callback_url, st.settings, "callback_url")
+            if body.callback_url is not None
+            else None
+        ),
     )
     key = idempotency.parse(idempotency_key, "POST /v1/batches", body.model_dump_json())
     async with st.db.connection() as conn:
         batch = await batch_service.create(conn, user, new, st.now(), key)
-    return CreatedBatch.model_validate(batch_fields(batch))
+    return CreatedBatch.model_validate(
+        batch_fields(batch) | {"callback_secret": batch.callback_secret}
+    )
 
 
 @router.get("/batches", response_model=ListPage[Batch])

@@ -8,6 +8,9 @@ Two stores implement :class:`BlobStore`:
   MinIO, Cloudflare R2, Ceph, Google Cloud Storage's interoperability API), chosen with
   ``INFERBATCH_BLOB_URL=s3://bucket/prefix``.
 
+Besides streamed writes and reads, a store composes a blob from others in order
+(:mod:`inferbatch.blobstore.compose`: an Upload's parts become its file).
+
 :func:`open_blob_store` picks one from the settings. The interface is blocking; the
 async helpers below (:func:`writing`, :func:`open_stream`) run every call in a thread, so
 no blob I/O ever runs on the event loop. A store wraps its own failures once, at its
@@ -21,10 +24,11 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
+from inferbatch.blobstore.compose import Composed
 from inferbatch.blobstore.local import LocalBlobStore
 from inferbatch.errors import StorageUnavailable
 
@@ -34,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BlobStore",
     "BlobWriter",
+    "Composed",
     "LocalBlobStore",
     "StorageUnavailable",
     "new_blob_key",
@@ -80,6 +85,12 @@ class BlobStore(Protocol):
     def delete(self, key: str) -> None: ...
 
     def exists(self, key: str) -> bool: ...
+
+    def compose(self, key: str, sources: Sequence[str], *, md5: bool = False) -> Composed:
+        """Write the ``sources`` blobs, in order, to ``key``; their size and sha256 (and
+        md5 with ``md5``) come back. ``key`` is whole or absent afterwards; a missing
+        source raises FileNotFoundError. See :mod:`inferbatch.blobstore.compose`."""
+        ...
 
     def check(self) -> None:
         """Raise StorageUnavailable, with a reason a person can act on, unless the store

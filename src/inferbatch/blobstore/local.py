@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from inferbatch.blobstore.compose import Composed, compose_by_streaming
 from inferbatch.errors import StorageUnavailable
 
 
@@ -81,6 +82,10 @@ class LocalBlobStore:
         with self.open_reader(key) as f:
             while chunk := f.read(chunk_size):
                 yield chunk
+
+    def compose(self, key: str, sources: Sequence[str], *, md5: bool = False) -> Composed:
+        """The sources appended to a temporary file, renamed into place."""
+        return compose_by_streaming(self, key, sources, md5=md5)
 
     def check(self) -> None:
         if not self.root.is_dir():

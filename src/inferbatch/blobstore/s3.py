@@ -23,6 +23,15 @@ versions it patches; obstore is fast but its credential chain is its own.)
 - Reads stream the GetObject body through a buffered reader (``read(n)``, ``readline()``,
   iteration). A connection lost mid-read is resumed where it stopped with a ranged GET
   pinned to the object's ETag.
+- ``compose`` (an Upload's parts into its file) is one multipart upload whose parts are,
+  wherever S3 allows, server-side copies of the sources (UploadPartCopy, pinned to the
+  ETag that was read): every part but the last must be at least 5 MiB, so a source of
+  5 MiB or more is copied, and smaller ones are streamed through (read and written, in
+  buffered parts), as are the first bytes of a large source that follows small ones,
+  until the pending part reaches 5 MiB. The sha256 (and md5) of the result are computed
+  from the sources' bytes read in order: the copied ones are read too, but only read
+  (a GET), never uploaded again, and never held whole. Neither digest can be had from
+  S3 itself (a multipart ETag is a hash of part hashes) or from the parts' own digests.
 - Failures are wrapped once, here: a missing key is ``FileNotFoundError``; anything else
   (endpoint unreachable, bucket missing, credentials refused, server errors after the
   SDK's retries) is :class:`StorageUnavailable` with a reason a person can act on.
@@ -34,7 +43,7 @@ import contextlib
 import hashlib
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, BinaryIO
 
 import boto3
@@ -49,6 +58,7 @@ from botocore.exceptions import (
 )
 from botocore.response import StreamingBody
 
+from inferbatch.blobstore.compose import CHUNK, Composed, Digests
 from inferbatch.errors import StorageUnavailable
 
 if TYPE_CHECKING:
@@ -59,6 +69,11 @@ log = logging.getLogger(__name__)
 
 PART_SIZE = 8 * 1024 * 1024
 """Bytes per multipart part (S3 wants at least 5 MiB for every part but the last)."""
+
+MIN_PART = 5 * 1024 * 1024
+"""S3's smallest part (all but the last part of a multipart upload)."""
+MAX_COPY_PART = 5 * 1024**3
+"""S3's largest part, copied or not."""
 
 READ_BUFFER = 1 << 20
 READ_RETRIES = 3
@@ -179,6 +194,10 @@ class S3BlobStore:
         return S3Writer(self, self.object_key(key))
 
     def open_reader(self, key: str) -> BinaryIO:
+        return self._open(key)[0]
+
+    def _open(self, key: str) -> tuple[BinaryIO, int, str | None]:
+        """A reader of ``key``, its size and its ETag."""
         name = self.object_key(key)
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=name)
@@ -188,8 +207,9 @@ class S3BlobStore:
             raise self.unavailable(exc, "GetObject") from exc
         except BotoCoreError as exc:
             raise self.unavailable(exc, "GetObject") from exc
-        raw = _ObjectStream(self, name, response["Body"], response.get("ETag"))
-        return io.BufferedReader(raw, buffer_size=READ_BUFFER)
+        etag = response.get("ETag")
+        raw = _ObjectStream(self, name, response["Body"], etag)
+        return io.BufferedReader(raw, buffer_size=READ_BUFFER), response["ContentLength"], etag
 
     def iter_chunks(self, key: str, chunk_size: int = 1 << 16) -> Iterator[bytes]:
         with self.open_reader(key) as f:
@@ -212,6 +232,29 @@ class S3BlobStore:
         except BotoCoreError as exc:
             raise self.unavailable(exc, "HeadObject") from exc
         return True
+
+    def compose(self, key: str, sources: Sequence[str], *, md5: bool = False) -> Composed:
+        """One multipart upload of the sources, copied server-side where S3 allows it
+        (see the module docstring); nothing is left at ``key`` on failure."""
+        digests = Digests(md5=md5)
+        with self.open_writer(key) as writer:
+            for source in sources:
+                self._compose_one(writer, source, digests)
+        return digests.result()
+
+    def _compose_one(self, writer: S3Writer, source: str, digests: Digests) -> None:
+        reader, size, etag = self._open(source)
+        with reader:
+            done = 0
+            if size >= MIN_PART and 0 < writer.pending < MIN_PART:
+                # S3 parts but the last are >= 5 MiB: top up the pending one from here
+                done += _pump(reader, MIN_PART - writer.pending, digests, writer)
+            copy = size - done >= MIN_PART and (writer.pending == 0 or writer.pending >= MIN_PART)
+            if copy:
+                writer.copy(self.object_key(source), done, size, etag)
+            done += _pump(reader, size - done, digests, None if copy else writer)
+        if done != size:
+            raise StorageUnavailable(f"{source!r} in {self.url} ended at {done} of {size} bytes")
 
     def check(self) -> None:
         """One ListObjectsV2 of at most one key: proves the endpoint answers, the bucket
@@ -245,6 +288,11 @@ class S3Writer:
     def sha256(self) -> str:
         return self._hash.hexdigest()
 
+    @property
+    def pending(self) -> int:
+        """Bytes written and not yet sent as a part."""
+        return len(self._buffer)
+
     def write(self, data: bytes) -> None:
         self._hash.update(data)
         self._size += len(data)
@@ -252,19 +300,55 @@ class S3Writer:
         while len(self._buffer) >= self._store.part_size:
             self._upload_part(self._store.part_size)
 
+    def copy(self, source_name: str, start: int, end: int, etag: str | None) -> None:
+        """Append bytes ``start`` to ``end`` of object ``source_name`` as parts copied
+        server-side (UploadPartCopy, only from the object with ``etag``): they never pass
+        through here, so ``sha256`` then covers the written bytes only. The pending bytes
+        go first as a part of their own: the caller makes them 0 or at least 5 MiB, and
+        ``end - start`` at least 5 MiB unless nothing follows."""
+        if self._buffer:
+            self._upload_part(len(self._buffer))
+        s = self._store
+        length = end - start
+        pieces = max(1, -(-length // MAX_COPY_PART))
+        step = -(-length // pieces)
+        try:
+            upload_id = self._ensure_upload()
+            for lo in range(start, end, step):
+                hi = min(end, lo + step)
+                number = len(self._parts) + 1
+                part = s.client.upload_part_copy(
+                    Bucket=s.bucket,
+                    Key=self._name,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    CopySource={"Bucket": s.bucket, "Key": source_name},
+                    CopySourceRange=f"bytes={lo}-{hi - 1}",
+                    CopySourceIfMatch=etag or "*",
+                )
+                self._parts.append({"ETag": part["CopyPartResult"]["ETag"], "PartNumber": number})
+        except (ClientError, BotoCoreError) as exc:
+            raise s.unavailable(exc, "UploadPartCopy") from exc
+        self._size += length
+
+    def _ensure_upload(self) -> str:
+        if self._upload_id is None:
+            s = self._store
+            created = s.client.create_multipart_upload(Bucket=s.bucket, Key=self._name)
+            self._upload_id = created["UploadId"]
+        return self._upload_id
+
     def _upload_part(self, n: int) -> None:
         s = self._store
         try:
-            if self._upload_id is None:
-                created = s.client.create_multipart_upload(Bucket=s.bucket, Key=self._name)
-                self._upload_id = created["UploadId"]
+            upload_id = self._ensure_upload()
             with memoryview(self._buffer) as view:
                 body = bytes(view[:n])
             number = len(self._parts) + 1
             part = s.client.upload_part(
                 Bucket=s.bucket,
                 Key=self._name,
-                UploadId=self._upload_id,
+                UploadId=upload_id,
                 PartNumber=number,
                 Body=body,
             )
@@ -318,6 +402,18 @@ class S3Writer:
                 s.unavailable(exc, "AbortMultipartUpload").reason,
             )
         self._upload_id = None
+
+
+def _pump(reader: BinaryIO, n: int, digests: Digests, writer: S3Writer | None) -> int:
+    """Read up to ``n`` bytes of ``reader`` into ``digests`` (and ``writer`` unless None),
+    a chunk at a time; returns how many there were."""
+    done = 0
+    while done < n and (chunk := reader.read(min(CHUNK, n - done))):
+        digests.update(chunk)
+        if writer is not None:
+            writer.write(chunk)
+        done += len(chunk)
+    return done
 
 
 class _ObjectStream(io.RawIOBase):

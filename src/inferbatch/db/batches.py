@@ -8,6 +8,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from inferbatch.db import webhooks
 from inferbatch.db.types import Conn
 from inferbatch.domain import BatchRecord
 
@@ -28,13 +29,15 @@ async def insert(
     dedup_scope: str,
     metadata: dict[str, str] | None,
     output_expires_seconds: int | None,
+    callback_url: str | None = None,
+    callback_secret: str | None = None,
 ) -> BatchRecord:
     cur = await conn.execute(
         f"""
         INSERT INTO batches (id, owner_id, input_file_id, endpoint, completion_window,
             deadline_at, created_at, priority, dedup_scope, metadata, output_expires_seconds,
-            status)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'validating')
+            callback_url, callback_secret, status)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'validating')
         RETURNING {_COLUMNS}
         """,
         (
@@ -49,6 +52,8 @@ async def insert(
             dedup_scope,
             Jsonb(metadata) if metadata is not None else None,
             output_expires_seconds,
+            callback_url,
+            callback_secret,
         ),
     )
     row = await cur.fetchone()
@@ -144,7 +149,8 @@ async def mark_ingested(
 async def mark_invalid(
     conn: Conn, batch_id: str, errors: list[dict[str, Any]], now: datetime
 ) -> bool:
-    """validating|cancelling (not yet ingested) -> failed, with OpenAI-style error entries."""
+    """validating|cancelling (not yet ingested) -> failed, with OpenAI-style error entries;
+    queues the ``batch.failed`` webhook event in the same transaction."""
     cur = await conn.execute(
         """
         UPDATE batches SET status = 'failed', failed_at = %s, errors = %s, ingested_at = %s
@@ -154,6 +160,7 @@ async def mark_invalid(
     )
     if cur.rowcount == 1:
         await add_event(conn, batch_id, "failed", errors[0]["message"] if errors else None)
+        await webhooks.enqueue_batch_event(conn, batch_id, "failed", now)
     return cur.rowcount == 1
 
 
@@ -221,7 +228,8 @@ async def mark_finished(
     deduplicated: tuple[int, int] = (0, 0),
 ) -> bool:
     """in_progress|finalizing|cancelling -> completed|expired|cancelled with final counts;
-    ``tokens``: input, output, cached input and reasoning output tokens."""
+    ``tokens``: input, output, cached input and reasoning output tokens. Queues the
+    ``batch.<status>`` webhook event in the same transaction."""
     stamp = {"completed": "completed_at", "expired": "expired_at", "cancelled": "cancelled_at"}[
         status
     ]
@@ -254,6 +262,7 @@ async def mark_finished(
     )
     if cur.rowcount == 1:
         await add_event(conn, batch_id, status, None)
+        await webhooks.enqueue_batch_event(conn, batch_id, status, now)
     return cur.rowcount == 1
 
 

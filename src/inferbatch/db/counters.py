@@ -3,9 +3,10 @@
 Every statement that settles, re-queues or escalates requests appends its changes to
 ``request_deltas`` in the same statement (see :func:`append_deltas`): one row per (batch,
 pool, status) it touched. :func:`fold` adds them to the batch rows (request counts,
-tokens, dedup and escalation counts) and to ``request_totals`` (requests ever settled by
-status and pool), then deletes them. A fold reads only the deltas written since the last
-one, so its cost follows the work done meanwhile, not the history.
+cancelled and expired counts, tokens, dedup and escalation counts) and to
+``request_totals`` (requests ever settled by status and pool), then deletes them. A fold
+reads only the deltas written since the last one, so its cost follows the work done
+meanwhile, not the history.
 
 Appending rather than updating the batch row in the worker's statement keeps workers that
 finish requests of one batch from queueing on that row's lock. A fold takes the lock of
@@ -75,6 +76,8 @@ WITH locked AS (
     SELECT batch_id,
         coalesce(sum(n) FILTER (WHERE status = 'completed'), 0) AS completed,
         coalesce(sum(n) FILTER (WHERE status = 'failed'), 0) AS failed,
+        coalesce(sum(n) FILTER (WHERE status = 'cancelled'), 0) AS cancelled,
+        coalesce(sum(n) FILTER (WHERE status = 'expired'), 0) AS expired,
         sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
         sum(cached_tokens) AS cached_tokens, sum(reasoning_tokens) AS reasoning_tokens,
         sum(deduplicated) AS deduplicated, sum(dedup_tokens) AS dedup_tokens,
@@ -84,6 +87,8 @@ WITH locked AS (
     UPDATE batches b SET
         completed_count = b.completed_count + p.completed,
         failed_count = b.failed_count + p.failed,
+        cancelled_count = b.cancelled_count + p.cancelled,
+        expired_count = b.expired_count + p.expired,
         input_tokens = b.input_tokens + p.input_tokens,
         output_tokens = b.output_tokens + p.output_tokens,
         cached_tokens = b.cached_tokens + p.cached_tokens,

@@ -93,6 +93,9 @@ newest 2xx output in scope within the horizon, else follows the newest queued or
 identical request (a waiting one's leader); the batch's other lines with that input do as
 their first line does, or wait for it."""
 
+MATCH_CHUNK = 10_000
+"""Matches applied per statement at ingest."""
+
 # The rows were written by this transaction's ingest: no one else sees them yet.
 REUSE = """
 UPDATE requests n SET status = 'completed', dedup_of = m.src_id
@@ -116,20 +119,29 @@ async def deduplicate_batch(
     if scope == "off":
         return [], 0
     params = {"batch": batch_id, "owner": owner_id, "scope": scope, "horizon": horizon_seconds}
-    matches = await (await conn.execute(MATCHES, params)).fetchall()
-    reuse = [(m["id"], m["src_id"]) for m in matches if m["src_id"] is not None]
-    follow = [(m["id"], m["leader_id"]) for m in matches if m["src_id"] is None]
     reused: list[Tally] = []
-    if reuse:
-        ids, sources = zip(*reuse, strict=True)
-        cur = await conn.execute(
-            tallied(REUSE, "n", pool="none"), {"ids": list(ids), "sources": list(sources)}
-        )
-        reused = await fetch_tallies(cur)
-    if follow:
-        ids, sources = zip(*follow, strict=True)
-        await conn.execute(FOLLOW, {"ids": list(ids), "sources": list(sources)})
-    return reused, len(follow)
+    following = 0
+    # Matches are read MATCH_CHUNK at a time from a server-side cursor and applied as they
+    # come, so memory does not grow with the batch (a batch sent again matches on every
+    # line). The cursor reads the snapshot it was opened on; the updates touch only this
+    # batch's rows, which no lookup reads. The plan is the one a plain query would get.
+    await conn.execute("SET LOCAL cursor_tuple_fraction = 1.0")
+    async with conn.cursor(name=f"dedup_{batch_id}") as matches:
+        await matches.execute(MATCHES, params)
+        while chunk := await matches.fetchmany(MATCH_CHUNK):
+            reuse = [(m["id"], m["src_id"]) for m in chunk if m["src_id"] is not None]
+            follow = [(m["id"], m["leader_id"]) for m in chunk if m["src_id"] is None]
+            if reuse:
+                ids, sources = zip(*reuse, strict=True)
+                cur = await conn.execute(
+                    tallied(REUSE, "n", pool="none"), {"ids": list(ids), "sources": list(sources)}
+                )
+                reused += await fetch_tallies(cur)
+            if follow:
+                ids, sources = zip(*follow, strict=True)
+                await conn.execute(FOLLOW, {"ids": list(ids), "sources": list(sources)})
+                following += len(follow)
+    return reused, following
 
 
 async def settle_followers(conn: Conn) -> tuple[list[Tally], int]:

@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import email.utils
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -17,11 +18,37 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
-from inferbatch.engines.responses import Untranslatable, from_chat, to_chat
+from inferbatch.engines import messages as messages_chat
+from inferbatch.engines import responses as responses_chat
+from inferbatch.engines.responses import Untranslatable
 
 RESPONSES_MODES = ("auto", "native", "chat")
-"""How an engine is sent ``/v1/responses`` requests: as they are (``native``), translated
-to chat completions (``chat``), or as its first answer to a probe says (``auto``)."""
+"""How an engine is sent ``/v1/responses`` (or ``/v1/messages``) requests: as they are
+(``native``), translated to chat completions (``chat``), or as its first answer to a probe
+says (``auto``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Translation:
+    """How the requests of an API an engine may not serve become chat completions, and
+    their answers come back (pure functions; see engines/responses.py, engines/messages.py).
+    ``refusal`` is the 400 body of a request that cannot be translated."""
+
+    to_chat: Callable[[dict[str, Any]], dict[str, Any]]
+    from_chat: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
+    refusal: Callable[[Untranslatable], dict[str, Any]]
+
+
+def _openai_refusal(exc: Untranslatable) -> dict[str, Any]:
+    error = {"message": str(exc), "type": "invalid_request_error", "param": exc.param}
+    return {"error": {**error, "code": None}}
+
+
+TRANSLATIONS = {
+    "/responses": Translation(responses_chat.to_chat, responses_chat.from_chat, _openai_refusal),
+    "/messages": Translation(messages_chat.to_chat, messages_chat.from_chat, messages_chat.refusal),
+}
+"""Engine paths sent as they are to an engine that serves them, else translated."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +129,19 @@ class HttpEngine:
         timeout: float,
         api_key: str | None = None,
         responses: str = "auto",
+        messages: str = "auto",
     ) -> None:
-        if responses not in RESPONSES_MODES:
-            raise ValueError(f"responses must be one of {', '.join(RESPONSES_MODES)}")
+        for name, mode in (("responses", responses), ("messages", messages)):
+            if mode not in RESPONSES_MODES:
+                raise ValueError(f"{name} must be one of {', '.join(RESPONSES_MODES)}")
         self.name = base_url.rstrip("/")
         self.max_in_flight = max_in_flight
-        self._native_responses: bool | None = {"native": True, "chat": False}.get(responses)
+        known = {"native": True, "chat": False}
+        self._native: dict[str, bool | None] = {
+            "/responses": known.get(responses),
+            "/messages": known.get(messages),
+        }
+        """Whether the engine serves each path of :data:`TRANSLATIONS` (None: ask it)."""
         self._probe_lock = asyncio.Lock()
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=10.0)
         self._headers = {"content-type": "application/json"}
@@ -126,44 +160,45 @@ class HttpEngine:
         return self._session
 
     async def call(self, url: str, body: bytes) -> EngineResponse:
-        if engine_path(url) == "/responses":
-            native = await self._serves_responses()
+        path = engine_path(url)
+        if path in TRANSLATIONS:
+            native = await self._serves(path)
             if isinstance(native, EngineResponse):
                 return native  # the probe's 429 or 5xx: this attempt is retried
             if not native:
-                return await self._call_as_chat(body)
-        return await self._post(engine_path(url), body)
+                return await self._call_as_chat(TRANSLATIONS[path], body)
+        return await self._post(path, body)
 
-    async def _serves_responses(self) -> bool | EngineResponse:
-        """Whether the engine serves ``/responses``: asked with an empty body, which an
-        engine that serves it refuses as invalid (400/422) and one that does not answers
-        404 or 405 for. The answer is kept. A 429 or 5xx says nothing: that answer is
-        returned for the caller to give as its own, and the next request asks again."""
-        if self._native_responses is None:
+    async def _serves(self, path: str) -> bool | EngineResponse:
+        """Whether the engine serves ``path`` (``/responses``, ``/messages``): asked with
+        an empty body, which an engine that serves it refuses as invalid (400/422) and one
+        that does not answers 404 or 405 for. The answer is kept. A 429 or 5xx says
+        nothing: that answer is returned for the caller to give as its own, and the next
+        request asks again."""
+        if self._native[path] is None:
             async with self._probe_lock:
-                if self._native_responses is None:
-                    probe = await self._post("/responses", b"{}")
+                if self._native[path] is None:
+                    probe = await self._post(path, b"{}")
                     if probe.status in (404, 405):
-                        self._native_responses = False
+                        self._native[path] = False
                     elif probe.status == 429 or probe.status >= 500:
                         return probe
                     else:
-                        self._native_responses = True
-        return self._native_responses
+                        self._native[path] = True
+        return bool(self._native[path])
 
-    async def _call_as_chat(self, body: bytes) -> EngineResponse:
-        """A Responses request sent as a chat completion, its answer made a Response."""
+    async def _call_as_chat(self, translation: Translation, body: bytes) -> EngineResponse:
+        """A request sent as a chat completion, its answer made the API's own object."""
         request = orjson.loads(body)
         try:
-            chat = to_chat(request)
+            chat = translation.to_chat(request)
         except Untranslatable as exc:
-            error = {"message": str(exc), "type": "invalid_request_error", "param": exc.param}
-            return EngineResponse(400, {"error": {**error, "code": None}}, None, None, 0.0)
+            return EngineResponse(400, translation.refusal(exc), None, None, 0.0)
         resp = await self._post("/chat/completions", orjson.dumps(chat))
         if not (200 <= resp.status < 300) or resp.malformed or not isinstance(resp.body, dict):
             return resp
-        response = from_chat(resp.body, request)
-        return dataclasses.replace(resp, body=response, text=orjson.dumps(response).decode())
+        answer = translation.from_chat(resp.body, request)
+        return dataclasses.replace(resp, body=answer, text=orjson.dumps(answer).decode())
 
     async def _post(self, path: str, body: bytes) -> EngineResponse:
         started = time.perf_counter()

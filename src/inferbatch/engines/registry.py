@@ -12,6 +12,7 @@ TOML or JSON file::
     max_in_flight = 32
     api_key = "optional"
     responses = "chat"       # /v1/responses: "native", "chat" (translated) or "auto"
+    messages = "chat"        # /v1/messages (Anthropic): likewise
 
 Models that name the same URL share one engine and its in-flight limit (the largest
 given).
@@ -38,6 +39,8 @@ class EngineSpec:
     api_key: str | None = None
     responses: str = "auto"
     """How ``/v1/responses`` requests reach the engine (see ``RESPONSES_MODES``)."""
+    messages: str = "auto"
+    """How ``/v1/messages`` requests reach the engine (the same modes)."""
 
 
 def load_specs(settings: Settings) -> dict[str, EngineSpec]:
@@ -62,13 +65,18 @@ def parse_specs(path: Path, default_in_flight: int) -> dict[str, EngineSpec]:
         in_flight = entry.get("max_in_flight", default_in_flight)
         if not isinstance(in_flight, int) or in_flight < 1:
             raise ValueError(f"{path}: model {name!r}: max_in_flight must be an integer >= 1")
-        responses = entry.get("responses", "auto")
-        if responses not in RESPONSES_MODES:
-            raise ValueError(
-                f"{path}: model {name!r}: responses must be one of {', '.join(RESPONSES_MODES)}"
-            )
+        modes = {key: entry.get(key, "auto") for key in ("responses", "messages")}
+        for key, mode in modes.items():
+            if mode not in RESPONSES_MODES:
+                raise ValueError(
+                    f"{path}: model {name!r}: {key} must be one of {', '.join(RESPONSES_MODES)}"
+                )
         specs[name] = EngineSpec(
-            entry["url"].rstrip("/"), in_flight, entry.get("api_key"), responses
+            entry["url"].rstrip("/"),
+            in_flight,
+            entry.get("api_key"),
+            modes["responses"],
+            modes["messages"],
         )
     return specs
 
@@ -86,6 +94,7 @@ def _engine_for(spec: EngineSpec, timeout: float) -> Engine:
         timeout=timeout,
         api_key=spec.api_key,
         responses=spec.responses,
+        messages=spec.messages,
     )
 
 

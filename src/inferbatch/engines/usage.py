@@ -1,4 +1,4 @@
-"""Token counts from an engine's answer, in either of OpenAI's usage shapes."""
+"""Token counts from an engine's answer, in either of OpenAI's usage shapes or Anthropic's."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ from typing import Any
 class Usage:
     """Token counts from an answer's ``usage``, in either of OpenAI's shapes: chat and
     completions (``prompt_tokens``, ``completion_tokens``, ``*_tokens_details``) or
-    responses (``input_tokens``, ``output_tokens``, ``*_tokens_details``)."""
+    responses (``input_tokens``, ``output_tokens``, ``*_tokens_details``); or in
+    Anthropic's (a Message: ``input_tokens`` leaves out what ``cache_read_input_tokens``
+    and ``cache_creation_input_tokens`` count, so ``prompt`` adds them, and ``cached`` is
+    the tokens read from the cache)."""
 
     prompt: int | None = None
     completion: int | None = None
@@ -41,10 +44,15 @@ def usage_of(body: object) -> Usage:
     completion = _count(usage.get("completion_tokens"))
     if completion is None:
         completion = _count(usage.get("output_tokens"))
+    cache_read = _count(usage.get("cache_read_input_tokens"))
+    cache_write = _count(usage.get("cache_creation_input_tokens"))
+    if prompt is not None and (cache_read or cache_write):
+        prompt += (cache_read or 0) + (cache_write or 0)
+    cached = _detail(usage, ("prompt_tokens_details", "input_tokens_details"), "cached_tokens")
     return Usage(
         prompt=prompt,
         completion=completion if completion is not None else 0,
-        cached=_detail(usage, ("prompt_tokens_details", "input_tokens_details"), "cached_tokens"),
+        cached=cached if cached is not None else cache_read,
         reasoning=_detail(
             usage, ("completion_tokens_details", "output_tokens_details"), "reasoning_tokens"
         ),

@@ -16,6 +16,7 @@ from inferbatch.portal import (
     batch_new,
     dashboard,
     request_pages,
+    webhooks,
 )
 from inferbatch.portal.web import HERE, STATIC_PREFIX, Portal
 
@@ -25,6 +26,6 @@ def install(app: FastAPI) -> None:
     ``/static/portal``. Call once per app."""
     app.state.portal = Portal.create()
     # /batches/new must come before /batches/{batch_id}.
-    for module in (auth, dashboard, batch_new, batch_list, batch_detail, request_pages):
+    for module in (auth, dashboard, batch_new, batch_list, batch_detail, request_pages, webhooks):
         app.include_router(module.router)
     app.mount(STATIC_PREFIX, StaticFiles(directory=HERE / "static"), name="portal-static")

@@ -44,6 +44,23 @@ class ErrorResponse(_Wire):
     error: ErrorDetail
 
 
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in (
+        (400, "Invalid request"),
+        (401, "Missing or invalid API key"),
+        (403, "Not allowed"),
+        (404, "No such object"),
+        (409, "Not in a state that allows this"),
+        (413, "Too large"),
+        (429, "Over a limit"),
+        (503, "Database or file storage unavailable"),
+    )
+}
+"""The errors any operation may answer, in OpenAI's envelope (the OpenAPI document's
+``responses``)."""
+
+
 # -- lists ----------------------------------------------------------------------------------
 
 

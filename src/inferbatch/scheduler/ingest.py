@@ -20,7 +20,7 @@ from inferbatch.blobstore import BlobStore
 from inferbatch.db import batches, dedup, files
 from inferbatch.db.requests import Tally, notify_queued, total
 from inferbatch.db.types import Conn, Pool
-from inferbatch.domain import BatchRecord
+from inferbatch.domain import MESSAGES_ENDPOINT, BatchRecord
 from inferbatch.metrics import SchedulerMetrics
 from inferbatch.scheduler.validation import (
     MAX_LISTED_ERRORS,
@@ -175,10 +175,14 @@ async def ingest_next(
     now: Callable[[], datetime],
     dedup_horizon_seconds: float = 30 * 86400.0,
     metrics: SchedulerMetrics | None = None,
+    max_message_requests: int | None = None,
 ) -> str | None:
     """Ingest the oldest batch waiting for it; returns its id, or None if none waits.
-    Deduplication reuses outputs that finished within ``dedup_horizon_seconds``."""
-    batch_id, queued, reused = await _ingest(pool, blobs, max_requests, now, dedup_horizon_seconds)
+    Deduplication reuses outputs that finished within ``dedup_horizon_seconds``. A Message
+    Batch (endpoint ``/v1/messages``) may hold ``max_message_requests`` requests (default
+    ``max_requests``), the limit its create checked."""
+    limits = (max_requests, max_message_requests or max_requests)
+    batch_id, queued, reused = await _ingest(pool, blobs, limits, now, dedup_horizon_seconds)
     if metrics and batch_id is not None:
         metrics.ingest_batches.labels("queued" if queued else "failed").inc()
         metrics.ingested_lines.inc(queued)
@@ -191,7 +195,7 @@ async def ingest_next(
 async def _ingest(
     pool: Pool,
     blobs: BlobStore,
-    max_requests: int,
+    limits: tuple[int, int],
     now: Callable[[], datetime],
     dedup_horizon_seconds: float,
 ) -> tuple[str | None, int, list[Tally]]:
@@ -209,7 +213,8 @@ async def _ingest(
             async with conn.transaction():
                 reader = await asyncio.to_thread(blobs.open_reader, record.blob_key)
                 try:
-                    v = await _copy_input(conn, batch, reader, max_requests)
+                    limit = limits[1] if batch.endpoint == MESSAGES_ENDPOINT else limits[0]
+                    v = await _copy_input(conn, batch, reader, limit)
                 finally:
                     await asyncio.to_thread(reader.close)
                 if v.error_count:

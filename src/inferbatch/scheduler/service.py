@@ -1,4 +1,5 @@
-"""The scheduler process: small named duties, each with its own loop, run by the leader.
+"""The scheduler process: small named duties, each with its own loop, run by the leader
+(deliver runs on every replica).
 
 - ingest: validate and queue new batches;
 - cancel: cancel the queued requests of cancelling batches;
@@ -9,7 +10,10 @@
 - progress: fold the counts of requests settled since the last fold into the batches;
 - finalize: write output files and finish batches (completed, expired, cancelled);
 - retain: prune the request rows of finished batches past their retention, in steps;
-- clean: delete files past their expiry, forget workers stopped a week ago.
+- clean: delete files past their expiry, forget workers stopped a week ago and idempotency
+  keys past their day;
+- uploads: expire uploads past their hour, delete the part blobs of finished ones;
+- deliver: send due webhook deliveries (every replica: claims are leased, not led).
 """
 
 from __future__ import annotations
@@ -25,16 +29,18 @@ from prometheus_client import CollectorRegistry
 
 from inferbatch.blobstore import BlobStore
 from inferbatch.config import Settings
-from inferbatch.db import counters, dedup, files, retention, workers
+from inferbatch.db import counters, dedup, files, idempotency, retention, workers
 from inferbatch.db import requests as queue
 from inferbatch.db.types import Pool
 from inferbatch.errors import StorageUnavailable
 from inferbatch.metrics import SchedulerMetrics
 from inferbatch.policy.escalation import escalate_request, policy_by_name
+from inferbatch.scheduler.deliver import Deliverer
 from inferbatch.scheduler.escalate import EscalationLoop
 from inferbatch.scheduler.finalize import finish_ready
 from inferbatch.scheduler.ingest import ingest_next
 from inferbatch.scheduler.leadership import Leadership
+from inferbatch.services import upload_sessions
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +71,16 @@ class Scheduler:
         self.policy = policy_by_name(settings.policy, settings.escalation)
         self.escalation = self.policy.escalation
         self.escalator = EscalationLoop(settings, pool, self.policy, self.metrics)
+        self.deliverer = Deliverer(
+            pool, allow_private=settings.webhook_allow_private, now=now, metrics=self.metrics
+        )
 
     async def ingest(self) -> bool:
         batch_id = await ingest_next(
             self.pool,
             self.blobs,
             max_requests=self.settings.max_requests_per_batch,
+            max_message_requests=self.settings.max_message_batch_requests,
             now=self.now,
             dedup_horizon_seconds=self.settings.dedup_horizon_seconds,
             metrics=self.metrics,
@@ -167,6 +177,7 @@ class Scheduler:
         async with self.pool.connection() as conn:
             expired = await files.expired(conn, self.now(), 500)
             await workers.prune(conn, WORKER_MEMORY_SECONDS)
+            await idempotency.forget_expired(conn, self.now())
         gone: list[str] = []
         try:
             for record in expired:
@@ -178,12 +189,29 @@ class Scheduler:
                     await files.delete_many(conn, gone)
         return len(expired) == 500
 
-    async def _loop(self, name: str, duty: Callable[[], Awaitable[bool]], every: float) -> None:
-        """Run ``duty`` while leader; again at once when it reports more work."""
+    async def uploads(self) -> bool:
+        """Expire uploads past their hour and delete the part blobs of finished ones
+        (see services/upload_sessions.py); while the blob store is down the rows stay and
+        the next run tries again."""
+        return await upload_sessions.sweep(self.pool, self.blobs, self.now())
+
+    async def deliver(self) -> bool:
+        """Send the webhook deliveries that are due (see scheduler/deliver.py)."""
+        return await self.deliverer.tick()
+
+    async def _loop(
+        self,
+        name: str,
+        duty: Callable[[], Awaitable[bool]],
+        every: float,
+        leader_only: bool = True,
+    ) -> None:
+        """Run ``duty`` while leader (always, unless ``leader_only``); again at once when it
+        reports more work."""
         failures = 0
         while True:
             more = False
-            if self.leadership.is_leader:
+            if self.leadership.is_leader or not leader_only:
                 started = time.monotonic()
                 try:
                     more = await duty()
@@ -221,15 +249,23 @@ class Scheduler:
             ("finalize", self.finalize, tick),
             ("clean", self.clean, 60.0),
             ("retain", self.retain, 30.0),
+            ("uploads", self.uploads, 30.0),
         ]
         for name, _, _ in duties:
             self.metrics.duty_errors.labels(name)
+        self.metrics.duty_errors.labels("deliver")
         tasks = [asyncio.create_task(self._lead(tick), name="leadership")]
         tasks += [asyncio.create_task(self._loop(n, d, e), name=n) for n, d, e in duties]
+        tasks.append(
+            asyncio.create_task(
+                self._loop("deliver", self.deliver, tick, leader_only=False), name="deliver"
+            )
+        )
         try:
             await stop.wait()
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self.deliverer.aclose()
             await self.leadership.release()

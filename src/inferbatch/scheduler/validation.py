@@ -14,6 +14,8 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from inferbatch.domain import MESSAGES_ENDPOINT
+
 
 @dataclass(frozen=True, slots=True)
 class LineError:
@@ -74,6 +76,10 @@ def parse_line(raw: bytes, line: int, endpoint: str) -> ParsedLine | LineError:
     if not isinstance(custom_id, str) or not custom_id:
         what = "missing" if custom_id is None else "not a non-empty string"
         return LineError("invalid_custom_id", f"custom_id is {what}.", line, param="custom_id")
+    if "\x00" in custom_id:  # PostgreSQL text cannot hold it
+        return LineError(
+            "invalid_custom_id", "custom_id contains a NUL character.", line, param="custom_id"
+        )
     method = obj.get("method")
     if method != "POST":
         return LineError(
@@ -95,6 +101,10 @@ def parse_line(raw: bytes, line: int, endpoint: str) -> ParsedLine | LineError:
         return LineError(
             "missing_model", "body.model is missing or not a string.", line, param="body.model"
         )
+    if "\x00" in model:
+        return LineError(
+            "invalid_model", "body.model contains a NUL character.", line, param="body.model"
+        )
     stream = body.get("stream")
     if stream is not None and stream is not False:
         # a batch stores one JSON answer per line; an event stream has no place in it
@@ -111,6 +121,23 @@ def parse_line(raw: bytes, line: int, endpoint: str) -> ParsedLine | LineError:
             line,
             param="body.input",
         )
+    if endpoint == MESSAGES_ENDPOINT:
+        # checked on create already (the Message Batches API has no failed state)
+        max_tokens = body.get("max_tokens")
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            return LineError(
+                "invalid_body",
+                "body.max_tokens must be an integer of at least 1.",
+                line,
+                param="body.max_tokens",
+            )
+        if not isinstance(body.get("messages"), list) or not body["messages"]:
+            return LineError(
+                "invalid_body",
+                "body.messages must be a non-empty list.",
+                line,
+                param="body.messages",
+            )
     canonical = canonical_json(body)
     return ParsedLine(
         line=line,

@@ -11,6 +11,9 @@ from inferbatch.db.types import Conn
 from inferbatch.domain import ENDPOINTS, BatchRecord, User
 from inferbatch.errors import Conflict, InvalidRequest, NotFound
 from inferbatch.ids import new_id
+from inferbatch.services import idempotency as idempotency_service
+from inferbatch.services.idempotency import IdempotencyKey
+from inferbatch.services.webhooks import new_secret
 
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
@@ -159,8 +162,19 @@ def new_batch(
     )
 
 
-async def create(conn: Conn, user: User, new: NewBatch, now: datetime) -> BatchRecord:
-    """Insert the batch (``validating``); the scheduler validates the input file's lines."""
+async def create(
+    conn: Conn,
+    user: User,
+    new: NewBatch,
+    now: datetime,
+    idempotency: IdempotencyKey | None = None,
+) -> BatchRecord:
+    """Insert the batch (``validating``); the scheduler validates the input file's lines.
+    Under an idempotency key already used for the same request, the batch made then."""
+    batch_id = new_id("batch_")
+    earlier = await idempotency_service.claim(conn, user.id, idempotency, batch_id, now)
+    if earlier is not None:
+        return await get(conn, user, earlier)
     record = await files.get(conn, new.input_file_id, None if user.is_admin else user.id)
     if record is None:
         raise NotFound(f"No file with id {new.input_file_id!r}.", param="input_file_id")
@@ -171,7 +185,7 @@ async def create(conn: Conn, user: User, new: NewBatch, now: datetime) -> BatchR
         )
     return await batches.insert(
         conn,
-        batch_id=new_id("batch_"),
+        batch_id=batch_id,
         owner_id=record.owner_id if user.is_admin else user.id,
         input_file_id=new.input_file_id,
         endpoint=new.endpoint,
@@ -182,6 +196,8 @@ async def create(conn: Conn, user: User, new: NewBatch, now: datetime) -> BatchR
         dedup_scope=new.options.dedup_scope,
         metadata=new.metadata,
         output_expires_seconds=new.output_expires_seconds,
+        callback_url=new.callback_url,
+        callback_secret=new_secret() if new.callback_url else None,
     )
 
 

@@ -15,6 +15,7 @@ from inferbatch.domain import FileRecord, User
 from inferbatch.errors import InvalidRequest, NotFound, StorageUnavailable, TooLarge
 from inferbatch.ids import new_id
 from inferbatch.scheduler.validation import FileCheck, check_file
+from inferbatch.services import idempotency as idempotency_service
 from inferbatch.services.batches import expiry_seconds, owner_filter
 from inferbatch.services.uploads import receive_upload
 
@@ -56,13 +57,15 @@ async def upload(
     body: AsyncIterator[bytes],
     now: datetime,
     validate: bool = False,
+    idempotency_key: str | None = None,
 ) -> FileRecord:
     """Stream a multipart upload (fields ``purpose``, ``file``, optional
     ``expires_after[anchor]`` and ``expires_after[seconds]``) into the blob store and
     record it. With ``validate``, a ``batch`` file's lines are all checked first, and a
     file with an invalid line is refused (400 naming the first ones). Nothing is kept on
-    error."""
-    limit = settings.max_upload_bytes
+    error. Under an ``idempotency_key`` already used for the same upload, the file stored
+    then (and nothing new is kept)."""
+    limit = settings.max_file_bytes
     if content_length and content_length.isdigit() and int(content_length) > limit + 64 * 1024:
         raise TooLarge(f"The file is larger than the limit of {limit} bytes.", param="file")
     received = await receive_upload(content_type, body, blobs, limit)
@@ -77,25 +80,47 @@ async def upload(
         seconds = file_expiry(received.fields, settings.file_retention_delta.total_seconds())
         if validate and purpose == "batch":
             await _check_lines(blobs, received.blob_key, settings.max_requests_per_batch)
+        key = idempotency_service.parse(
+            idempotency_key,
+            "POST /v1/files",
+            received.sha256,
+            purpose,
+            received.filename or "",
+            str(seconds),
+            str(validate),
+        )
+        file_id = new_id("file-")
         async with db.connection() as conn:
-            return await file_rows.insert(
-                conn,
-                file_id=new_id("file-"),
-                owner_id=user.id,
-                purpose=purpose,
-                filename=received.filename or "upload.jsonl",
-                size=received.size,
-                sha256=received.sha256,
-                blob_key=received.blob_key,
-                expires_at=now + timedelta(seconds=seconds),
-            )
+            earlier = await idempotency_service.claim(conn, user.id, key, file_id, now)
+            if earlier is None:
+                return await file_rows.insert(
+                    conn,
+                    file_id=file_id,
+                    owner_id=user.id,
+                    purpose=purpose,
+                    filename=received.filename or "upload.jsonl",
+                    size=received.size,
+                    sha256=received.sha256,
+                    blob_key=received.blob_key,
+                    expires_at=now + timedelta(seconds=seconds),
+                )
+            record = await file_rows.get(conn, earlier, user.id)
+        if record is None:
+            raise NotFound(f"The file made under this key, {earlier!r}, is deleted.")
+        await _forget(blobs, received.blob_key)
+        return record
     except BaseException:
         if received.blob_key is not None:
-            try:
-                await asyncio.to_thread(blobs.delete, received.blob_key)
-            except StorageUnavailable as exc:  # keep the original error; no row names it
-                log.warning("could not delete the blob of a refused upload: %s", exc)
+            await _forget(blobs, received.blob_key)
         raise
+
+
+async def _forget(blobs: BlobStore, key: str) -> None:
+    """Delete the blob of an upload that is not kept (no row names it)."""
+    try:
+        await asyncio.to_thread(blobs.delete, key)
+    except StorageUnavailable as exc:  # keep the original error
+        log.warning("could not delete the blob of a refused upload: %s", exc)
 
 
 async def _check_lines(blobs: BlobStore, key: str, max_requests: int) -> None:

@@ -86,7 +86,7 @@ def batch_fields(b: BatchRecord) -> dict[str, object]:
         ),
         "requests_expire_at": ts(b.requests_expire_at),
         "requests_pruned_at": ts(b.requests_pruned_at),
-        "callback_url": getattr(b, "callback_url", None),
+        "callback_url": b.callback_url,
     }
 
 

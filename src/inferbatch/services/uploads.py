@@ -41,9 +41,16 @@ class _State:
 
 
 async def receive_upload(
-    content_type: str, body: AsyncIterator[bytes], blobs: BlobStore, max_bytes: int
+    content_type: str,
+    body: AsyncIterator[bytes],
+    blobs: BlobStore,
+    max_bytes: int,
+    *,
+    field: str = "file",
+    key: str | None = None,
 ) -> UploadResult:
-    """Parse a multipart body; the part named ``file`` is stored as a new blob.
+    """Parse a multipart body; the part named ``field`` is stored as a blob at ``key``
+    (default: a new ``upload/...`` key).
 
     Raises InvalidRequest for a malformed body, TooLarge past ``max_bytes``,
     StorageUnavailable when the blob store fails. On error no blob is left behind. Every
@@ -53,7 +60,7 @@ async def receive_upload(
     boundary = params.get(b"boundary")
     if kind != b"multipart/form-data" or not boundary:
         raise InvalidRequest("Expected a multipart/form-data body.")
-    key = new_blob_key("upload")
+    key = key or new_blob_key("upload")
     st = _State()
     writer_cm = await asyncio.to_thread(blobs.open_writer, key)
     writer: BlobWriter = writer_cm.__enter__()
@@ -77,18 +84,18 @@ async def receive_upload(
         raw_filename = disp.get(b"filename")
         st.filename = raw_filename.decode("utf-8", "replace") if raw_filename else None
         st.value.clear()
-        if st.name == "file":
+        if st.name == field:
             if st.file_seen:
-                st.error = InvalidRequest("Only one file may be uploaded.", param="file")
+                st.error = InvalidRequest("Only one file may be uploaded.", param=field)
             st.file_seen = True
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
         chunk = data[start:end]
-        if st.name == "file":
+        if st.name == field:
             st.size += len(chunk)
             if st.size > max_bytes:
                 st.error = st.error or TooLarge(
-                    f"The file is larger than the limit of {max_bytes} bytes.", param="file"
+                    f"The file is larger than the limit of {max_bytes} bytes.", param=field
                 )
                 return
             st.pending += chunk
@@ -98,7 +105,7 @@ async def receive_upload(
                 st.error = st.error or InvalidRequest(f"Form field {st.name!r} is too long.")
 
     def on_part_end() -> None:
-        if st.name == "file":
+        if st.name == field:
             st.fields["__filename__"] = st.filename or "upload.jsonl"
         elif st.name:
             st.fields[st.name] = st.value.decode("utf-8", "replace")
