@@ -82,6 +82,26 @@ def test_a_retried_create_under_an_idempotency_key_returns_the_first_result(
     assert reused.value.code == "idempotency_key_reused"
     assert [f.id for f in client.files.list()] == [first.id]  # and the refused one is gone
 
+    uploads = [
+        client.uploads.create(
+            bytes=10,
+            filename="big.jsonl",
+            mime_type="application/jsonl",
+            purpose="batch",
+            extra_headers=key("upload-1"),
+        )
+        for _ in range(2)
+    ]
+    assert uploads[0].id == uploads[1].id
+    with pytest.raises(openai.ConflictError):
+        client.uploads.create(
+            bytes=11,
+            filename="big.jsonl",
+            mime_type="application/jsonl",
+            purpose="batch",
+            extra_headers=key("upload-1"),
+        )
+
     made = [
         client.batches.create(
             input_file_id=first.id,

@@ -1,5 +1,6 @@
 """Migrations move existing data: the narrow queue split keeps every request, its body and
-its result, and its downgrade puts them back."""
+its result, and its downgrade puts them back; 0012 counts the cancelled and expired
+requests of existing batches once; every migration goes down and up again."""
 
 from __future__ import annotations
 
@@ -132,3 +133,52 @@ def test_every_migration_downgrades_and_upgrades_again(empty_url: str) -> None:
             for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
         }
     assert again == tables and "idempotency_keys" in again
+
+
+MESSAGE_COUNT_ROWS = """
+INSERT INTO users (id, name) VALUES ('u1', 'alice');
+INSERT INTO batches (id, owner_id, input_file_id, endpoint, completion_window, deadline_at,
+    status) VALUES ('b1', 'u1', 'f1', '/v1/messages', '24h', now(), 'cancelled'),
+    ('b2', 'u1', 'f2', '/v1/chat/completions', '24h', now(), 'expired');
+INSERT INTO request_inputs (id, batch_id, line, custom_id, url, model, body, input_hash)
+VALUES (1, 'b1', 1, 'a', '/v1/messages', 'm', '{}', '\\x01'),
+    (2, 'b1', 2, 'b', '/v1/messages', 'm', '{}', '\\x02'),
+    (3, 'b1', 3, 'c', '/v1/messages', 'm', '{}', '\\x03'),
+    (4, 'b2', 1, 'd', '/v1/chat/completions', 'm', '{}', '\\x04'),
+    (5, 'b2', 2, 'e', '/v1/chat/completions', 'm', '{}', '\\x05');
+INSERT INTO requests (id, batch_id, status, priority, deadline_at, batch_created_at)
+VALUES (1, 'b1', 'cancelled', 1, now(), now()), (2, 'b1', 'cancelled', 1, now(), now()),
+    (3, 'b1', 'completed', 1, now(), now()), (4, 'b2', 'expired', 1, now(), now()),
+    (5, 'b2', 'failed', 1, now(), now());
+-- one cancellation not folded yet
+INSERT INTO request_deltas (batch_id, pool, status, n) VALUES ('b1', 'spot', 'cancelled', 1);
+"""
+
+
+def test_existing_batches_get_their_cancelled_and_expired_counts(empty_url: str) -> None:
+    cfg = _alembic(empty_url)
+    command.upgrade(cfg, "0011")
+    with psycopg.connect(empty_url, autocommit=True) as conn:
+        conn.execute(MESSAGE_COUNT_ROWS)
+    command.upgrade(cfg, "0012")
+    with psycopg.connect(empty_url, autocommit=True) as conn:
+        counts = conn.execute(
+            "SELECT id, cancelled_count, expired_count FROM batches ORDER BY id"
+        ).fetchall()
+        indexes = {
+            r[0]
+            for r in conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE tablename = 'batches'"
+            ).fetchall()
+        }
+    assert counts == [("b1", 1, 0), ("b2", 0, 1)]
+    assert {"batches_messages_owner_created", "batches_messages_created"} <= indexes
+    command.downgrade(cfg, "0011")
+    with psycopg.connect(empty_url, autocommit=True) as conn:
+        columns = {
+            r[0]
+            for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'batches'"
+            ).fetchall()
+        }
+    assert not {"cancelled_count", "expired_count"} & columns

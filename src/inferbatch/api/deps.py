@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Header, Request
 
 from inferbatch.blobstore import BlobStore
 from inferbatch.config import Settings
@@ -16,6 +17,16 @@ from inferbatch.domain import User
 from inferbatch.engines.registry import EngineRegistry
 from inferbatch.errors import Unauthorized
 from inferbatch.metrics import SystemMetrics
+from inferbatch.services import idempotency
+
+IdempotencyHeader = Annotated[
+    str | None,
+    Header(
+        alias=idempotency.HEADER,
+        description="A retried create with the same key and request returns the first "
+        "result; another request under the key is a 409. Kept 24 hours.",
+    ),
+]
 
 
 @dataclass

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
-from inferbatch.api.deps import AppState, current_user, state
+from inferbatch.api.deps import AppState, IdempotencyHeader, current_user, state
 from inferbatch.db import batches as batch_rows
 from inferbatch.db import files as file_rows
 from inferbatch.db import workers as worker_rows
@@ -38,14 +38,6 @@ router = APIRouter(prefix="/v1")
 
 UserDep = Annotated[User, Depends(current_user)]
 StateDep = Annotated[AppState, Depends(state)]
-IdempotencyHeader = Annotated[
-    str | None,
-    Header(
-        alias=idempotency.HEADER,
-        description="A retried create with the same key and request returns the first "
-        "result; another request under the key is a 409. Kept 24 hours.",
-    ),
-]
 After = Annotated[str | None, Query(description="The id of the last object of the page before.")]
 
 UPLOAD_BODY: dict[str, Any] = {

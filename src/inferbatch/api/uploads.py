@@ -8,30 +8,18 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 
-from inferbatch.api.deps import AppState, current_user, state
+from inferbatch.api.deps import AppState, IdempotencyHeader, current_user, state
 from inferbatch.domain import FileRecord, UploadPartRecord, UploadRecord, User
-from inferbatch.protocol.openai import ErrorResponse
 from inferbatch.protocol.uploads import (
     Upload,
     UploadCompleteRequest,
     UploadCreateRequest,
     UploadPart,
 )
-from inferbatch.services import upload_sessions
+from inferbatch.services import idempotency, upload_sessions
 from inferbatch.services.serialize import file_object
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": text}
-    for status, text in (
-        (400, "Invalid request"),
-        (401, "Missing or invalid API key"),
-        (404, "No such upload"),
-        (409, "The upload is not pending"),
-        (413, "The part is too large"),
-        (503, "Database or file storage unavailable"),
-    )
-}
-router = APIRouter(prefix="/v1", responses=ERRORS)
+router = APIRouter(prefix="/v1")
 
 UserDep = Annotated[User, Depends(current_user)]
 StateDep = Annotated[AppState, Depends(state)]
@@ -72,10 +60,16 @@ def part_object(part: UploadPartRecord) -> UploadPart:
 
 
 @router.post("/uploads", response_model=Upload)
-async def create_upload(body: UploadCreateRequest, user: UserDep, st: StateDep) -> Upload:
+async def create_upload(
+    body: UploadCreateRequest,
+    user: UserDep,
+    st: StateDep,
+    idempotency_key: IdempotencyHeader = None,
+) -> Upload:
     now = st.now()
+    key = idempotency.parse(idempotency_key, "POST /v1/uploads", body.model_dump_json())
     async with st.db.connection() as conn:
-        upload = await upload_sessions.create(conn, user, body, st.settings, now)
+        upload = await upload_sessions.create(conn, user, body, st.settings, now, key)
     return upload_object(upload, now)
 
 

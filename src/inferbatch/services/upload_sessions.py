@@ -51,8 +51,10 @@ from inferbatch.errors import (
 )
 from inferbatch.ids import new_id
 from inferbatch.protocol.uploads import UploadCompleteRequest, UploadCreateRequest
+from inferbatch.services import idempotency as idempotency_service
 from inferbatch.services.batches import expiry_seconds, owner_filter
 from inferbatch.services.files import FILE_PURPOSES
+from inferbatch.services.idempotency import IdempotencyKey
 from inferbatch.services.uploads import receive_upload
 
 log = logging.getLogger(__name__)
@@ -95,9 +97,15 @@ def visible_status(upload: UploadRecord, now: datetime) -> UploadStatus:
 
 
 async def create(
-    conn: Conn, user: User, body: UploadCreateRequest, settings: Settings, now: datetime
+    conn: Conn,
+    user: User,
+    body: UploadCreateRequest,
+    settings: Settings,
+    now: datetime,
+    idempotency: IdempotencyKey | None = None,
 ) -> UploadRecord:
-    """Validate a create request and insert the upload (``pending``, expiring in an hour)."""
+    """Validate a create request and insert the upload (``pending``, expiring in an hour).
+    Under an idempotency key already used for the same request, the upload made then."""
     if body.purpose not in FILE_PURPOSES:
         raise InvalidRequest(
             f"purpose must be one of {', '.join(map(repr, FILE_PURPOSES))}.", param="purpose"
@@ -126,9 +134,16 @@ async def create(
         seconds = int(settings.file_retention_delta.total_seconds())
     else:
         seconds = expiry_seconds(body.expires_after.seconds, "expires_after.seconds")
+    upload_id = new_id("upload_")
+    earlier = await idempotency_service.claim(conn, user.id, idempotency, upload_id, now)
+    if earlier is not None:
+        upload = await upload_rows.get(conn, earlier, user.id)
+        if upload is None:
+            raise NotFound(f"The upload made under this key, {earlier!r}, is gone.")
+        return upload
     return await upload_rows.insert(
         conn,
-        upload_id=new_id("upload_"),
+        upload_id=upload_id,
         owner_id=user.id,
         filename=filename,
         purpose=body.purpose,
