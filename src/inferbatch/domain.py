@@ -140,22 +140,25 @@ WebhookDeliveryStatus = Literal["pending", "delivered", "failed"]
 
 @dataclass(frozen=True, slots=True)
 class WebhookEndpoint:
-    """A URL a user registered for batch events. Its signing secret is not part of it:
-    only the create response and the delivery duty ever see that."""
+    """A URL a user registered for batch events. Its signing secrets are not part of it:
+    only the create and rotate answers, the sender and the delivery duty ever see them."""
 
     id: str
     owner_id: str
+    name: str
     url: str
-    events: tuple[str, ...]
-    description: str | None
-    enabled: bool
+    event_types: tuple[str, ...]
+    signing_secret_hint: str
+    previous_secret_expires_at: datetime | None
+    """When the secret replaced by a rotation that kept it active stops signing (a past
+    time once it has); None after a rotation that stopped it at once, or none."""
     created_at: datetime
     updated_at: datetime
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> WebhookEndpoint:
         values = {name: row[name] for name in cls.__slots__}
-        values["events"] = tuple(row["events"])
+        values["event_types"] = tuple(row["event_types"])
         return cls(**values)
 
 
@@ -195,9 +198,9 @@ class ClaimedDelivery:
     attempt: int
     url: str | None
     """None when the target has no URL (then the delivery fails without a request)."""
-    secret: str | None
-    enabled: bool
-    """False when the endpoint was disabled after the event was queued."""
+    secrets: tuple[str, ...]
+    """The secrets that sign it: the endpoint's, and the one it rotated from while that
+    is still active; empty when there is none (the delivery fails like a missing URL)."""
 
 
 UploadStatus = Literal["pending", "completed", "cancelled", "expired"]

@@ -82,6 +82,15 @@ class TooLarge(InferbatchError):
     code = "file_too_large"
 
 
+class BadGateway(InferbatchError):
+    """The remote server could not be reached or did not answer in time."""
+
+    status_code = 502
+    type = "server_error"
+    code = "bad_gateway"
+    should_retry = False
+
+
 class Unavailable(InferbatchError):
     """The database is unavailable; try again shortly."""
 

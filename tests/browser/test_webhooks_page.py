@@ -1,6 +1,7 @@
 """The portal's Webhooks page in a browser: reached from the menu, it lists the user's
-endpoints and their deliveries (status, attempts, the last error) with user-supplied text
-shown as text, and nothing of another user's."""
+endpoints (name, URL, event types, the secret's hint and how long a rotated-out secret still
+signs) and their deliveries (status, attempts, the last error) with user-supplied text shown
+as text, and nothing of another user's."""
 
 from __future__ import annotations
 
@@ -46,16 +47,15 @@ def test_the_webhooks_page_lists_endpoints_and_deliveries_as_text(
 ) -> None:
     alice = new_user_key(stack, "alice")
     url = f"{receiver.url}/hook?name={XSS}"
-    r = httpx.post(
-        stack.url + "/v1/webhooks",
-        headers={"authorization": f"Bearer {alice}"},
-        json={"url": url, "description": "<img src=x onerror=alert(2)>"},
+    client = stack.client(alice)
+    created = client.webhooks.create(
+        name="<img src=x onerror=alert(2)>", url=url, event_types=["batch.completed"]
     )
-    assert r.status_code == 200, r.text
+    rotated = client.webhooks.rotate_secret(created.id, keep_old_secret_active_for_24_hours=True)
     batch_id = create_batch(stack, chat_file(2), key=alice)
-    assert wait_batch(stack.client(alice), batch_id).status == "completed"
+    assert wait_batch(client, batch_id).status == "completed"
     receiver.wait_for(1)
-    deliveries = f"{stack.url}/v1/webhooks/{r.json()['id']}/deliveries"
+    deliveries = f"{stack.url}/v1/webhook_endpoints/{created.id}/deliveries"
     auth = {"authorization": f"Bearer {alice}"}
     deadline = time.monotonic() + 30
     # the first attempt is recorded just after its answer
@@ -71,7 +71,12 @@ def test_the_webhooks_page_lists_endpoints_and_deliveries_as_text(
     endpoint = page.get_by_test_id("webhook-endpoint")
     expect(endpoint).to_have_count(1)
     expect(endpoint.get_by_test_id("webhook-url")).to_have_text(url)
-    expect(endpoint).to_contain_text("<img src=x onerror=alert(2)>")
+    expect(endpoint.get_by_test_id("webhook-name")).to_have_text("<img src=x onerror=alert(2)>")
+    expect(endpoint.get_by_test_id("webhook-secret-hint")).to_have_text(
+        rotated.signing_secret_hint or ""
+    )
+    expect(endpoint.get_by_test_id("webhook-previous-secret")).to_be_visible()
+    expect(endpoint).to_contain_text("batch.completed")
     row = endpoint.get_by_test_id("webhook-deliveries").locator("tbody tr")
     expect(row).to_have_count(1)
     expect(row).to_contain_text("batch.completed")

@@ -1,7 +1,9 @@
-"""The webhook outbox on real PostgreSQL: events are written in the transaction that
-finishes the batch, deliveries go to a real local HTTP receiver with Standard Webhooks
-signatures, retried on the backoff schedule with the same ``webhook-id``, sent once per
-attempt by concurrent duties, and stopped when their endpoint is deleted or disabled."""
+"""Webhooks on real PostgreSQL: events are written in the transaction that finishes the
+batch, deliveries go to a real local HTTP receiver with Standard Webhooks signatures,
+retried on the backoff schedule with the same ``webhook-id``, sent once per attempt by
+concurrent duties, and stopped when their endpoint is deleted; a secret rotation signs with
+both secrets for 24 hours when asked to and with the new one alone otherwise; a test event
+is sent at once under the same rules; ``updated_at`` follows real changes only."""
 
 from __future__ import annotations
 
@@ -25,8 +27,15 @@ from inferbatch.db.connector import MIGRATIONS_DIR
 from inferbatch.db.requests import Outcome
 from inferbatch.db.types import Pool
 from inferbatch.domain import BatchRecord, User, WebhookDelivery
+from inferbatch.engines.local import free_port
+from inferbatch.errors import BadGateway, InvalidRequest, NotFound
 from inferbatch.ids import new_id
-from inferbatch.protocol.webhooks import WebhookCreate, WebhookUpdate
+from inferbatch.protocol.webhooks import (
+    EVENT_TYPES,
+    TEST_BATCH_ID,
+    WebhookEndpointCreate,
+    WebhookEndpointUpdate,
+)
 from inferbatch.scheduler.deliver import LEASE_SECONDS, RETRY_SCHEDULE, Deliverer
 from inferbatch.scheduler.finalize import finish_ready
 from inferbatch.scheduler.ingest import ingest_next
@@ -34,11 +43,12 @@ from inferbatch.services import requests as request_service
 from inferbatch.services import webhooks as webhook_service
 from tests.helpers import chat_file
 from tests.integration.fixtures import make_file, make_user, utcnow
-from tests.webhook_receiver import Receiver, receiving
+from tests.webhook_receiver import Received, Receiver, receiving
 
 pytestmark = pytest.mark.integration
 
 ALLOW = Settings(webhook_allow_private=True)
+STRICT = Settings()
 RETENTION = timedelta(days=30)
 
 
@@ -112,18 +122,19 @@ async def _complete(pool: Pool, blobs: LocalBlobStore, n: int, status: int = 200
 
 
 async def _endpoint(
-    pool: Pool, user: User, url: str, events: list[str] | None = None, enabled: bool = True
+    pool: Pool,
+    user: User,
+    url: str,
+    event_types: list[str] | None = None,
+    now: datetime | None = None,
 ) -> tuple[str, str]:
-    """(endpoint id, secret)."""
+    """(endpoint id, secret) of a new endpoint for ``event_types`` (default all)."""
+    body = {"name": url, "url": url, "event_types": event_types or list(EVENT_TYPES)}
     async with pool.connection() as conn:
         created = await webhook_service.create(
-            conn,
-            user,
-            WebhookCreate.model_validate({"url": url, "events": events, "enabled": enabled}),
-            ALLOW,
-            utcnow(),
+            conn, user, WebhookEndpointCreate.model_validate(body), ALLOW, now or utcnow()
         )
-    return created.id, created.secret
+    return created.id, created.signing_secret
 
 
 async def _deliveries(pool: Pool, batch_id: str) -> list[WebhookDelivery]:
@@ -144,7 +155,6 @@ async def test_finishing_a_batch_queues_one_delivery_per_matching_endpoint_and_c
     everything, _ = await _endpoint(pool, alice, receiver.url + "/all")
     completed_only, _ = await _endpoint(pool, alice, receiver.url + "/c", ["batch.completed"])
     await _endpoint(pool, alice, receiver.url + "/f", ["batch.failed"])
-    await _endpoint(pool, alice, receiver.url + "/off", enabled=False)
     await _endpoint(pool, bob, receiver.url + "/bob")
     callback_secret = webhook_service.new_secret()
     batch = await _batch(
@@ -376,29 +386,6 @@ async def test_deleting_an_endpoint_stops_its_pending_deliveries(
     assert [d.endpoint_id for d in await _deliveries(pool, batch.id)] == [kept_id]
 
 
-async def test_disabling_an_endpoint_fails_its_pending_deliveries(
-    pool: Pool, tmp_path: Path
-) -> None:
-    blobs = LocalBlobStore(tmp_path)
-    alice = await make_user(pool)
-    with receiving(default=500) as receiver:
-        endpoint_id, _ = await _endpoint(pool, alice, receiver.url + "/hook")
-        batch = await _batch(pool, blobs, alice, chat_file(1))
-        await _complete(pool, blobs, 1)
-        clock = Clock(utcnow() + timedelta(seconds=1))
-        duty = _deliverer(pool, clock)
-        await duty.tick()
-        async with pool.connection() as conn:
-            await webhook_service.update(
-                conn, alice, endpoint_id, WebhookUpdate(enabled=False), ALLOW, utcnow()
-            )
-        clock.t += timedelta(days=3)
-        await duty.tick()
-        assert len(receiver.requests("/hook")) == 1
-    [row] = await _deliveries(pool, batch.id)
-    assert (row.status, row.last_error) == ("failed", webhook_service.DISABLED_ERROR)
-
-
 async def test_a_batch_reopened_by_retry_sends_a_new_event_when_it_finishes_again(
     pool: Pool, tmp_path: Path, receiver: Receiver
 ) -> None:
@@ -435,6 +422,208 @@ async def test_the_send_time_check_refuses_a_private_address_without_sending(
     assert {d.status for d in found} == {"pending"}
     for d in found:
         assert d.last_error is not None and "public addresses only" in d.last_error, d
+
+
+def _signatures(headers: dict[str, str]) -> list[str]:
+    return headers["webhook-signature"].split(" ")
+
+
+def _verifies(secret: str, got: Received) -> bool:
+    try:
+        standardwebhooks.Webhook(secret).verify(got.body, got.headers)
+    except standardwebhooks.WebhookVerificationError:
+        return False
+    return True
+
+
+async def _rotate(pool: Pool, user: User, endpoint_id: str, keep_old: bool, now: datetime) -> str:
+    async with pool.connection() as conn:
+        rotated = await webhook_service.rotate_secret(
+            conn, user, endpoint_id, keep_old=keep_old, now=now
+        )
+    return rotated.signing_secret
+
+
+async def test_a_rotation_that_keeps_the_old_secret_signs_with_both_for_24_hours(
+    pool: Pool, tmp_path: Path
+) -> None:
+    blobs = LocalBlobStore(tmp_path)
+    alice = await make_user(pool)
+    with receiving(default=500) as receiver:
+        endpoint_id, old = await _endpoint(pool, alice, receiver.url + "/hook")
+        batch = await _batch(pool, blobs, alice, chat_file(1))
+        await _complete(pool, blobs, 1)
+        [queued] = await _deliveries(pool, batch.id)
+        clock = Clock(queued.next_attempt_at)
+        new = await _rotate(pool, alice, endpoint_id, True, clock.t)
+        assert new != old
+        duty = _deliverer(pool, clock)
+        await duty.tick()
+        [during] = receiver.requests("/hook")
+        assert len(_signatures(during.headers)) == 2
+        assert _verifies(old, during) and _verifies(new, during)
+
+        clock.t += webhook_service.ROTATION_GRACE  # the old secret's last moment has passed
+        await duty.tick()
+        after = receiver.requests("/hook")[1]
+        assert after.headers["webhook-id"] == during.headers["webhook-id"]
+        assert len(_signatures(after.headers)) == 1
+        assert _verifies(new, after) and not _verifies(old, after)
+    async with pool.connection() as conn:
+        endpoint = await webhook_service.get(conn, alice, endpoint_id)
+    assert endpoint.previous_secret_expires_at == queued.next_attempt_at + timedelta(hours=24)
+
+
+async def test_a_rotation_without_grace_stops_the_old_secret_at_once_pending_retries_too(
+    pool: Pool, tmp_path: Path
+) -> None:
+    blobs = LocalBlobStore(tmp_path)
+    alice = await make_user(pool)
+    with receiving(script=[500]) as receiver:
+        endpoint_id, old = await _endpoint(pool, alice, receiver.url + "/hook")
+        batch = await _batch(pool, blobs, alice, chat_file(1))
+        await _complete(pool, blobs, 1)
+        [queued] = await _deliveries(pool, batch.id)
+        clock = Clock(queued.next_attempt_at)
+        duty = _deliverer(pool, clock)
+        await duty.tick()  # answered 500: retried in 5 s
+        first = receiver.requests("/hook")[0]
+        assert _verifies(old, first)
+        # a rotation with grace, then one without: neither earlier secret signs any more
+        middle = await _rotate(pool, alice, endpoint_id, True, clock.t)
+        new = await _rotate(pool, alice, endpoint_id, False, clock.t)
+        clock.t += RETRY_SCHEDULE[0]
+        await duty.tick()
+        retry = receiver.requests("/hook")[1]
+        assert len(_signatures(retry.headers)) == 1
+        assert _verifies(new, retry)
+        assert not _verifies(old, retry) and not _verifies(middle, retry)
+    [row] = await _deliveries(pool, batch.id)
+    assert (row.status, row.attempts) == ("delivered", 2)
+
+
+async def test_updated_at_moves_only_when_the_endpoint_or_its_secret_changes(
+    pool: Pool, receiver: Receiver
+) -> None:
+    alice = await make_user(pool)
+    t0 = utcnow()
+    endpoint_id, _ = await _endpoint(pool, alice, receiver.url + "/a", ["batch.failed"], now=t0)
+
+    async def update(at: datetime, **fields: object) -> tuple[datetime, tuple[str, ...], str]:
+        async with pool.connection() as conn:
+            e = await webhook_service.update(
+                conn, alice, endpoint_id, WebhookEndpointUpdate.model_validate(fields), ALLOW, at
+            )
+        return e.updated_at, e.event_types, e.name
+
+    same = {"name": receiver.url + "/a", "event_types": ["batch.failed"]}
+    assert await update(t0 + timedelta(minutes=1), **same) == (
+        t0,
+        ("batch.failed",),
+        receiver.url + "/a",
+    )
+    assert (await update(t0 + timedelta(minutes=2)))[0] == t0  # nothing given
+    t3 = t0 + timedelta(minutes=3)
+    # the complete new set, in the API's order, duplicates dropped
+    types = ["batch.cancelled", "batch.completed", "batch.cancelled"]
+    assert await update(t3, event_types=types) == (
+        t3,
+        ("batch.completed", "batch.cancelled"),
+        receiver.url + "/a",
+    )
+    t4 = t0 + timedelta(minutes=4)
+    assert await update(t4, name="renamed") == (
+        t4,
+        ("batch.completed", "batch.cancelled"),
+        "renamed",
+    )
+    t5 = t0 + timedelta(minutes=5)
+    await _rotate(pool, alice, endpoint_id, False, t5)
+    async with pool.connection() as conn:
+        assert (await webhook_service.get(conn, alice, endpoint_id)).updated_at == t5
+        with pytest.raises(InvalidRequest) as refused:  # a new URL is checked like a new one
+            await webhook_service.update(
+                conn,
+                alice,
+                endpoint_id,
+                WebhookEndpointUpdate(url=receiver.url + "/b"),
+                STRICT,
+                t5 + timedelta(minutes=1),
+            )
+        assert refused.value.param == "url"
+        unchanged = await webhook_service.get(conn, alice, endpoint_id)
+    assert (unchanged.url, unchanged.updated_at) == (receiver.url + "/a", t5)
+
+
+async def test_a_test_event_is_sent_now_signed_and_answers_the_receivers_status(
+    pool: Pool,
+) -> None:
+    alice = await make_user(pool)
+    with receiving(script=[503]) as receiver:
+        endpoint_id, old = await _endpoint(pool, alice, receiver.url + "/hook")
+        new = await _rotate(pool, alice, endpoint_id, True, utcnow())
+        async with pool.connection() as conn:
+            before = await webhook_service.get(conn, alice, endpoint_id)
+        result = await webhook_service.send_test(
+            pool, alice, endpoint_id, "batch.expired", ALLOW, utcnow()
+        )
+        assert (result.status_code, result.success, result.event_type) == (
+            503,
+            True,
+            "batch.expired",
+        )
+        assert result.webhook_endpoint_id == endpoint_id
+        [got] = receiver.requests("/hook")
+    assert _verifies(old, got) and _verifies(new, got)
+    event = standardwebhooks.Webhook(new).verify(got.body, got.headers)
+    assert event["type"] == "batch.expired" and event["data"] == {"id": TEST_BATCH_ID}
+    assert got.headers["webhook-id"] == event["id"] and event["id"].startswith("evt_")
+    async with pool.connection() as conn:
+        after = await webhook_service.get(conn, alice, endpoint_id)
+        assert await rows.recent_deliveries(conn, None, limit=10) == []  # nothing recorded
+    assert after.updated_at == before.updated_at
+    bob = await make_user(pool, "bob")
+    with pytest.raises(NotFound):
+        await webhook_service.send_test(pool, bob, endpoint_id, "batch.failed", ALLOW, utcnow())
+
+
+async def test_a_test_event_to_a_refused_or_silent_address_is_an_error(
+    pool: Pool, receiver: Receiver
+) -> None:
+    alice = await make_user(pool)
+    private_id, _ = await _endpoint(pool, alice, receiver.url + "/hook")  # registered while allowed
+    with pytest.raises(InvalidRequest) as refused:
+        await webhook_service.send_test(pool, alice, private_id, "batch.failed", STRICT, utcnow())
+    assert refused.value.param == "url" and "public addresses only" in refused.value.message
+    assert receiver.requests() == []
+
+    silent_id, _ = await _endpoint(pool, alice, f"http://127.0.0.1:{free_port()}/nobody")
+    with pytest.raises(BadGateway) as silent:
+        await webhook_service.send_test(pool, alice, silent_id, "batch.failed", ALLOW, utcnow())
+    assert silent.value.status_code == 502 and silent.value.code == "webhook_endpoint_unreachable"
+    assert "Could not connect" in silent.value.message
+
+
+async def test_endpoints_list_newest_first_in_pages_of_their_owner_only(
+    pool: Pool, receiver: Receiver
+) -> None:
+    alice = await make_user(pool)
+    bob = await make_user(pool, "bob")
+    t0 = utcnow()
+    ids = [
+        (await _endpoint(pool, alice, f"{receiver.url}/{i}", now=t0 + timedelta(seconds=i)))[0]
+        for i in range(3)
+    ]
+    bobs, _ = await _endpoint(pool, bob, receiver.url + "/bob", now=t0 + timedelta(seconds=9))
+    async with pool.connection() as conn:
+        first = await rows.list_endpoints(conn, alice.id, after=None, limit=2)
+        second = await rows.list_endpoints(conn, alice.id, after=first[1].id, limit=2)
+        across = await rows.list_endpoints(conn, alice.id, after=bobs, limit=2)
+        everyone = await rows.list_endpoints(conn, None, after=None, limit=10)
+    assert [e.id for e in first] == [ids[2], ids[1], ids[0]]  # limit + 1: more follow
+    assert [e.id for e in second] == [ids[0]]
+    assert across == []  # another owner's id is no cursor
+    assert [e.id for e in everyone] == [bobs, ids[2], ids[1], ids[0]]
 
 
 def _alembic(url: str) -> Config:

@@ -2,8 +2,8 @@
 
 An event is queued by :func:`enqueue_batch_event` inside the transaction that moves its
 batch to a terminal status (``db.batches.mark_finished``, ``mark_invalid``): one
-``webhook_deliveries`` row per enabled endpoint of the batch's owner that wants the event
-type, and one for the batch's own ``callback_url``. A crash therefore neither loses an event
+``webhook_deliveries`` row per endpoint of the batch's owner that wants the event type, and
+one for the batch's own ``callback_url``. A crash therefore neither loses an event
 (the rows commit with the status) nor invents one (they roll back with it).
 
 Delivery is at least once. :data:`CLAIM` leases due rows to one delivery duty, as the queue
@@ -12,6 +12,10 @@ claims requests: ``FOR UPDATE SKIP LOCKED`` over the partial index on pending ro
 mid-send leaves the row due again once its lease ends. :func:`record_attempt` is fenced on
 the owner and the attempt claimed, so a duty whose lease ran out cannot overwrite a newer
 attempt.
+
+Secrets are read when an attempt is claimed, not when the event is queued: a rotation
+applies to every attempt after it, and while a rotation keeps the old secret active both
+sign (Standard Webhooks allows several ``v1,`` signatures, and receivers accept any).
 """
 
 from __future__ import annotations
@@ -26,8 +30,16 @@ from inferbatch.domain import ClaimedDelivery, WebhookDelivery, WebhookEndpoint
 from inferbatch.ids import new_id
 from inferbatch.protocol.webhooks import BATCH_EVENTS, event_body
 
-_ENDPOINT_COLUMNS = "id, owner_id, url, events, description, enabled, created_at, updated_at"
+SECRET_HINT = "'whsec_...' || right(rtrim(secret, '='), 4)"
+"""The masked hint of the current secret: its prefix and last four characters (padding
+left out)."""
+_ENDPOINT_COLUMNS = (
+    "id, owner_id, name, url, event_types, "
+    f"{SECRET_HINT} AS signing_secret_hint, previous_secret_expires_at, created_at, updated_at"
+)
 _DELIVERY_COLUMNS = ", ".join(WebhookDelivery.__slots__)
+_MINE = "(%(owner)s::text IS NULL OR owner_id = %(owner)s)"
+"""The row belongs to ``owner`` (any owner's when it is None: admins)."""
 
 # -- endpoints ------------------------------------------------------------------------------
 
@@ -37,20 +49,19 @@ async def insert_endpoint(
     *,
     endpoint_id: str,
     owner_id: str,
+    name: str,
     url: str,
-    events: Sequence[str],
-    description: str | None,
-    enabled: bool,
+    event_types: Sequence[str],
     secret: str,
     now: datetime,
 ) -> WebhookEndpoint:
     cur = await conn.execute(
         f"""
-        INSERT INTO webhook_endpoints (id, owner_id, url, events, description, enabled,
-            secret, created_at, updated_at)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_ENDPOINT_COLUMNS}
+        INSERT INTO webhook_endpoints (id, owner_id, name, url, event_types, secret,
+            created_at, updated_at)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_ENDPOINT_COLUMNS}
         """,
-        (endpoint_id, owner_id, url, list(events), description, enabled, secret, now, now),
+        (endpoint_id, owner_id, name, url, list(event_types), secret, now, now),
     )
     row = await cur.fetchone()
     assert row is not None
@@ -70,10 +81,7 @@ async def get_endpoint(
 ) -> WebhookEndpoint | None:
     """The endpoint, if it exists and (unless ``owner_id`` is None) belongs to ``owner_id``."""
     cur = await conn.execute(
-        f"""
-        SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints
-        WHERE id = %(id)s AND (%(owner)s::text IS NULL OR owner_id = %(owner)s)
-        """,
+        f"SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = %(id)s AND {_MINE}",
         {"id": endpoint_id, "owner": owner_id},
     )
     row = await cur.fetchone()
@@ -83,13 +91,14 @@ async def get_endpoint(
 async def list_endpoints(
     conn: Conn, owner_id: str | None, *, after: str | None, limit: int
 ) -> list[WebhookEndpoint]:
-    """Up to ``limit`` + 1 endpoints, newest first, starting after the cursor id."""
+    """Up to ``limit`` + 1 endpoints, newest first, starting after the cursor id (one of
+    ``owner_id``'s; another's, or none, starts nowhere: an empty page)."""
     cur = await conn.execute(
         f"""
         SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints
-        WHERE (%(owner)s::text IS NULL OR owner_id = %(owner)s)
+        WHERE {_MINE}
           AND (%(after)s::text IS NULL OR (created_at, id) <
-               (SELECT created_at, id FROM webhook_endpoints WHERE id = %(after)s))
+               (SELECT created_at, id FROM webhook_endpoints WHERE id = %(after)s AND {_MINE}))
         ORDER BY created_at DESC, id DESC
         LIMIT %(limit)s
         """,
@@ -104,33 +113,32 @@ async def update_endpoint(
     owner_id: str | None,
     *,
     now: datetime,
+    name: str | None = None,
     url: str | None = None,
-    events: Sequence[str] | None = None,
-    enabled: bool | None = None,
-    description: str | None = None,
-    set_description: bool = False,
+    event_types: Sequence[str] | None = None,
 ) -> WebhookEndpoint | None:
-    """Change the fields given (None: unchanged; ``description`` only with
-    ``set_description``); None if there is no such endpoint for ``owner_id``."""
+    """Change the fields given (None: unchanged); ``updated_at`` moves to ``now`` only when
+    a value changed. None if there is no such endpoint for ``owner_id``."""
     cur = await conn.execute(
         f"""
         UPDATE webhook_endpoints SET
+            name = coalesce(%(name)s, name),
             url = coalesce(%(url)s, url),
-            events = coalesce(%(events)s::text[], events),
-            enabled = coalesce(%(enabled)s, enabled),
-            description = CASE WHEN %(set_desc)s THEN %(desc)s ELSE description END,
-            updated_at = %(now)s
-        WHERE id = %(id)s AND (%(owner)s::text IS NULL OR owner_id = %(owner)s)
+            event_types = coalesce(%(types)s::text[], event_types),
+            updated_at = CASE
+                WHEN (coalesce(%(name)s, name), coalesce(%(url)s, url),
+                      coalesce(%(types)s::text[], event_types))
+                     IS DISTINCT FROM (name, url, event_types)
+                THEN %(now)s ELSE updated_at END
+        WHERE id = %(id)s AND {_MINE}
         RETURNING {_ENDPOINT_COLUMNS}
         """,
         {
             "id": endpoint_id,
             "owner": owner_id,
+            "name": name,
             "url": url,
-            "events": list(events) if events is not None else None,
-            "enabled": enabled,
-            "set_desc": set_description,
-            "desc": description,
+            "types": list(event_types) if event_types is not None else None,
             "now": now,
         },
     )
@@ -138,30 +146,78 @@ async def update_endpoint(
     return WebhookEndpoint.from_row(row) if row else None
 
 
+async def rotate_secret(
+    conn: Conn,
+    endpoint_id: str,
+    owner_id: str | None,
+    *,
+    secret: str,
+    keep_old_until: datetime | None,
+    now: datetime,
+) -> WebhookEndpoint | None:
+    """Make ``secret`` the endpoint's secret. With ``keep_old_until`` the replaced one
+    signs deliveries too until then (a secret kept from an earlier rotation is dropped);
+    without, it stops at once. None if there is no such endpoint for ``owner_id``."""
+    cur = await conn.execute(
+        f"""
+        UPDATE webhook_endpoints SET
+            previous_secret = CASE WHEN %(until)s::timestamptz IS NULL THEN NULL ELSE secret END,
+            previous_secret_expires_at = %(until)s::timestamptz,
+            secret = %(secret)s,
+            updated_at = %(now)s
+        WHERE id = %(id)s AND {_MINE}
+        RETURNING {_ENDPOINT_COLUMNS}
+        """,
+        {
+            "id": endpoint_id,
+            "owner": owner_id,
+            "secret": secret,
+            "until": keep_old_until,
+            "now": now,
+        },
+    )
+    row = await cur.fetchone()
+    return WebhookEndpoint.from_row(row) if row else None
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where an endpoint's events go and the secrets that sign them at one moment."""
+
+    url: str
+    secrets: tuple[str, ...]
+
+
+ACTIVE_SECRETS = """
+array_remove(ARRAY[e.secret,
+    CASE WHEN e.previous_secret_expires_at > %(now)s THEN e.previous_secret END], NULL)
+"""
+"""The secrets that sign an endpoint ``e``'s deliveries at ``now``: its own, and the one it
+rotated from while that is kept active."""
+
+
+async def get_target(
+    conn: Conn, endpoint_id: str, owner_id: str | None, now: datetime
+) -> Target | None:
+    """The endpoint's URL and its active secrets at ``now`` (for a test event)."""
+    cur = await conn.execute(
+        f"""
+        SELECT e.url, {ACTIVE_SECRETS} AS secrets FROM webhook_endpoints e
+        WHERE e.id = %(id)s AND (%(owner)s::text IS NULL OR e.owner_id = %(owner)s)
+        """,
+        {"id": endpoint_id, "owner": owner_id, "now": now},
+    )
+    row = await cur.fetchone()
+    return Target(row["url"], tuple(row["secrets"])) if row else None
+
+
 async def delete_endpoint(conn: Conn, endpoint_id: str, owner_id: str | None) -> bool:
     """Delete the endpoint and, with it, its deliveries (pending ones are never sent)."""
     cur = await conn.execute(
-        """
-        DELETE FROM webhook_endpoints
-        WHERE id = %(id)s AND (%(owner)s::text IS NULL OR owner_id = %(owner)s)
-        """,
+        f"DELETE FROM webhook_endpoints WHERE id = %(id)s AND {_MINE}",
         {"id": endpoint_id, "owner": owner_id},
     )
     return cur.rowcount == 1
-
-
-async def fail_pending(conn: Conn, endpoint_id: str, reason: str, now: datetime) -> int:
-    """Settle the endpoint's pending deliveries as ``failed`` with ``reason`` (it was
-    disabled); one a duty is sending now is fenced out of recording its attempt."""
-    cur = await conn.execute(
-        """
-        UPDATE webhook_deliveries SET status = 'failed', last_error = %s, finished_at = %s,
-            lease_owner = NULL
-        WHERE endpoint_id = %s AND status = 'pending'
-        """,
-        (reason, now, endpoint_id),
-    )
-    return cur.rowcount
 
 
 # -- the outbox -----------------------------------------------------------------------------
@@ -171,7 +227,7 @@ WITH b AS (
     SELECT id, owner_id, callback_url FROM batches WHERE id = %(batch)s
 ), targets AS (
     SELECT e.id AS endpoint_id FROM webhook_endpoints e JOIN b ON e.owner_id = b.owner_id
-    WHERE e.enabled AND %(type)s = ANY(e.events)
+    WHERE %(type)s = ANY(e.event_types)
     UNION ALL
     SELECT NULL FROM b WHERE b.callback_url IS NOT NULL
 )
@@ -197,7 +253,7 @@ async def enqueue_batch_event(conn: Conn, batch_id: str, status: str, now: datet
     return cur.rowcount
 
 
-CLAIM = """
+CLAIM = f"""
 WITH due AS (
     SELECT id FROM webhook_deliveries
     WHERE status = 'pending' AND next_attempt_at <= %(now)s
@@ -213,12 +269,14 @@ WITH due AS (
 )
 SELECT c.id, c.event_id, c.payload, c.attempts,
     CASE WHEN c.endpoint_id IS NULL THEN b.callback_url ELSE e.url END AS url,
-    CASE WHEN c.endpoint_id IS NULL THEN b.callback_secret ELSE e.secret END AS secret,
-    coalesce(e.enabled, true) AS enabled
+    CASE WHEN c.endpoint_id IS NULL THEN array_remove(ARRAY[b.callback_secret], NULL)
+         ELSE {ACTIVE_SECRETS} END AS secrets
 FROM claimed c JOIN batches b ON b.id = c.batch_id
 LEFT JOIN webhook_endpoints e ON e.id = c.endpoint_id
 ORDER BY c.id
 """
+"""Lease due deliveries (see the module docstring) with what sending them needs: the URL and
+the secrets that sign them now (see :data:`ACTIVE_SECRETS`)."""
 
 
 async def claim(
@@ -234,8 +292,7 @@ async def claim(
             payload=r["payload"],
             attempt=r["attempts"],
             url=r["url"],
-            secret=r["secret"],
-            enabled=r["enabled"],
+            secrets=tuple(r["secrets"] or ()),
         )
         for r in await cur.fetchall()
     ]

@@ -1,23 +1,28 @@
-"""Wire shapes of webhooks: the endpoint API (``/v1/webhooks``, an inferbatch extension) and
-the events sent to endpoints, in OpenAI's webhook event shape.
+"""Wire shapes of webhooks: OpenAI's webhook endpoint API (``/v1/webhook_endpoints``,
+``/v1/webhook_event_types``: the official SDK's ``client.webhooks``), the deliveries listing
+(an inferbatch extension) and the events sent to endpoints.
 
-An event body is what the official SDK's ``client.webhooks.unwrap()`` parses into
+An event body is what the SDK's ``client.webhooks.unwrap()`` parses into
 ``BatchCompletedWebhookEvent`` and its siblings:
 ``{"id": "evt_...", "object": "event", "type": "batch.completed", "created_at": <unix>,
-"data": {"id": "batch_..."}}``. Request models check shape only; URL rules (schemes, hosts
-that resolve to private addresses) belong to :mod:`inferbatch.services.webhooks`.
+"data": {"id": "batch_..."}}``.
+
+The SDK accepts every event type OpenAI has (``response.completed``, ``eval.run.failed``,
+...); this deployment emits the four batch ones only, and a request naming any other is
+refused (a 400 naming the field and listing :data:`EVENT_TYPES`) rather than accepted for an
+event that would never come. Request models check shape only; URL rules (schemes, hosts that
+resolve to private addresses) belong to :mod:`inferbatch.services.webhooks`.
 """
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 WebhookEventType = Literal["batch.completed", "batch.failed", "batch.expired", "batch.cancelled"]
-EVENT_TYPES: tuple[str, ...] = get_args(WebhookEventType)
-"""Every event type, in the order the API lists them; an endpoint created without
-``events`` receives all of them."""
+EVENT_TYPES: tuple[WebhookEventType, ...] = get_args(WebhookEventType)
+"""Every event type this deployment emits, in the order the API lists them."""
 
 BATCH_EVENTS: dict[str, WebhookEventType] = {
     "completed": "batch.completed",
@@ -28,7 +33,28 @@ BATCH_EVENTS: dict[str, WebhookEventType] = {
 """The event sent when a batch reaches each terminal status."""
 
 MAX_URL_LENGTH = 2048
-MAX_DESCRIPTION_LENGTH = 512
+MAX_NAME_LENGTH = 256
+TEST_BATCH_ID = "batch_test"
+"""The ``data.id`` of a test event: names no batch (ids are ``batch_`` and 24 characters)."""
+
+
+def _refuse_unsent(value: object) -> object:
+    """Refuse, by name, an event type that is a string but not one of :data:`EVENT_TYPES`
+    (the SDK's other types among them); anything else is left to the type check."""
+    values = value if isinstance(value, list) else [value]
+    for item in values:
+        if isinstance(item, str) and item not in EVENT_TYPES:
+            raise ValueError(
+                f"{item!r} is not an event type this deployment sends; "
+                f"supported: {', '.join(EVENT_TYPES)}"
+            )
+    return value
+
+
+SentEventType = Annotated[WebhookEventType, BeforeValidator(_refuse_unsent)]
+SentEventTypes = Annotated[
+    list[WebhookEventType], BeforeValidator(_refuse_unsent), Field(min_length=1)
+]
 
 
 class _Wire(BaseModel):
@@ -38,61 +64,83 @@ class _Wire(BaseModel):
 # -- requests -------------------------------------------------------------------------------
 
 
-class WebhookCreate(_Wire):
+class WebhookEndpointCreate(_Wire):
+    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH)
     url: str = Field(max_length=MAX_URL_LENGTH, description="http(s) URL that receives events.")
-    events: list[WebhookEventType] | None = Field(
-        default=None, min_length=1, description="Event types to send; default all."
-    )
-    description: str | None = Field(default=None, max_length=MAX_DESCRIPTION_LENGTH)
-    enabled: bool = True
+    event_types: SentEventTypes = Field(description="The event types to send to this endpoint.")
 
 
-class WebhookUpdate(_Wire):
-    """Only the fields given change; ``description: null`` clears it."""
+class WebhookEndpointUpdate(_Wire):
+    """Only the fields given change (absent or null: unchanged); ``event_types`` is the
+    complete new set."""
 
+    name: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_LENGTH)
     url: str | None = Field(default=None, max_length=MAX_URL_LENGTH)
-    events: list[WebhookEventType] | None = Field(default=None, min_length=1)
-    description: str | None = Field(default=None, max_length=MAX_DESCRIPTION_LENGTH)
-    enabled: bool | None = None
+    event_types: SentEventTypes | None = None
+
+
+class WebhookRotateSecret(_Wire):
+    keep_old_secret_active_for_24_hours: bool = Field(
+        default=False,
+        description="Keep signing with the previous secret too for 24 hours; by default it "
+        "stops at once.",
+    )
+
+
+class WebhookEndpointTest(_Wire):
+    event_type: SentEventType
 
 
 # -- responses ------------------------------------------------------------------------------
 
 
-class Webhook(_Wire):
+class WebhookEndpointObject(_Wire):
     id: str
-    object: Literal["webhook"] = "webhook"
+    object: Literal["webhook_endpoint"] = "webhook_endpoint"
+    name: str
     url: str
-    events: list[WebhookEventType]
-    description: str | None
-    enabled: bool
+    event_types: list[WebhookEventType]
+    signing_secret_hint: str
+    """The secret's prefix and last characters, e.g. ``whsec_...Ab3=``."""
     created_at: int
     updated_at: int
+    """The last change of the name, URL, event types or secret; an update that changes
+    nothing, and a test, leave it."""
 
 
-class CreatedWebhook(Webhook):
-    secret: str
-    """The signing secret (``whsec_`` + base64), returned by create only, never again."""
+class WebhookEndpointWithSecret(WebhookEndpointObject):
+    signing_secret: str
+    """``whsec_`` + base64; returned by create and rotate_secret only, never again."""
 
 
-class WebhookDeleted(_Wire):
+class DeletedWebhookEndpoint(_Wire):
     id: str
-    object: Literal["webhook"] = "webhook"
+    object: Literal["webhook_endpoint.deleted"] = "webhook_endpoint.deleted"
     deleted: bool
 
 
-class WebhookList(_Wire):
+class WebhookEndpointTestResult(_Wire):
+    object: Literal["webhook_endpoint.test"] = "webhook_endpoint.test"
+    webhook_endpoint_id: str
+    event_type: WebhookEventType
+    status_code: int
+    """The receiver's HTTP status (redirects are not followed)."""
+    success: Literal[True] = True
+    """Always true: the request completed. A receiver that could not be reached is an
+    error answer instead."""
+
+
+class WebhookEventTypeList(_Wire):
     object: Literal["list"] = "list"
-    data: list[Webhook]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
+    data: list[WebhookEventType]
 
 
-class WebhookDelivery(_Wire):
+class WebhookDeliveryObject(_Wire):
+    """Extension: one event for one target and how sending it went."""
+
     id: str
-    object: Literal["webhook.delivery"] = "webhook.delivery"
-    webhook_id: str | None
+    object: Literal["webhook_endpoint.delivery"] = "webhook_endpoint.delivery"
+    webhook_endpoint_id: str | None
     """The endpoint; None for a delivery to the batch's own ``callback_url``."""
     event_id: str
     """The ``webhook-id`` header: the same on every attempt of this event."""
@@ -107,14 +155,6 @@ class WebhookDelivery(_Wire):
     last_attempt_at: int | None
     created_at: int
     finished_at: int | None
-
-
-class WebhookDeliveryList(_Wire):
-    object: Literal["list"] = "list"
-    data: list[WebhookDelivery]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
 
 
 # -- events ---------------------------------------------------------------------------------

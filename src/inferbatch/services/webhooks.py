@@ -1,148 +1,52 @@
-"""Webhooks: endpoint management, signing secrets, Standard Webhooks signatures, and the
-address rule that keeps deliveries out of the deployment's own network.
+"""Webhook endpoints: OpenAI's endpoint API (create, retrieve, update, list, delete,
+rotate_secret, test) over :mod:`inferbatch.db.webhooks`, and the rule for URLs that may
+receive webhooks (endpoints' and batches' ``callback_url``).
 
-Signatures follow Standard Webhooks (https://www.standardwebhooks.com), as OpenAI's own
-webhooks and the official SDK's ``client.webhooks.unwrap()`` do: a secret is ``whsec_`` and
-the base64 of random bytes; the key is those bytes; ``webhook-signature`` is ``v1,`` and the
-base64 HMAC-SHA256 of ``"{webhook-id}.{webhook-timestamp}.{body}"``.
+URLs: unless ``Settings.webhook_allow_private``, a URL whose host is, or resolves to, an
+address that is not public (see :mod:`inferbatch.services.webhook_send`) is refused when it
+is registered, and again each time something is sent to it.
 
-Addresses: unless ``Settings.webhook_allow_private``, a URL whose host is, or resolves to,
-a loopback, link-local, private, unspecified, multicast or reserved address (or any other
-address that is not globally routable) is refused when it is registered, and again when each
-delivery is sent (see :mod:`inferbatch.scheduler.deliver`), which then connects only to an
-address it checked.
+Secrets: ``create`` and ``rotate_secret`` answer the secret, nothing else ever does. A
+rotation with ``keep_old_secret_active_for_24_hours`` keeps the replaced secret signing for
+:data:`ROTATION_GRACE` (each request then carries both signatures); without it the replaced
+secret stops at once. A test event is signed as deliveries are at that moment.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import hashlib
-import hmac
-import ipaddress
-import secrets
-import socket
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import cast
 from urllib.parse import urlsplit
 
 from inferbatch.config import Settings
 from inferbatch.db import webhooks as rows
-from inferbatch.db.types import Conn
+from inferbatch.db.types import Conn, Pool
 from inferbatch.domain import User, WebhookDelivery, WebhookEndpoint
-from inferbatch.errors import Conflict, InvalidRequest, NotFound
+from inferbatch.errors import BadGateway, Conflict, InvalidRequest, NotFound
 from inferbatch.ids import new_id
 from inferbatch.protocol.webhooks import (
     EVENT_TYPES,
     MAX_URL_LENGTH,
-    CreatedWebhook,
-    Webhook,
-    WebhookCreate,
+    TEST_BATCH_ID,
+    WebhookDeliveryObject,
+    WebhookEndpointCreate,
+    WebhookEndpointObject,
+    WebhookEndpointTestResult,
+    WebhookEndpointUpdate,
+    WebhookEndpointWithSecret,
     WebhookEventType,
-    WebhookUpdate,
+    event_body,
 )
-from inferbatch.protocol.webhooks import WebhookDelivery as DeliveryObject
+from inferbatch.services.webhook_send import PUBLIC_ONLY, Sender, public_addresses
+from inferbatch.services.webhook_send import new_secret as new_secret  # batches' callback_url
 
-SECRET_PREFIX = "whsec_"
-SECRET_BYTES = 32
-"""Standard Webhooks asks for 24 to 64 random bytes."""
 MAX_ENDPOINTS_PER_USER = 20
 """Bounds the fan-out of one event (one outbox row per endpoint)."""
-DISABLED_ERROR = "The endpoint was disabled."
-
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-# -- secrets and signatures -----------------------------------------------------------------
+ROTATION_GRACE = timedelta(hours=24)
+"""How long a secret replaced with ``keep_old_secret_active_for_24_hours`` still signs."""
 
 
-def new_secret() -> str:
-    """A new signing secret: ``whsec_`` and the base64 of :data:`SECRET_BYTES` random bytes."""
-    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
-
-
-def secret_key(secret: str) -> bytes:
-    """The HMAC key of a ``whsec_...`` secret: the bytes its base64 part encodes."""
-    return base64.b64decode(secret.removeprefix(SECRET_PREFIX))
-
-
-def sign(secret: str, message_id: str, timestamp: int, body: str) -> str:
-    """The ``webhook-signature`` header value for one attempt."""
-    signed = f"{message_id}.{timestamp}.{body}".encode()
-    digest = hmac.new(secret_key(secret), signed, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
-
-
-def signed_headers(secret: str, message_id: str, timestamp: int, body: str) -> dict[str, str]:
-    """The Standard Webhooks headers of one attempt (``message_id``: the event id)."""
-    return {
-        "webhook-id": message_id,
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(secret, message_id, timestamp, body),
-    }
-
-
-# -- addresses ------------------------------------------------------------------------------
-
-
-def refused_address(address: Address) -> str | None:
-    """Why deliveries may not go to ``address`` (None: a public address). An IPv6 address
-    that embeds an IPv4 one (mapped, 6to4, Teredo) is judged by that one too."""
-    embedded: list[Address] = [address]
-    if isinstance(address, ipaddress.IPv6Address):
-        for inner in (address.ipv4_mapped, address.sixtofour):
-            if inner is not None:
-                embedded.append(inner)
-        if address.teredo is not None:
-            embedded.extend(address.teredo)
-    for a in embedded:
-        for kind, hit in (
-            ("a loopback", a.is_loopback),
-            ("a link-local", a.is_link_local),
-            ("an unspecified", a.is_unspecified),
-            ("a multicast", a.is_multicast),
-            ("a reserved", a.is_reserved),
-            ("a private", a.is_private),
-            ("a non-public", not a.is_global),
-        ):
-            if hit:
-                return f"{a} is {kind} address"
-    return None
-
-
-def literal_address(host: str) -> Address | None:
-    """``host`` as an IP address when it is one (``[::1]`` brackets already removed)."""
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        return None
-
-
-async def resolve(host: str, port: int) -> list[Address]:
-    """Every address ``host`` resolves to (TCP); OSError when it does not resolve."""
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    found: list[Address] = []
-    for _family, _type, _proto, _name, sockaddr in infos:
-        address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
-        if address not in found:
-            found.append(address)
-    return found
-
-
-async def public_addresses(host: str, port: int) -> list[Address]:
-    """The addresses of ``host``, all of them public; ``PermissionError`` naming the first
-    that is not (a name with one private address is refused whole), OSError when the name
-    does not resolve."""
-    literal = literal_address(host)
-    found = [literal] if literal is not None else await resolve(host, port)
-    if not found:
-        raise OSError(f"{host} has no address")
-    for address in found:
-        why = refused_address(address)
-        if why is not None:
-            raise PermissionError(f"{host}: {why}")
-    return found
+# -- URLs -----------------------------------------------------------------------------------
 
 
 async def check_url(url: object, settings: Settings, param: str) -> str:
@@ -172,7 +76,7 @@ async def check_url(url: object, settings: Settings, param: str) -> str:
         await public_addresses(host, port or (443 if parts.scheme == "https" else 80))
     except PermissionError as exc:
         raise InvalidRequest(
-            f"{param} is not allowed: {exc}. Webhooks go to public addresses only.",
+            f"{param} is not allowed: {exc}. {PUBLIC_ONLY}",
             param=param,
         ) from exc
     except (OSError, UnicodeError) as exc:
@@ -187,16 +91,20 @@ def _ts(value: datetime) -> int:
     return int(value.timestamp())
 
 
-def webhook_object(e: WebhookEndpoint) -> Webhook:
-    return Webhook(
+def endpoint_object(e: WebhookEndpoint) -> WebhookEndpointObject:
+    return WebhookEndpointObject(
         id=e.id,
+        name=e.name,
         url=e.url,
-        events=cast(list[WebhookEventType], list(e.events)),  # checked on the way in
-        description=e.description,
-        enabled=e.enabled,
+        event_types=cast(list[WebhookEventType], list(e.event_types)),  # checked on the way in
+        signing_secret_hint=e.signing_secret_hint,
         created_at=_ts(e.created_at),
         updated_at=_ts(e.updated_at),
     )
+
+
+def _with_secret(e: WebhookEndpoint, secret: str) -> WebhookEndpointWithSecret:
+    return WebhookEndpointWithSecret(**endpoint_object(e).model_dump(), signing_secret=secret)
 
 
 def delivery_public_id(delivery_id: int) -> str:
@@ -213,10 +121,10 @@ def parse_delivery_public_id(public_id: str) -> int | None:
         return None
 
 
-def delivery_object(d: WebhookDelivery) -> DeliveryObject:
-    return DeliveryObject(
+def delivery_object(d: WebhookDelivery) -> WebhookDeliveryObject:
+    return WebhookDeliveryObject(
         id=delivery_public_id(d.id),
-        webhook_id=d.endpoint_id,
+        webhook_endpoint_id=d.endpoint_id,
         event_id=d.event_id,
         event_type=cast(WebhookEventType, d.event_type),  # written from EVENT_TYPES only
         batch_id=d.batch_id,
@@ -240,17 +148,20 @@ def owner_filter(user: User) -> str | None:
     return None if user.is_admin else user.id
 
 
-def _events(events: list[str] | None) -> list[str]:
-    """Distinct event types in the API's order; all of them when None."""
-    if events is None:
-        return list(EVENT_TYPES)
-    return [t for t in EVENT_TYPES if t in events]
+def _in_order(event_types: list[WebhookEventType]) -> list[WebhookEventType]:
+    """Distinct event types in the API's order."""
+    return [t for t in EVENT_TYPES if t in event_types]
+
+
+def _missing(endpoint_id: str) -> NotFound:
+    return NotFound(f"No webhook endpoint with id {endpoint_id!r}.")
 
 
 async def create(
-    conn: Conn, user: User, body: WebhookCreate, settings: Settings, now: datetime
-) -> CreatedWebhook:
-    """Register an endpoint for ``user``; the answer is the only one that shows its secret."""
+    conn: Conn, user: User, body: WebhookEndpointCreate, settings: Settings, now: datetime
+) -> WebhookEndpointWithSecret:
+    """Register an endpoint for ``user``; the answer shows its secret (as only rotating it
+    again does)."""
     url = await check_url(body.url, settings, "url")
     if await rows.count_endpoints(conn, user.id) >= MAX_ENDPOINTS_PER_USER:
         raise Conflict(
@@ -260,22 +171,21 @@ async def create(
     secret = new_secret()
     endpoint = await rows.insert_endpoint(
         conn,
-        endpoint_id=new_id("wh_"),
+        endpoint_id=new_id("whe_"),
         owner_id=user.id,
+        name=body.name,
         url=url,
-        events=_events(list(body.events) if body.events is not None else None),
-        description=body.description,
-        enabled=body.enabled,
+        event_types=_in_order(body.event_types),
         secret=secret,
         now=now,
     )
-    return CreatedWebhook(**webhook_object(endpoint).model_dump(), secret=secret)
+    return _with_secret(endpoint, secret)
 
 
 async def get(conn: Conn, user: User, endpoint_id: str) -> WebhookEndpoint:
     endpoint = await rows.get_endpoint(conn, endpoint_id, owner_filter(user))
     if endpoint is None:
-        raise NotFound(f"No webhook with id {endpoint_id!r}.")
+        raise _missing(endpoint_id)
     return endpoint
 
 
@@ -283,12 +193,12 @@ async def update(
     conn: Conn,
     user: User,
     endpoint_id: str,
-    body: WebhookUpdate,
+    body: WebhookEndpointUpdate,
     settings: Settings,
     now: datetime,
 ) -> WebhookEndpoint:
-    """Change the fields ``body`` sets. Disabling an endpoint fails its pending deliveries:
-    a disabled endpoint is sent nothing."""
+    """Change the fields ``body`` sets; ``updated_at`` moves only when one changed. Events
+    already queued keep their targets; the new URL is used from the next attempt on."""
     await get(conn, user, endpoint_id)
     url = await check_url(body.url, settings, "url") if body.url is not None else None
     endpoint = await rows.update_endpoint(
@@ -296,23 +206,71 @@ async def update(
         endpoint_id,
         owner_filter(user),
         now=now,
+        name=body.name,
         url=url,
-        events=_events(list(body.events)) if body.events is not None else None,
-        enabled=body.enabled,
-        description=body.description,
-        set_description="description" in body.model_fields_set,
+        event_types=_in_order(body.event_types) if body.event_types is not None else None,
     )
     if endpoint is None:
-        raise NotFound(f"No webhook with id {endpoint_id!r}.")
-    if body.enabled is False:
-        await rows.fail_pending(conn, endpoint_id, DISABLED_ERROR, now)
+        raise _missing(endpoint_id)
     return endpoint
 
 
 async def delete(conn: Conn, user: User, endpoint_id: str) -> None:
     """Delete the endpoint with its deliveries: pending ones are never sent."""
     if not await rows.delete_endpoint(conn, endpoint_id, owner_filter(user)):
-        raise NotFound(f"No webhook with id {endpoint_id!r}.")
+        raise _missing(endpoint_id)
+
+
+async def rotate_secret(
+    conn: Conn, user: User, endpoint_id: str, *, keep_old: bool, now: datetime
+) -> WebhookEndpointWithSecret:
+    """Give the endpoint a new secret, answered once; the replaced one keeps signing for
+    :data:`ROTATION_GRACE` with ``keep_old``, else stops now (pending deliveries included:
+    secrets are read at each attempt)."""
+    secret = new_secret()
+    endpoint = await rows.rotate_secret(
+        conn,
+        endpoint_id,
+        owner_filter(user),
+        secret=secret,
+        keep_old_until=now + ROTATION_GRACE if keep_old else None,
+        now=now,
+    )
+    if endpoint is None:
+        raise _missing(endpoint_id)
+    return _with_secret(endpoint, secret)
+
+
+async def send_test(
+    db: Pool,
+    user: User,
+    endpoint_id: str,
+    event_type: WebhookEventType,
+    settings: Settings,
+    now: datetime,
+) -> WebhookEndpointTestResult:
+    """POST a signed ``event_type`` event about no real batch (``data.id`` is
+    :data:`~inferbatch.protocol.webhooks.TEST_BATCH_ID`) to the endpoint now, under the
+    delivery rules (address check, timeout, no redirects, every active secret), and answer
+    the receiver's status, whatever it is. Nothing is recorded and ``updated_at`` stays.
+    A refused address is a 400 naming ``url``; no answer is a 502."""
+    async with db.connection() as conn:
+        target = await rows.get_target(conn, endpoint_id, owner_filter(user), now)
+    if target is None:
+        raise _missing(endpoint_id)
+    event_id = new_id("evt_")
+    body = event_body(event_id, event_type, _ts(now), TEST_BATCH_ID)
+    async with Sender(allow_private=settings.webhook_allow_private) as sender:
+        sent = await sender.send(target.url, target.secrets, event_id, body)
+    if sent.refused:
+        raise InvalidRequest(f"The endpoint's url is not allowed: {sent.error}", param="url")
+    if sent.status is None:
+        raise BadGateway(
+            f"The test event was not answered: {sent.error}", code="webhook_endpoint_unreachable"
+        )
+    return WebhookEndpointTestResult(
+        webhook_endpoint_id=endpoint_id, event_type=event_type, status_code=sent.status
+    )
 
 
 async def deliveries(

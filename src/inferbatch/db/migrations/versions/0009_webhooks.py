@@ -3,8 +3,10 @@
 Revision ID: 0009
 Revises: 0008
 
-``webhook_endpoints``: URLs a user registered for batch events, each with its signing
-secret. ``webhook_deliveries``: the outbox, one row per event and target (an endpoint, or
+``webhook_endpoints``: URLs a user registered for batch events (OpenAI's webhook endpoint
+objects), each with its signing secret; after a rotation that keeps the old secret active,
+``previous_secret`` signs deliveries too until ``previous_secret_expires_at``.
+``webhook_deliveries``: the outbox, one row per event and target (an endpoint, or
 the batch's own ``callback_url`` when ``endpoint_id`` is NULL), written in the transaction
 that moves the batch to its terminal status and sent at least once by the scheduler's
 delivery duty. ``payload`` is the exact body that is signed and sent on every attempt; a
@@ -26,15 +28,18 @@ UPGRADE = """
 ALTER TABLE batches ADD COLUMN callback_url text, ADD COLUMN callback_secret text;
 
 CREATE TABLE webhook_endpoints (
-    id          text PRIMARY KEY,
-    owner_id    text NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-    url         text NOT NULL,
-    events      text[] NOT NULL,
-    description text,
-    enabled     boolean NOT NULL DEFAULT true,
-    secret      text NOT NULL,
-    created_at  timestamptz NOT NULL DEFAULT now(),
-    updated_at  timestamptz NOT NULL DEFAULT now()
+    id                         text PRIMARY KEY,
+    owner_id                   text NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    name                       text NOT NULL,
+    url                        text NOT NULL,
+    event_types                text[] NOT NULL,
+    secret                     text NOT NULL,
+    previous_secret            text,
+    previous_secret_expires_at timestamptz,
+    created_at                 timestamptz NOT NULL DEFAULT now(),
+    updated_at                 timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT webhook_endpoints_previous_secret_check
+        CHECK ((previous_secret IS NULL) = (previous_secret_expires_at IS NULL))
 );
 CREATE INDEX webhook_endpoints_owner ON webhook_endpoints (owner_id, created_at DESC, id DESC);
 
