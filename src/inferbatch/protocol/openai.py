@@ -12,7 +12,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from inferbatch.domain import ENDPOINTS
+from inferbatch.domain import ENDPOINTS, BatchStatus, RequestStatus
 
 T = TypeVar("T")
 
@@ -169,16 +169,7 @@ class Batch(_Wire):
     errors: BatchErrors | None
     input_file_id: str
     completion_window: str
-    status: Literal[
-        "validating",
-        "failed",
-        "in_progress",
-        "finalizing",
-        "completed",
-        "expired",
-        "cancelling",
-        "cancelled",
-    ]
+    status: BatchStatus
     output_file_id: str | None
     error_file_id: str | None
     created_at: int
@@ -236,7 +227,7 @@ class BatchRequest(_Wire):
     line: int
     custom_id: str
     model: str | None
-    status: Literal["queued", "running", "waiting", "completed", "failed", "cancelled", "expired"]
+    status: RequestStatus
     pool: str
     attempts: int
     failed_attempts: int
