@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: system-deps test-fresh up test lint typecheck unit integration e2e browser chaos bench bench-ingest bench-queue bench-saturation bench-long-calls bench-retention bench-object-storage bench-scale bench-big-batch monitoring-check clean
+.PHONY: system-deps test-fresh up test lint typecheck unit integration e2e browser chaos bench bench-ingest bench-queue bench-saturation bench-long-calls bench-retention bench-object-storage bench-scale bench-big-batch bench-message-batch monitoring-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,7 +52,7 @@ test-fresh:
 	bash scripts/fresh-clone-test.sh
 
 ## Benchmarks: each prints ratios against a reference measured in the same run.
-bench: bench-ingest bench-queue bench-saturation bench-long-calls bench-retention bench-object-storage bench-scale bench-big-batch
+bench: bench-ingest bench-queue bench-saturation bench-long-calls bench-retention bench-object-storage bench-scale bench-big-batch bench-message-batch
 
 bench-ingest: $(STAMP)
 	$(BIN)/python -m bench.ingest
@@ -77,6 +77,9 @@ bench-scale: $(STAMP)
 
 bench-big-batch: $(STAMP)
 	$(BIN)/python -m bench.big_batch
+
+bench-message-batch: $(STAMP)
+	$(BIN)/python -m bench.message_batch
 
 ## Alert rules and their unit tests, the Alertmanager config (needs promtool and amtool).
 monitoring-check: system-deps

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -63,7 +64,7 @@ def _params(text: str, **extra: Any) -> dict[str, Any]:
 async def _create(pool: Pool, blobs: LocalBlobStore, user: User, **params: Any) -> BatchRecord:
     body = {"requests": [{"custom_id": cid, "params": p} for cid, p in params.items()]}
     return await service.create(
-        pool, blobs, SETTINGS, user, bytearray(orjson.dumps(body)), utcnow()
+        pool, blobs, SETTINGS, user, io.BytesIO(orjson.dumps(body)), utcnow()
     )
 
 

@@ -3,6 +3,7 @@ request is named by its path, and a good body becomes the batch's input lines.""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,11 @@ def _params(**extra: Any) -> dict[str, Any]:
     }
 
 
-def _body(*requests: dict[str, Any]) -> bytearray:
-    return bytearray(orjson.dumps({"requests": list(requests)}))
+def _body(*requests: dict[str, Any]) -> io.BytesIO:
+    return io.BytesIO(orjson.dumps({"requests": list(requests)}))
 
 
-def _refused(tmp_path: Path, raw: bytearray, max_requests: int = 100) -> InvalidRequest:
+def _refused(tmp_path: Path, raw: io.BytesIO, max_requests: int = 100) -> InvalidRequest:
     blobs = LocalBlobStore(tmp_path)
     with pytest.raises(InvalidRequest) as exc:
         write_input(raw, blobs, "upload/x", max_requests)
@@ -48,7 +49,7 @@ def test_a_good_body_becomes_batch_lines_with_the_params_unchanged(tmp_path: Pat
     )
     blobs = LocalBlobStore(tmp_path)
     count, size, sha256 = write_input(raw, blobs, "upload/x", 100)
-    assert count == 2 and len(raw) == 0  # the body is not kept once parsed
+    assert count == 2
     with blobs.open_reader("upload/x") as f:
         data = f.read()
     assert size == len(data) and len(sha256) == 64
@@ -158,18 +159,24 @@ def test_duplicate_custom_ids_are_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("raw", "param", "words"),
     [
-        (bytearray(b"{not json"), None, "not valid JSON"),
-        (bytearray(b"[]"), None, "JSON object"),
-        (bytearray(b"{}"), "requests", "Field required"),
-        (bytearray(b'{"requests": []}'), "requests", "at least 1"),
-        (bytearray(b'{"requests": {}}'), "requests", "valid list"),
-        (bytearray(b'{"requests": [], "other": 1}'), "requests", "at least 1"),
+        (b"{not json", None, "not valid JSON"),
+        (b"[]", None, "JSON object"),
+        (b"", None, "not valid JSON"),
+        (b"{}", "requests", "Field required"),
+        (b'{"requests": []}', "requests", "at least 1"),
+        (b'{"requests": {}}', "requests", "valid list"),
+        (b'{"requests": [], "other": 1}', "requests", "at least 1"),
+        (b'{"other": 1, "requests": []}', "other", "Extra inputs"),
+        (
+            orjson.dumps({"requests": [{"custom_id": "a", "params": _params()}]}) + b" trailing",
+            None,
+            "not valid JSON",
+        ),
+        (b'{"requests": [{"custom_id": "a", "params": {"model"', None, "not valid JSON"),
     ],
 )
-def test_a_bad_body_is_refused(
-    tmp_path: Path, raw: bytearray, param: str | None, words: str
-) -> None:
-    error = _refused(tmp_path, raw)
+def test_a_bad_body_is_refused(tmp_path: Path, raw: bytes, param: str | None, words: str) -> None:
+    error = _refused(tmp_path, io.BytesIO(raw))
     assert error.param == param and words in error.message
 
 

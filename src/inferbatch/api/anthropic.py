@@ -16,8 +16,9 @@ API has no 409), an unavailable database or blob store as a 529 ``overloaded_err
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Callable, Coroutine
-from typing import Annotated, Any
+from typing import IO, Annotated, Any
 
 import psycopg
 import psycopg_pool
@@ -139,26 +140,38 @@ def _base_url(request: Request, st: AppState) -> str:
     return st.settings.public_url or str(request.base_url)
 
 
-async def _read_body(request: Request, limit: int) -> bytearray:
+SPOOL_BYTES = 1 << 20
+"""A create body is kept in memory up to this size, beyond it in a temporary file."""
+
+
+async def _read_body(request: Request, limit: int) -> IO[bytes]:
     """The body, refused with a 413 as soon as it is known to exceed ``limit`` bytes (from
-    its content-length, or while it streams in): never buffered past the limit."""
+    its content-length, or while it streams in), spooled to a temporary file past
+    :data:`SPOOL_BYTES` so that a large create does not hold its body in memory."""
     too_large = TooLarge(f"The request body is larger than the limit of {limit} bytes.")
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         raise too_large
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
-    return body
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115
+    try:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            spool.write(chunk)
+        spool.seek(0)
+    except BaseException:
+        spool.close()
+        raise
+    return spool
 
 
 @router.post("", response_model=MessageBatch, openapi_extra=CREATE_BODY)
 async def create_message_batch(request: Request, user: UserDep, st: StateDep) -> MessageBatch:
     """Create a Message Batch: ``{"requests": [{"custom_id", "params"}, ...]}``."""
-    raw = await _read_body(request, st.settings.max_message_batch_bytes)
-    batch = await service.create(st.db, st.blobs, st.settings, user, raw, st.now())
+    with await _read_body(request, st.settings.max_message_batch_bytes) as body:
+        batch = await service.create(st.db, st.blobs, st.settings, user, body, st.now())
     return service.message_batch(batch, _base_url(request, st))
 
 

@@ -26,10 +26,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import IO, Any
 
+import ijson  # type: ignore[import-untyped]
 import orjson
 from pydantic import ValidationError
 
@@ -43,7 +44,6 @@ from inferbatch.errors import Conflict, InvalidRequest, NotFound, StorageUnavail
 from inferbatch.ids import new_id
 from inferbatch.protocol.anthropic import (
     MessageBatch,
-    MessageBatchEnvelope,
     MessageBatchRequestCounts,
     MessageBatchRequestParam,
 )
@@ -85,36 +85,79 @@ def _invalid(exc: ValidationError, prefix: str) -> InvalidRequest:
     return InvalidRequest(f"{path}: {message}." if path else f"{message}.", param=path or None)
 
 
-def write_input(
-    raw: bytearray, blobs: BlobStore, key: str, max_requests: int
-) -> tuple[int, int, str]:
-    """Check a create body and write its requests to the blob ``key`` as batch lines;
-    returns (requests, bytes, sha256). Raises :class:`InvalidRequest` for the first bad
-    request, and then no blob is left. Blocking (run it in a thread); ``raw`` is emptied
-    once parsed, so the body is not held twice."""
+def _value(events: Iterator[tuple[str, Any]], event: str, value: Any) -> Any:
+    """The JSON value that starts with ``event``, built from the events that follow."""
+    if event not in ("start_map", "start_array"):
+        return value
+    builder = ijson.ObjectBuilder()
+    builder.event(event, value)
+    depth = 1
+    for event, value in events:
+        builder.event(event, value)
+        if event in ("start_map", "start_array"):
+            depth += 1
+        elif event in ("end_map", "end_array"):
+            depth -= 1
+            if depth == 0:
+                break
+    return builder.value
+
+
+def _requests(source: IO[bytes]) -> Iterator[Any]:
+    """The entries of the body's ``requests`` list, one at a time, as the body is read:
+    memory holds one entry, never the body. The body's outer shape is checked on the way
+    (an object whose only key is a non-empty ``requests`` list)."""
+    events = ijson.basic_parse(source, use_float=True)
     try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+        first = next(events, None)
+        if first is None or first[0] != "start_map":
+            raise InvalidRequest("The body must be a JSON object.")
+        found = False
+        for event, key in events:
+            if event == "end_map":
+                break
+            event, value = next(events)
+            if key != "requests":
+                raise InvalidRequest(f"{key}: Extra inputs are not permitted.", param=str(key))
+            found = True
+            if event != "start_array":
+                raise InvalidRequest("requests: Input should be a valid list.", param="requests")
+            count = 0
+            for event, value in events:
+                if event == "end_array":
+                    break
+                count += 1
+                yield _value(events, event, value)
+            if count == 0:
+                raise InvalidRequest(
+                    "requests: List should have at least 1 item after validation, not 0.",
+                    param="requests",
+                )
+        if not found:
+            raise InvalidRequest("requests: Field required.", param="requests")
+        for _ in events:  # the parser refuses anything after the object
+            pass
+    except ijson.JSONError as exc:
         raise InvalidRequest(f"The body is not valid JSON: {exc}.") from exc
-    finally:
-        raw.clear()
-    if not isinstance(body, dict):
-        raise InvalidRequest("The body must be a JSON object.")
-    try:
-        MessageBatchEnvelope.model_validate(body)
-    except ValidationError as exc:
-        raise _invalid(exc, "") from None
-    requests: list[Any] = body["requests"]
-    if len(requests) > max_requests:
-        raise InvalidRequest(
-            f"requests: a Message Batch holds at most {max_requests} requests, "
-            f"not {len(requests)}.",
-            param="requests",
-        )
+
+
+def write_input(
+    source: IO[bytes], blobs: BlobStore, key: str, max_requests: int
+) -> tuple[int, int, str]:
+    """Check a create body (read from ``source`` as it is parsed) and write its requests
+    to the blob ``key`` as batch lines; returns (requests, bytes, sha256). Raises
+    :class:`InvalidRequest` for the first bad request, and then no blob is left.
+    Blocking (run it in a thread)."""
     seen: dict[str, int] = {}
+    count = 0
     with blobs.open_writer(key) as writer:
         buffer = bytearray()
-        for i, item in enumerate(requests):
+        for i, item in enumerate(_requests(source)):
+            if i >= max_requests:
+                raise InvalidRequest(
+                    f"requests: a Message Batch holds at most {max_requests} requests.",
+                    param="requests",
+                )
             try:
                 request = MessageBatchRequestParam.model_validate(item)
             except ValidationError as exc:
@@ -134,16 +177,17 @@ def write_input(
             }
             buffer += orjson.dumps(line)
             buffer += b"\n"
+            count += 1
             if len(buffer) >= FLUSH_BYTES:
                 writer.write(bytes(buffer))
                 buffer.clear()
         if buffer:
             writer.write(bytes(buffer))
-    return len(requests), writer.size, writer.sha256
+    return count, writer.size, writer.sha256
 
 
 async def create(
-    db: Pool, blobs: BlobStore, settings: Settings, user: User, raw: bytearray, now: datetime
+    db: Pool, blobs: BlobStore, settings: Settings, user: User, raw: IO[bytes], now: datetime
 ) -> BatchRecord:
     """Check the body, store its requests as the batch's input file and create the batch
     (its file row and its batch row in one transaction). Nothing is kept on error."""
