@@ -20,8 +20,10 @@ peak RSS of each, VmHWM, is that of this size alone):
 It prints the figures of both sizes and the ratios of the larger size's peak RSS over the
 reference's: the scheduler's through both ingests (goal <= 1.5: ingest streams the file,
 and the matches of deduplication) and the api's through the parts and the complete (goal
-<= 1.5: parts stream to the blob store, complete composes them there). Times are printed
-for information; they have no goal.
+<= 1.5: parts stream to the blob store, complete composes them there); and the ratio of
+the second ingest's time per line (goal <= 1.5: deduplication costs each line the same
+whatever the size of the batch). The other times are printed for information; they have
+no goal.
 
 Usage: python -m bench.big_batch [--lines 1000000] [--part-mb 64]
 Quick check: python -m bench.big_batch --lines 100000
@@ -265,11 +267,17 @@ def main() -> None:
             f"{r.scheduler_again_mb:>5.0f}"
         )
     ref, big = results
+    ref_us, big_us = (r.again_s / r.lines * 1e6 for r in (ref, big))
+    print(
+        f"\nthe file sent again, time per line: {ref_us:.0f} us at {ref.lines:,} lines, "
+        f"{big_us:.0f} us at {big.lines:,}"
+    )
     ratios = {
         "scheduler peak RSS through ingest": big.scheduler_ingest_mb / ref.scheduler_ingest_mb,
         "scheduler peak RSS, the file sent again": big.scheduler_again_mb / ref.scheduler_again_mb,
         "api peak RSS through the parts": big.api_parts_mb / ref.api_parts_mb,
         "api peak RSS through complete": big.api_complete_mb / ref.api_complete_mb,
+        "time per line, the file sent again": big_us / ref_us,
     }
     print(f"\n{big.lines:,} lines over {ref.lines:,} (goal <= 1.5 each):")
     failed = 0

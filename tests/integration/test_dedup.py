@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -179,3 +180,106 @@ async def test_the_lookup_costs_a_few_rows_per_line_whatever_the_statistics_say(
         )
         [plan] = (await cur.fetchone())["QUERY PLAN"]  # type: ignore[index]
     assert _work(plan["Plan"]) <= 20 * lines
+
+
+_SENT = 1200
+_DISTINCT = 900
+"""A file of _SENT lines whose bodies repeat every _DISTINCT lines, sent twice."""
+
+
+async def _send_again(
+    pool: Pool, blobs: LocalBlobStore, settle_first: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Ingest the file, settle its requests as 2xx if told, ingest it again; returns both
+    batches' requests (id, status, dedup_of) in line order."""
+    user = await make_user(pool)
+    content = "\n".join(chat_line(f"c{i}", f"same {i % _DISTINCT}") for i in range(_SENT))
+    batches = []
+    for send in range(2):
+        batches.append(await make_batch(pool, blobs, user, content.encode()))
+        await ingest_next(pool, blobs, max_requests=_SENT, now=utcnow)
+        if send == 0 and settle_first:
+            async with pool.connection() as conn:
+                cur = await conn.execute("SELECT id FROM requests")
+                settle = {"status": "completed", "pool": "spot", "started": utcnow()}
+                settle |= {"dedup_of": None, "finished": utcnow(), "response_status": 200}
+                settle |= {"prompt_tokens": 1, "completion_tokens": 1}
+                settle |= {"ids": [r["id"] for r in await cur.fetchall()]}
+                await conn.execute(SETTLE_DIRECTLY, settle)
+    async with pool.connection() as conn:
+        rows = []
+        for batch in batches:
+            cur = await conn.execute(
+                "SELECT q.id, q.status, q.dedup_of FROM requests q "
+                "JOIN request_inputs i ON i.id = q.id WHERE q.batch_id = %s ORDER BY i.line",
+                (batch.id,),
+            )
+            rows.append(await cur.fetchall())
+    return rows[0], rows[1]
+
+
+async def test_a_file_sent_again_follows_the_first_batch_line_for_line(
+    pool: Pool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first batch still queued: every line of the second waits for the leader of its
+    input in the first (the first batch's first line with it), across match chunks."""
+    monkeypatch.setattr(dedup, "MATCH_CHUNK", 100)
+    first, again = await _send_again(pool, LocalBlobStore(tmp_path), settle_first=False)
+    leaders = [r["id"] for r in first[:_DISTINCT]]
+    assert [r["status"] for r in first] == ["queued"] * _DISTINCT + ["waiting"] * (
+        _SENT - _DISTINCT
+    )
+    assert [(r["status"], r["dedup_of"]) for r in again] == [
+        ("waiting", leaders[i % _DISTINCT]) for i in range(_SENT)
+    ]
+
+
+async def test_a_file_sent_again_reuses_the_first_batch_line_for_line(
+    pool: Pool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first batch completed: every line of the second reuses the newest output of its
+    input (the first batch's last line with it), across match chunks."""
+    monkeypatch.setattr(dedup, "MATCH_CHUNK", 100)
+    first, again = await _send_again(pool, LocalBlobStore(tmp_path), settle_first=True)
+    newest = {i % _DISTINCT: r["id"] for i, r in enumerate(first)}
+    assert [(r["status"], r["dedup_of"]) for r in again] == [
+        ("completed", newest[i % _DISTINCT]) for i in range(_SENT)
+    ]
+
+
+async def test_matches_come_in_id_order_and_their_updates_read_by_key(
+    pool: Pool, tmp_path: Path
+) -> None:
+    """A batch's matches come in id order, so that a chunk of them is a run of neighbouring
+    rows; applying a chunk reads those rows by key, not the whole queue (once per chunk,
+    that would be quadratic in the batch)."""
+    _, again = await _send_again(pool, LocalBlobStore(tmp_path), settle_first=False)
+    chunk = again[:100]
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT batch_id, owner_id FROM requests JOIN batches b "
+            "ON b.id = batch_id WHERE requests.id = %s",
+            (chunk[0]["id"],),
+        )
+        batch = await cur.fetchone()
+        assert batch is not None
+        cur = await conn.execute(
+            dedup.MATCHES,
+            {
+                "batch": batch["batch_id"],
+                "owner": batch["owner_id"],
+                "scope": "user",
+                "horizon": 86400.0,
+            },
+        )
+        ids = [r["id"] for r in await cur.fetchall()]
+        assert ids == sorted(ids) == [r["id"] for r in again]
+        for table in ("requests", "request_inputs", "request_results", "batches"):
+            await conn.execute(f"ANALYZE {table}")
+        async with conn.transaction(force_rollback=True):
+            cur = await conn.execute(
+                "EXPLAIN (ANALYZE, FORMAT JSON) " + dedup.FOLLOW,
+                {"ids": [r["id"] for r in chunk], "sources": [r["dedup_of"] for r in chunk]},
+            )
+            [plan] = (await cur.fetchone())["QUERY PLAN"]  # type: ignore[index]
+    assert _work(plan["Plan"]) <= 10 * len(chunk)

@@ -13,6 +13,13 @@ row that qualifies; every other row it needs (queue row, result, batch) is read 
 in a fenced subquery. Joins on freshly copied rows, whose statistics say "one row", would
 otherwise be planned as nested loops over whole partial indexes (quadratic in the batch),
 and an unanchored join could scan the settled history.
+
+Lines are looked up, and their matches applied, in id order (the order the file was
+written in), not in hash order: a batch sent again then reads the earlier batch's rows in
+the order they were written, and each chunk of updates touches neighbouring rows. In hash
+order every lookup and every update is a random read, and once the tables outgrow the
+buffer cache each costs a read from disk (and often a dirty page's write): a batch of
+1,000,000 lines sent again took 17.6 times as long as one of 100,000.
 """
 
 from __future__ import annotations
@@ -60,7 +67,7 @@ WITH lines AS (
 ),
 matched AS (
     SELECT f.id, f.input_hash, reuse.src_id, follow.leader_id
-    FROM lines f
+    FROM (SELECT id, input_hash, first FROM lines ORDER BY id OFFSET 0) f
     LEFT JOIN LATERAL ({
     _earlier(
         "c.id AS src_id",
@@ -86,26 +93,29 @@ SELECT id, src_id,
     CASE WHEN src_id IS NULL THEN coalesce(leader_id, nullif(first_id, id)) END AS leader_id
 FROM spread
 WHERE src_id IS NOT NULL OR leader_id IS NOT NULL OR id <> first_id
+ORDER BY id
 """
 """Every line of the batch that need not run itself: (id, the request whose output it
 reuses, or the request it waits for). The first line of each distinct input reuses the
 newest 2xx output in scope within the horizon, else follows the newest queued or running
 identical request (a waiting one's leader); the batch's other lines with that input do as
-their first line does, or wait for it."""
+their first line does, or wait for it. In id order."""
 
 MATCH_CHUNK = 10_000
 """Matches applied per statement at ingest."""
 
-# The rows were written by this transaction's ingest: no one else sees them yet.
+# The rows were written by this transaction's ingest: no one else sees them yet. The
+# ``= ANY`` reads a chunk's rows by key whichever join the planner picks (a hash join over
+# the whole of ``requests`` per chunk is quadratic in the batch).
 REUSE = """
 UPDATE requests n SET status = 'completed', dedup_of = m.src_id
 FROM unnest(%(ids)s::bigint[], %(sources)s::bigint[]) m(id, src_id)
-WHERE n.id = m.id
+WHERE n.id = m.id AND n.id = ANY(%(ids)s::bigint[])
 """
 FOLLOW = """
 UPDATE requests n SET status = 'waiting', dedup_of = m.leader_id
 FROM unnest(%(ids)s::bigint[], %(sources)s::bigint[]) m(id, leader_id)
-WHERE n.id = m.id
+WHERE n.id = m.id AND n.id = ANY(%(ids)s::bigint[])
 """
 
 
