@@ -6,6 +6,7 @@ import json
 import os
 import random
 import secrets
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,6 +43,7 @@ def bench_server() -> Iterator[str]:
         yield embedded_url(data_dir)
     finally:
         stop_embedded(data_dir)
+        shutil.rmtree(data_dir, ignore_errors=True)  # a full-size run leaves gigabytes
 
 
 @contextmanager
