@@ -43,6 +43,11 @@ class User:
     is_admin: bool
 
 
+def owner_filter(user: User) -> str | None:
+    """The owner id a query filters by: None (everything) for admins."""
+    return None if user.is_admin else user.id
+
+
 @dataclass(frozen=True, slots=True)
 class FileRecord:
     id: str

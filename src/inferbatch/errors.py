@@ -3,6 +3,9 @@ the docstring is the default message."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 
 class InferbatchError(Exception):
     """Something went wrong."""
@@ -39,6 +42,12 @@ class InvalidRequest(InferbatchError):
 
     status_code = 400
     type = "invalid_request_error"
+
+
+class BadValue(InvalidRequest):
+    """A value in the request cannot be stored as given."""
+
+    # a NUL character in text, a number out of range: what the database refuses of a value
 
 
 class Unauthorized(InferbatchError):
@@ -107,3 +116,24 @@ class StorageUnavailable(Unavailable):
         # clients get the default message; logs, /readyz and start-up errors the reason
         self.reason = reason
         self.args = (f"file storage unavailable: {reason}",)
+
+
+def from_validation(errors: Sequence[Any]) -> InvalidRequest:
+    """The first of a wire model's validation errors as OpenAI words it, naming the
+    field (``metadata.priority``, ``limit``) in ``param``."""
+    if not errors:
+        return InvalidRequest()
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
+    param = ".".join(loc) or None
+    kind = first.get("type", "")
+    message = str(first.get("msg", "The request is invalid.")).removeprefix("Value error, ")
+    if kind == "json_invalid":
+        return InvalidRequest("The body is not valid JSON.")
+    if param is None:
+        return InvalidRequest("The body must be a JSON object.")
+    if kind == "missing":
+        return InvalidRequest(f"{param} is required.", param=param)
+    if kind == "extra_forbidden":
+        return InvalidRequest(f"Unrecognized request argument supplied: {param}.", param=param)
+    return InvalidRequest(f"{param}: {message}.", param=param)

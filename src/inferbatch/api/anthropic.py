@@ -29,7 +29,13 @@ from fastapi.routing import APIRoute
 
 from inferbatch.api.deps import AppState, current_user, state
 from inferbatch.domain import User
-from inferbatch.errors import InferbatchError, InvalidRequest, TooLarge, Unavailable
+from inferbatch.errors import (
+    BadValue,
+    InferbatchError,
+    TooLarge,
+    Unavailable,
+    from_validation,
+)
 from inferbatch.protocol.anthropic import (
     DeletedMessageBatch,
     ErrorObject,
@@ -58,14 +64,6 @@ def error_response(exc: InferbatchError) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
-def _validation_message(exc: RequestValidationError) -> InvalidRequest:
-    first = exc.errors()[0] if exc.errors() else {}
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body", "header")]
-    message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
-    path = ".".join(loc)
-    return InvalidRequest(f"{path}: {message}." if path else f"{message}.", param=path or None)
-
-
 class _AnthropicRoute(APIRoute):
     """A route whose errors (from its dependencies too) are answered in Anthropic's shape."""
 
@@ -78,7 +76,10 @@ class _AnthropicRoute(APIRoute):
             except InferbatchError as exc:
                 return error_response(exc)
             except RequestValidationError as exc:
-                return error_response(_validation_message(exc))
+                return error_response(from_validation(exc.errors()))
+            except psycopg.DataError as exc:  # as the app maps it: the request's value
+                log.info("%s %s: %s", request.method, request.url.path, exc)
+                return error_response(BadValue())
             except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
                 log.warning("database unavailable: %s", exc)
                 return error_response(Unavailable())

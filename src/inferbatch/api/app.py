@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -30,11 +30,12 @@ from inferbatch.db.connector import open_pool
 from inferbatch.db.types import Pool
 from inferbatch.engines.registry import EngineRegistry
 from inferbatch.errors import (
+    BadValue,
     InferbatchError,
-    InvalidRequest,
     NotFound,
     StorageUnavailable,
     Unavailable,
+    from_validation,
 )
 from inferbatch.metrics import ApiMetrics, SystemMetrics
 from inferbatch.portal import install as install_portal
@@ -48,27 +49,6 @@ READY_STORAGE_SECONDS = 2.5
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def invalid_request(errors: Sequence[Any]) -> InvalidRequest:
-    """The first of a wire model's validation errors as OpenAI words it, naming the
-    field (``metadata.priority``, ``limit``) in ``param``."""
-    if not errors:
-        return InvalidRequest()
-    first = errors[0]
-    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
-    param = ".".join(loc) or None
-    kind = first.get("type", "")
-    message = str(first.get("msg", "The request is invalid.")).removeprefix("Value error, ")
-    if kind == "json_invalid":
-        return InvalidRequest("The body is not valid JSON.")
-    if param is None:
-        return InvalidRequest("The body must be a JSON object.")
-    if kind == "missing":
-        return InvalidRequest(f"{param} is required.", param=param)
-    if kind == "extra_forbidden":
-        return InvalidRequest(f"Unrecognized request argument supplied: {param}.", param=param)
-    return InvalidRequest(f"{param}: {message}.", param=param)
 
 
 def _document_validation_as_400(app: FastAPI) -> None:
@@ -187,7 +167,7 @@ def create_app(
         # a value the database cannot hold as given (a NUL character in text, a number out
         # of range): the request's fault, and nothing was changed
         log.info("%s %s: %s", request.method, request.url.path, exc)
-        return _error(InvalidRequest("A value in the request cannot be stored as given."))
+        return _error(BadValue())
 
     @app.exception_handler(psycopg.OperationalError)
     async def _db_down(request: Request, exc: psycopg.OperationalError) -> JSONResponse:
@@ -205,7 +185,7 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(invalid_request(exc.errors()))
+        return _error(from_validation(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -11,7 +11,7 @@ from inferbatch.api.deps import AppState, IdempotencyHeader, current_user, state
 from inferbatch.db import batches as batch_rows
 from inferbatch.db import files as file_rows
 from inferbatch.db import workers as worker_rows
-from inferbatch.domain import User
+from inferbatch.domain import User, owner_filter
 from inferbatch.errors import Forbidden
 from inferbatch.protocol.openai import (
     Batch,
@@ -31,7 +31,6 @@ from inferbatch.services import idempotency
 from inferbatch.services import output as output_service
 from inferbatch.services import requests as request_service
 from inferbatch.services import webhooks as webhook_service
-from inferbatch.services.batches import owner_filter
 from inferbatch.services.serialize import batch_fields, batch_object, file_object, page, ts
 
 router = APIRouter(prefix="/v1")

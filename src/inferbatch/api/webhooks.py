@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body, Depends, Query
 
 from inferbatch.api.deps import AppState, current_user, state
 from inferbatch.db import webhooks as webhook_rows
-from inferbatch.domain import User
+from inferbatch.domain import User, owner_filter
 from inferbatch.protocol.openai import ErrorResponse, ListPage
 from inferbatch.protocol.webhooks import (
     EVENT_TYPES,
@@ -26,6 +26,7 @@ from inferbatch.protocol.webhooks import (
     WebhookRotateSecret,
 )
 from inferbatch.services import webhooks as webhook_service
+from inferbatch.services.serialize import page
 
 router = APIRouter(prefix="/v1", tags=["webhooks"])
 
@@ -51,15 +52,10 @@ async def list_webhook_endpoints(
     """The caller's endpoints (every user's for admins), newest first."""
     async with st.db.connection() as conn:
         found = await webhook_rows.list_endpoints(
-            conn, webhook_service.owner_filter(user), after=after, limit=limit
+            conn, owner_filter(user), after=after, limit=limit
         )
     data = [webhook_service.endpoint_object(e) for e in found[:limit]]
-    return ListPage(
-        data=data,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-        has_more=len(found) > limit,
-    )
+    return page(data, len(found) > limit)
 
 
 @router.get("/webhook_endpoints/{webhook_endpoint_id}", response_model=WebhookEndpointObject)
@@ -147,9 +143,4 @@ async def list_webhook_endpoint_deliveries(
             conn, user, webhook_endpoint_id, after=after, limit=limit
         )
     data = [webhook_service.delivery_object(d) for d in found]
-    return ListPage(
-        data=data,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-        has_more=has_more,
-    )
+    return page(data, has_more)

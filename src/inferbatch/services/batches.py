@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from inferbatch.config import Settings, parse_duration
 from inferbatch.db import batches, files
 from inferbatch.db.types import Conn
-from inferbatch.domain import ENDPOINTS, BatchRecord, User
+from inferbatch.domain import ENDPOINTS, BatchRecord, User, owner_filter
 from inferbatch.errors import Conflict, InvalidRequest, NotFound
 from inferbatch.ids import new_id
 from inferbatch.services import idempotency as idempotency_service
@@ -175,7 +175,7 @@ async def create(
     earlier = await idempotency_service.claim(conn, user.id, idempotency, batch_id, now)
     if earlier is not None:
         return await get(conn, user, earlier)
-    record = await files.get(conn, new.input_file_id, None if user.is_admin else user.id)
+    record = await files.get(conn, new.input_file_id, owner_filter(user))
     if record is None:
         raise NotFound(f"No file with id {new.input_file_id!r}.", param="input_file_id")
     if record.purpose != "batch":
@@ -199,11 +199,6 @@ async def create(
         callback_url=new.callback_url,
         callback_secret=new_secret() if new.callback_url else None,
     )
-
-
-def owner_filter(user: User) -> str | None:
-    """The owner id to filter by: None (everything) for admins."""
-    return None if user.is_admin else user.id
 
 
 async def get(conn: Conn, user: User, batch_id: str) -> BatchRecord:

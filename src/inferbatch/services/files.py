@@ -11,12 +11,12 @@ from inferbatch.blobstore import BlobStore, open_stream
 from inferbatch.config import Settings
 from inferbatch.db import files as file_rows
 from inferbatch.db.types import Pool
-from inferbatch.domain import FileRecord, User
+from inferbatch.domain import FileRecord, User, owner_filter
 from inferbatch.errors import InvalidRequest, NotFound, StorageUnavailable, TooLarge
 from inferbatch.ids import new_id
 from inferbatch.scheduler.validation import FileCheck, check_file
 from inferbatch.services import idempotency as idempotency_service
-from inferbatch.services.batches import expiry_seconds, owner_filter
+from inferbatch.services.batches import expiry_seconds
 from inferbatch.services.uploads import receive_upload
 
 log = logging.getLogger(__name__)

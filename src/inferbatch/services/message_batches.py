@@ -39,7 +39,13 @@ from inferbatch.config import Settings
 from inferbatch.db import batches, files
 from inferbatch.db import message_batches as rows
 from inferbatch.db.types import Pool
-from inferbatch.domain import MESSAGES_ENDPOINT, TERMINAL_BATCH_STATUSES, BatchRecord, User
+from inferbatch.domain import (
+    MESSAGES_ENDPOINT,
+    TERMINAL_BATCH_STATUSES,
+    BatchRecord,
+    User,
+    owner_filter,
+)
 from inferbatch.errors import Conflict, InvalidRequest, NotFound, StorageUnavailable
 from inferbatch.ids import new_id
 from inferbatch.protocol.anthropic import (
@@ -60,10 +66,6 @@ WINDOW = "24h"
 """A Message Batch ends 24 hours after it was created, at the latest (Anthropic's rule)."""
 PRIORITY = 1
 FLUSH_BYTES = 1 << 20
-
-
-def _owner(user: User) -> str | None:
-    return None if user.is_admin else user.id
 
 
 # -- create ---------------------------------------------------------------------------------
@@ -291,7 +293,7 @@ def message_batch(b: BatchRecord, base_url: str) -> MessageBatch:
 
 async def get(db: Pool, user: User, batch_id: str) -> BatchRecord:
     async with db.connection() as conn:
-        batch = await rows.get(conn, batch_id, _owner(user))
+        batch = await rows.get(conn, batch_id, owner_filter(user))
     if batch is None:
         raise NotFound(f"No Message Batch with id {batch_id!r}.")
     return batch
@@ -306,7 +308,7 @@ async def list_page(
         raise InvalidRequest("Give after_id or before_id, not both.", param="before_id")
     async with db.connection() as conn:
         found = await rows.list_page(
-            conn, _owner(user), after_id=after_id, before_id=before_id, limit=limit
+            conn, owner_filter(user), after_id=after_id, before_id=before_id, limit=limit
         )
     if len(found) <= limit:
         return found, False
@@ -322,7 +324,7 @@ async def cancel(db: Pool, user: User, batch_id: str, now: datetime) -> BatchRec
     already canceling, or finalizing (it ends on its own in a moment), is returned as it
     is; an ended one cannot be cancelled."""
     async with db.connection() as conn, conn.transaction():
-        batch = await rows.get(conn, batch_id, _owner(user))
+        batch = await rows.get(conn, batch_id, owner_filter(user))
         if batch is None:
             raise NotFound(f"No Message Batch with id {batch_id!r}.")
         if batch.status in TERMINAL_BATCH_STATUSES:

@@ -11,12 +11,11 @@ from inferbatch.db import batches as batch_rows
 from inferbatch.db import files as file_rows
 from inferbatch.db import requests as request_rows
 from inferbatch.db.types import Conn
-from inferbatch.domain import BatchRecord, User
+from inferbatch.domain import BatchRecord, User, owner_filter
 from inferbatch.errors import Conflict, InvalidRequest, NotFound
 from inferbatch.ids import new_id, parse_request_public_id, request_public_id
 from inferbatch.protocol.openai import BatchRequest
 from inferbatch.services.batches import get as get_batch
-from inferbatch.services.batches import owner_filter
 from inferbatch.services.serialize import ts
 
 REQUEST_STATUSES = ("queued", "running", "waiting", "completed", "failed", "cancelled", "expired")

@@ -40,7 +40,14 @@ from inferbatch.config import Settings
 from inferbatch.db import files as file_rows
 from inferbatch.db import uploads as upload_rows
 from inferbatch.db.types import Conn, Pool
-from inferbatch.domain import FileRecord, UploadPartRecord, UploadRecord, UploadStatus, User
+from inferbatch.domain import (
+    FileRecord,
+    UploadPartRecord,
+    UploadRecord,
+    UploadStatus,
+    User,
+    owner_filter,
+)
 from inferbatch.errors import (
     Conflict,
     InferbatchError,
@@ -52,7 +59,7 @@ from inferbatch.errors import (
 from inferbatch.ids import new_id
 from inferbatch.protocol.uploads import UploadCompleteRequest, UploadCreateRequest
 from inferbatch.services import idempotency as idempotency_service
-from inferbatch.services.batches import expiry_seconds, owner_filter
+from inferbatch.services.batches import expiry_seconds
 from inferbatch.services.files import FILE_PURPOSES
 from inferbatch.services.idempotency import IdempotencyKey
 from inferbatch.services.uploads import receive_upload

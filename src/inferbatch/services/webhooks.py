@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from inferbatch.config import Settings
 from inferbatch.db import webhooks as rows
 from inferbatch.db.types import Conn, Pool
-from inferbatch.domain import User, WebhookDelivery, WebhookEndpoint
+from inferbatch.domain import User, WebhookDelivery, WebhookEndpoint, owner_filter
 from inferbatch.errors import BadGateway, Conflict, InvalidRequest, NotFound
 from inferbatch.ids import new_id
 from inferbatch.protocol.webhooks import (
@@ -140,12 +140,6 @@ def delivery_object(d: WebhookDelivery) -> WebhookDeliveryObject:
 
 
 # -- operations -----------------------------------------------------------------------------
-
-
-def owner_filter(user: User) -> str | None:
-    """The owner id to filter by: None (everything) for admins. (Not imported from
-    services.batches, which imports this module for callback URLs.)"""
-    return None if user.is_admin else user.id
 
 
 def _in_order(event_types: list[WebhookEventType]) -> list[WebhookEventType]:
