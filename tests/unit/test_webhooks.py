@@ -25,9 +25,8 @@ from openai.types.webhooks.webhook_create_params import WebhookCreateParams
 from openai.types.webhooks.webhook_test_params import WebhookTestParams
 from pydantic import BaseModel, ValidationError
 
-from inferbatch.api.app import invalid_request
 from inferbatch.config import Settings
-from inferbatch.errors import InvalidRequest
+from inferbatch.errors import InvalidRequest, from_validation
 from inferbatch.protocol.openai import ListPage
 from inferbatch.protocol.webhooks import (
     BATCH_EVENTS,
@@ -254,7 +253,7 @@ def test_an_event_type_never_sent_is_refused_naming_the_field_and_the_supported_
     for model, body, param in cases:
         with pytest.raises(ValidationError) as caught:
             model.model_validate(body)
-        error = invalid_request(caught.value.errors())
+        error = from_validation(caught.value.errors())
         assert error.param == param
         assert kind in error.message and ", ".join(EVENT_TYPES) in error.message
 
