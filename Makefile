@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: system-deps test-fresh up test lint typecheck unit integration e2e browser chaos bench bench-ingest bench-queue bench-saturation bench-long-calls bench-retention bench-object-storage bench-scale bench-big-batch bench-message-batch monitoring-check clean
+.PHONY: system-deps test-fresh up test lint typecheck unit integration e2e browser chaos bench bench-ingest bench-queue bench-saturation bench-long-calls bench-retention bench-object-storage bench-scale bench-big-batch bench-message-batch bench-prefix bench-adaptive bench-same-engine bench-eta monitoring-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,7 +52,7 @@ test-fresh:
 	bash scripts/fresh-clone-test.sh
 
 ## Benchmarks: each prints ratios against a reference measured in the same run.
-bench: bench-ingest bench-queue bench-saturation bench-long-calls bench-retention bench-object-storage bench-scale bench-big-batch bench-message-batch
+bench: bench-ingest bench-queue bench-saturation bench-long-calls bench-retention bench-object-storage bench-scale bench-big-batch bench-message-batch bench-prefix bench-adaptive bench-same-engine bench-eta
 
 bench-ingest: $(STAMP)
 	$(BIN)/python -m bench.ingest
@@ -80,6 +80,19 @@ bench-big-batch: $(STAMP)
 
 bench-message-batch: $(STAMP)
 	$(BIN)/python -m bench.message_batch
+
+bench-prefix: $(STAMP)
+	$(BIN)/python -m bench.prefix_dispatch --engine sim
+	$(BIN)/python -m bench.prefix_dispatch --engine local
+
+bench-adaptive: $(STAMP)
+	$(BIN)/python -m bench.adaptive_concurrency
+
+bench-same-engine: $(STAMP)
+	$(BIN)/python -m bench.same_engine
+
+bench-eta: $(STAMP)
+	$(BIN)/python -m bench.eta
 
 ## Alert rules and their unit tests, the Alertmanager config (needs promtool and amtool).
 monitoring-check: system-deps

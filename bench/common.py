@@ -99,15 +99,27 @@ def write_input(blobs: LocalBlobStore, n: int, prefix: str = "request") -> tuple
     return key, w.size
 
 
+def write_lines(blobs: LocalBlobStore, lines: list[str]) -> tuple[str, int]:
+    """An input file of these JSONL lines; returns (blob key, bytes)."""
+    key = new_blob_key("upload")
+    with blobs.open_writer(key) as w:
+        w.write("".join(line.rstrip("\n") + "\n" for line in lines).encode())
+    return key, w.size
+
+
 async def create_batch(
     url: str,
     blobs: LocalBlobStore,
     n: int,
     prefix: str = "request",
     metadata: dict[str, str] | None = None,
+    lines: list[str] | None = None,
 ) -> str:
-    """A validating batch over a new ``n``-line input file (not ingested yet)."""
-    key, size = write_input(blobs, n, prefix)
+    """A validating batch over a new ``n``-line input file (not ingested yet); ``lines``
+    gives the file's lines instead."""
+    key, size = write_input(blobs, n, prefix) if lines is None else write_lines(blobs, lines)
+    if lines is not None:
+        n = len(lines)
     now = datetime.now(UTC)
     async with open_pool(url, max_size=1) as pool, pool.connection() as conn:
         user = await users.ensure_user(conn, "bench", is_admin=False)

@@ -150,7 +150,7 @@ def worker(
     setup_logging(settings, f"worker-{pool}")
     url = database_url(settings)
     registry = CollectorRegistry()
-    metrics = WorkerMetrics(registry)
+    metrics = WorkerMetrics(registry, settings.price_table)
     port = metrics_port if metrics_port is not None else settings.metrics_port
     if port is not None:
         start_http_server(port, registry=registry)
@@ -207,10 +207,28 @@ def engine_sim(
     rate_limit_rate: Annotated[float, typer.Option(help="Share answered 429.")] = 0.0,
     hang_s: Annotated[float, typer.Option(help="How long a timeout hangs.")] = 30.0,
     seed: Annotated[int | None, typer.Option()] = None,
+    prefix_cache_tokens: Annotated[
+        int, typer.Option(help="Prefix cache capacity in tokens (0: off).")
+    ] = 0,
+    prefix_block_tokens: Annotated[int, typer.Option(help="Tokens per cache block.")] = 64,
+    max_queue: Annotated[
+        int | None, typer.Option(help="Most waiting requests; more get 429 (unset: no bound).")
+    ] = None,
+    batch_slowdown: Annotated[
+        float, typer.Option(help="Decode slowdown at a full batch (0: none).")
+    ] = 0.0,
+    capacity_schedule: Annotated[
+        str | None,
+        typer.Option(help='max_concurrency over time, "SECONDS:LIMIT,...", e.g. "0:64,60:32".'),
+    ] = None,
 ) -> None:
     """Serve a simulated OpenAI-compatible engine (benchmarks and fault tests)."""
-    from inferbatch.engines.sim import SimConfig, run
+    from inferbatch.engines.sim import SimConfig, parse_capacity_schedule, run
 
+    try:
+        schedule = parse_capacity_schedule(capacity_schedule) if capacity_schedule else ()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--capacity-schedule") from exc
     config = SimConfig(
         max_concurrency=max_concurrency,
         prefill_tokens_per_s=prefill_tokens_per_s,
@@ -222,6 +240,11 @@ def engine_sim(
         rate_limit_rate=rate_limit_rate,
         hang_s=hang_s,
         seed=seed,
+        prefix_cache_tokens=prefix_cache_tokens,
+        prefix_block_tokens=prefix_block_tokens,
+        max_queue=max_queue,
+        batch_slowdown=batch_slowdown,
+        capacity_schedule=schedule,
     )
     config.validate()
     run(config, host, port)

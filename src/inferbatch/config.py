@@ -6,13 +6,25 @@ defaults below). Nothing else in the package reads the environment.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, PrivateAttr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from inferbatch.pricing import (
+    DEFAULT_CURRENCY,
+    DEFAULT_DEDICATED_PRICE,
+    DEFAULT_SPOT_PRICE,
+    GpuPrice,
+    PriceTable,
+    check_currency,
+    load_model_prices,
+)
 
 if TYPE_CHECKING:
     from inferbatch.policy.escalation import EscalationConfig
@@ -101,13 +113,28 @@ class Settings(BaseSettings):
     )
 
     engine_url: str | None = Field(
-        default=None, description="One OpenAI-compatible engine base URL for every model."
+        default=None,
+        description="One OpenAI-compatible engine base URL for every model (several, "
+        "comma-separated: replicas of one engine).",
     )
     engines: Path | None = Field(
         default=None, description="TOML or JSON file mapping model names to engines."
     )
     engine_max_in_flight: int = Field(
-        default=32, ge=1, description="In-flight requests per engine when not configured."
+        default=32,
+        ge=1,
+        description="In-flight requests per engine replica when not configured: the "
+        "ceiling of its adaptive limit.",
+    )
+    engine_concurrency: Literal["adaptive", "fixed"] = Field(
+        default="adaptive",
+        description="adaptive: each replica's in-flight limit follows its measured latency "
+        "and overload answers, up to max_in_flight; fixed: always max_in_flight.",
+    )
+    engine_latency_tolerance: float = Field(
+        default=2.0,
+        gt=1.25,
+        description="The adaptive limit's latency bound, a multiple of the unloaded latency.",
     )
     engine_timeout_seconds: float = Field(
         default=600.0, gt=0, description="Per-request engine timeout."
@@ -208,12 +235,43 @@ class Settings(BaseSettings):
         description="Seconds a request is assumed to hold an engine slot until 30 of its "
         "model have finished and been measured (the SLA policy's starting estimate).",
     )
+    admission: Literal["reject", "warn", "off"] = Field(
+        default="warn",
+        description="What POST /v1/batches does with a batch estimated to miss its window "
+        "even with the whole dedicated quota (policy/eta.py): reject (400 "
+        "window_too_short, naming a window that would work), warn (accept it with a "
+        "warning on the batch) or off (no estimate at create). An estimate made from the "
+        "service_seconds_prior alone (nothing measured yet) only ever warns.",
+    )
     spot_price_ratio: float = Field(
         default=0.3,
         gt=0,
         le=1,
-        description="Spot price over dedicated price per GPU-second (the policy's trade-off).",
+        description="Spot price over dedicated price per GPU-second (the policy's trade-off). "
+        "Unset: gpu_hour_price_spot / gpu_hour_price_dedicated. Set alone, it sets the spot "
+        "price (that ratio of the dedicated one); set with a price, they must agree.",
     )
+    gpu_hour_price_spot: float = Field(
+        default=DEFAULT_SPOT_PRICE,
+        ge=0,
+        description="What one GPU-hour on the spot pool costs, in `currency` (default 0.3 of "
+        "the dedicated price, the policy's spot_price_ratio). Per model: INFERBATCH_PRICES.",
+    )
+    gpu_hour_price_dedicated: float = Field(
+        default=DEFAULT_DEDICATED_PRICE,
+        gt=0,
+        description="What one GPU-hour on the dedicated pool costs, in `currency`.",
+    )
+    currency: str = Field(
+        default=DEFAULT_CURRENCY,
+        description="ISO 4217 code of the prices and of every cost amount.",
+    )
+    prices: Path | None = Field(
+        default=None,
+        description='TOML or JSON file of per-model GPU-hour prices: [models."<name>"] '
+        "spot = .., dedicated = .. (a pool left out keeps the default price).",
+    )
+    _price_table: PriceTable | None = PrivateAttr(default=None)
     spot_interruption_notice_seconds: float = Field(
         default=120.0, ge=0, description="The cloud's notice before a spot reclaim."
     )
@@ -259,7 +317,38 @@ class Settings(BaseSettings):
                 "INFERBATCH_DATABASE_POOL_MODE=transaction needs INFERBATCH_DATABASE_SESSION_URL: "
                 "scheduler leadership and LISTEN need a session of their own"
             )
+        self._check_prices()
         return self
+
+    def _check_prices(self) -> None:
+        """One price ratio for the policy and the bills: the policy plans with
+        ``spot_price_ratio``, costs are the pool prices, and the two must say the same."""
+        given = self.model_fields_set
+        ratio_given = "spot_price_ratio" in given
+        if ratio_given and "gpu_hour_price_spot" not in given:
+            self.gpu_hour_price_spot = self.spot_price_ratio * self.gpu_hour_price_dedicated
+        default = GpuPrice(self.gpu_hour_price_spot, self.gpu_hour_price_dedicated)
+        default.check("INFERBATCH_GPU_HOUR_PRICE_SPOT/_DEDICATED")
+        ratio = self.gpu_hour_price_spot / self.gpu_hour_price_dedicated
+        if not ratio_given:
+            if ratio <= 0:
+                raise ValueError("INFERBATCH_GPU_HOUR_PRICE_SPOT must be above 0")
+            self.spot_price_ratio = ratio
+        elif not math.isclose(ratio, self.spot_price_ratio, rel_tol=1e-3):
+            raise ValueError(
+                f"INFERBATCH_SPOT_PRICE_RATIO ({self.spot_price_ratio}) disagrees with the "
+                f"GPU-hour prices (spot {self.gpu_hour_price_spot} / dedicated "
+                f"{self.gpu_hour_price_dedicated} = {ratio:.4g}): set one of them"
+            )
+        self.currency = check_currency(self.currency)
+        models = load_model_prices(self.prices, default) if self.prices is not None else {}
+        self._price_table = PriceTable(self.currency, default, MappingProxyType(models))
+
+    @property
+    def price_table(self) -> PriceTable:
+        """The GPU prices in force (validated at start)."""
+        assert self._price_table is not None
+        return self._price_table
 
     @property
     def prepare_statements(self) -> bool:

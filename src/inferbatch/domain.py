@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Literal
 
 BatchStatus = Literal[
@@ -59,6 +60,8 @@ class FileRecord:
     blob_key: str
     created_at: datetime
     expires_at: datetime | None
+    line_count: int | None = None
+    """Lines counted at upload (blank ones too); None when not counted."""
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> FileRecord:
@@ -117,6 +120,25 @@ class BatchRecord:
     of the last fold of the counters; exact once the batch is finished."""
     expired_count: int = 0
     """Requests that ended ``expired`` (still unsettled at the deadline), likewise."""
+    estimated_completion_at: datetime | None = None
+    """When its last request is expected to settle (``policy/eta.py``); None: unknown."""
+    warnings: list[dict[str, Any]] | None = None
+    """What admission found at create (``{code, message, param}``), when it accepted a
+    batch that may not meet its window."""
+    spot_gpu_seconds: float = 0.0
+    """GPU-seconds spent on spot GPUs (every attempt's, retried ones too), as folded."""
+    dedicated_gpu_seconds: float = 0.0
+    """GPU-seconds spent on dedicated GPUs, likewise."""
+    dedup_saved_gpu_seconds: float = 0.0
+    """GPU-seconds deduplication saved: the time of the outputs it copied."""
+    gpu_cost: Decimal = Decimal(0)
+    """What the spent GPU time cost, priced when it was folded, in ``cost_currency``."""
+    dedup_saved_cost: Decimal = Decimal(0)
+    """The saved GPU-seconds at the dedicated price, likewise."""
+    all_dedicated_cost: Decimal = Decimal(0)
+    """What the spent and saved GPU time would have cost on dedicated GPUs alone."""
+    cost_currency: str | None = None
+    """None until GPU time was folded."""
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> BatchRecord:
@@ -138,6 +160,8 @@ class ClaimedRequest:
     failed_attempts: int
     interruptions: int = 0
     pool: str = "spot"
+    prefix_key: int = 0
+    """The hash of the prompt's shared head (0: none), for replica placement."""
 
 
 WebhookDeliveryStatus = Literal["pending", "delivered", "failed"]

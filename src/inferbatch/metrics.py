@@ -22,6 +22,7 @@ from inferbatch.db.requests import Tally
 from inferbatch.db.types import Conn
 from inferbatch.domain import BatchStatus
 from inferbatch.policy.escalation import escalation_kind
+from inferbatch.pricing import DEFAULT_PRICES, PriceTable
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 API_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -102,8 +103,24 @@ class RequestCounters:
 
 
 class WorkerMetrics(RequestCounters):
-    def __init__(self, registry: CollectorRegistry) -> None:
+    """A worker's counters; GPU time is priced at ``prices`` (the settings' price table)."""
+
+    def __init__(self, registry: CollectorRegistry, prices: PriceTable = DEFAULT_PRICES) -> None:
         super().__init__(registry)
+        self.prices = prices
+        self.gpu_seconds = Counter(
+            "inferbatch_gpu_seconds",
+            "GPU-seconds requests used (every written attempt, retried ones too), by the "
+            "pool of the GPUs and model.",
+            ["pool", "model"],
+            registry=registry,
+        )
+        self.gpu_cost = Counter(
+            "inferbatch_gpu_cost",
+            "What that GPU time cost at the configured prices, in currency.",
+            ["pool", "model", "currency"],
+            registry=registry,
+        )
         self.engine_requests = Counter(
             "inferbatch_engine_requests_total",
             "Engine calls started.",
@@ -126,6 +143,12 @@ class WorkerMetrics(RequestCounters):
         self.engine_up = Gauge(
             "inferbatch_engine_up",
             "1 while the engine answers, 0 after a connection to it failed.",
+            ["engine"],
+            registry=registry,
+        )
+        self.engine_limit = Gauge(
+            "inferbatch_engine_concurrency_limit",
+            "The in-flight limit of an engine replica now (adaptive, up to max_in_flight).",
             ["engine"],
             registry=registry,
         )
@@ -155,6 +178,13 @@ class WorkerMetrics(RequestCounters):
             "Results refused because the lease had moved on.",
             registry=registry,
         )
+
+    def gpu(self, pool: str, model: str, seconds: float) -> None:
+        """Count ``seconds`` of GPU time of ``model`` spent on ``pool`` and their cost."""
+        label = self.model(model)
+        self.gpu_seconds.labels(pool, label).inc(seconds)
+        cost = self.prices.cost(pool, model, seconds)
+        self.gpu_cost.labels(pool, label, self.prices.currency).inc(cost)
 
 
 class SchedulerMetrics(RequestCounters):

@@ -138,6 +138,7 @@ def test_sigterm_drains_then_releases_the_rest_at_once(db_url: str, tmp_path: Pa
             "INFERBATCH_DRAIN_SECONDS": "0.5",
             "INFERBATCH_LEASE_SECONDS": "60",
             "INFERBATCH_ENGINE_MAX_IN_FLIGHT": "8",
+            "INFERBATCH_ENGINE_CONCURRENCY": "fixed",  # the count held is what is checked
         },
     )
     s.start(spot=1, dedicated=0)

@@ -71,6 +71,7 @@ async def fold_counters(pool: Pool) -> None:
     async with pool.connection() as conn:
         await counters.fold(conn, await counters.pending_batches(conn))
         await counters.fold_batch_totals(conn)
+        await counters.fold_usage(conn)
 
 
 REQUESTS_JOINED = """(

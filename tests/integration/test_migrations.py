@@ -182,3 +182,47 @@ def test_existing_batches_get_their_cancelled_and_expired_counts(empty_url: str)
             ).fetchall()
         }
     assert not {"cancelled_count", "expired_count"} & columns
+
+
+GPU_COST_ROWS = """
+INSERT INTO users (id, name) VALUES ('u1', 'alice');
+INSERT INTO batches (id, owner_id, input_file_id, endpoint, completion_window, deadline_at,
+    status) VALUES ('b1', 'u1', 'f1', '/v1/chat/completions', '24h', now(), 'in_progress');
+INSERT INTO request_deltas (batch_id, pool, status, n) VALUES ('b1', 'spot', 'completed', 1);
+"""
+
+
+def test_gpu_cost_columns_start_at_zero_and_go_again(empty_url: str) -> None:
+    """0014: batches and deltas written before it count no GPU time; its downgrade drops
+    the rollup and the columns."""
+    cfg = _alembic(empty_url)
+    command.upgrade(cfg, "0013")
+    with psycopg.connect(empty_url, autocommit=True) as conn:
+        conn.execute(GPU_COST_ROWS)
+    command.upgrade(cfg, "0014")
+    with psycopg.connect(empty_url, autocommit=True) as conn:
+        batch = conn.execute(
+            "SELECT spot_gpu_seconds, dedicated_gpu_seconds, gpu_cost, cost_currency FROM batches"
+        ).fetchone()
+        delta = conn.execute(
+            "SELECT model, spot_gpu_seconds, dedup_gpu_seconds, at IS NOT NULL FROM request_deltas"
+        ).fetchone()
+        usage = conn.execute("SELECT count(*) FROM usage_daily").fetchone()
+    assert batch == (0.0, 0.0, 0, None)
+    assert delta == (None, 0.0, 0.0, True)
+    assert usage == (0,)
+    command.downgrade(cfg, "0013")
+    with psycopg.connect(empty_url, autocommit=True) as conn:
+        tables = {
+            r[0]
+            for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        }
+        columns = {
+            r[0]
+            for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_name IN ('batches', 'requests', 'request_results')"
+            )
+        }
+    assert not {"usage_daily", "usage_deltas"} & tables
+    assert not {"gpu_seconds", "gpu_cost", "spot_gpu_seconds"} & columns

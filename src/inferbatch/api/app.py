@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inferbatch.api.anthropic import router as anthropic_router
+from inferbatch.api.costs import router as costs_router
 from inferbatch.api.deps import AppState
 from inferbatch.api.observe import RequestMetrics
 from inferbatch.api.routes import router
@@ -149,6 +150,7 @@ def create_app(
     app.include_router(webhooks_router)
     app.include_router(uploads_router)
     app.include_router(anthropic_router)
+    app.include_router(costs_router)
     install_portal(app)
     _document_validation_as_400(app)
     app.add_middleware(RequestMetrics, metrics=api_metrics)

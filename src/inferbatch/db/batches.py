@@ -31,13 +31,15 @@ async def insert(
     output_expires_seconds: int | None,
     callback_url: str | None = None,
     callback_secret: str | None = None,
+    estimated_completion_at: datetime | None = None,
+    warnings: list[dict[str, Any]] | None = None,
 ) -> BatchRecord:
     cur = await conn.execute(
         f"""
         INSERT INTO batches (id, owner_id, input_file_id, endpoint, completion_window,
             deadline_at, created_at, priority, dedup_scope, metadata, output_expires_seconds,
-            callback_url, callback_secret, status)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'validating')
+            callback_url, callback_secret, estimated_completion_at, warnings, status)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'validating')
         RETURNING {_COLUMNS}
         """,
         (
@@ -54,6 +56,8 @@ async def insert(
             output_expires_seconds,
             callback_url,
             callback_secret,
+            estimated_completion_at,
+            Jsonb(warnings) if warnings else None,
         ),
     )
     row = await cur.fetchone()
@@ -97,6 +101,27 @@ async def list_page(
         {"owner": owner_id, "after": after, "limit": limit + 1, "priority": priority},
     )
     return [BatchRecord.from_row(r) for r in await cur.fetchall()]
+
+
+async def unfinished_work(conn: Conn, min_priority: int) -> list[dict[str, Any]]:
+    """Validating and in-progress batches of ``min_priority`` or more with their unsettled
+    requests, from the folded counters (a tick behind at most) or, before ingest, the input
+    file's line count: one row per batch, no request read (admission at create)."""
+    cur = await conn.execute(
+        """
+        SELECT b.id, b.model, b.priority,
+            extract(epoch FROM b.created_at)::float8 AS created_at,
+            extract(epoch FROM b.deadline_at)::float8 AS deadline_at,
+            CASE WHEN b.ingested_at IS NULL THEN coalesce(f.line_count, 0)
+                ELSE greatest(0, b.total_count - b.completed_count - b.failed_count
+                    - b.cancelled_count - b.expired_count) END AS unsettled
+        FROM batches b
+        LEFT JOIN files f ON f.id = b.input_file_id AND b.ingested_at IS NULL
+        WHERE b.status IN ('validating', 'in_progress') AND b.priority >= %s
+        """,
+        (min_priority,),
+    )
+    return await cur.fetchall()
 
 
 async def request_cancel(conn: Conn, batch_id: str, now: datetime) -> bool:

@@ -82,7 +82,7 @@ def _batch_where(owner: str | None, f: BatchFilter) -> tuple[list[str], dict[str
 _LIST_COLUMNS = """
     b.id, b.owner_id, u.name AS owner_name, b.status, b.endpoint, b.model, b.priority,
     b.dedup_scope, b.completion_window, b.created_at, b.deadline_at, b.total_count,
-    b.completed_count, b.failed_count, b.metadata, b.input_file_id
+    b.completed_count, b.failed_count, b.metadata, b.input_file_id, b.estimated_completion_at
 """
 
 

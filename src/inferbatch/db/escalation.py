@@ -4,6 +4,7 @@ pool with a recorded reason, and the scheduler's published state."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -17,15 +18,22 @@ SPOT_ENABLED = "spot_workers_enabled"
 """Published by the escalate duty: 0 when the policy runs no spot workers at all."""
 BATCHES_AT_RISK = "batches_at_risk"
 """Published by the escalate duty: batches the policy expects to miss their deadline."""
+SERVICE_SECONDS = "service_seconds"
+"""Published by the escalate duty: measured mean seconds a request holds a slot, by model
+(``"*"``: over all models), only where enough finished (admission reads them at create)."""
+EFFICIENCY = "throughput_efficiency"
+"""Published by the escalate duty: measured slot-seconds delivered per slot-second of
+capacity (``policy/eta.py`` ``ThroughputMeter``), or null while not measured enough."""
 
 
 async def unfinished_batches(conn: Conn) -> list[dict[str, Any]]:
     """In-progress batches with their unsettled requests counted by status and pool (reads
-    only unsettled rows, through their partial index)."""
+    only unsettled rows, through their partial index), and their stored estimate."""
     cur = await conn.execute(
         """
         SELECT b.id, b.model, b.priority, extract(epoch FROM b.created_at)::float8 AS created_at,
             extract(epoch FROM b.deadline_at)::float8 AS deadline_at,
+            extract(epoch FROM b.estimated_completion_at)::float8 AS estimated_completion_at,
             b.total_count - b.deduplicated_count AS total,
             count(*) FILTER (WHERE r.status = 'queued' AND r.pool = 'spot') AS queued_spot,
             count(*) FILTER (WHERE r.status = 'queued' AND r.pool = 'dedicated')
@@ -89,6 +97,30 @@ async def move_to_dedicated(conn: Conn, batch_id: str, n: int, reason: str) -> i
     )
     rows = [Requeue(r["id"], escalate=reason) for r in await cur.fetchall()]
     return (await requeue(conn, ("queued",), rows)).n
+
+
+async def record_estimates(conn: Conn, estimates: Mapping[str, datetime | None]) -> int:
+    """Store the estimated completion (None: unknown) of in-progress batches in one
+    statement. The duty passes only the estimates that moved (``policy.eta.moved``), so a
+    steady batch costs no WAL; rows another transaction holds (a finisher) are skipped until
+    the next tick. Returns how many rows changed."""
+    if not estimates:
+        return 0
+    cur = await conn.execute(
+        """
+        WITH due AS (
+            SELECT b.id, v.eta
+            FROM unnest(%s::text[], %s::timestamptz[]) AS v(id, eta)
+            JOIN batches b ON b.id = v.id
+            WHERE b.status = 'in_progress'
+            ORDER BY b.id
+            FOR UPDATE OF b SKIP LOCKED
+        )
+        UPDATE batches b SET estimated_completion_at = due.eta FROM due WHERE b.id = due.id
+        """,
+        (list(estimates), list(estimates.values())),
+    )
+    return cur.rowcount
 
 
 async def publish(conn: Conn, values: Mapping[str, Any]) -> None:

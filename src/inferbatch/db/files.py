@@ -7,7 +7,9 @@ from datetime import datetime
 from inferbatch.db.types import Conn
 from inferbatch.domain import FileRecord
 
-_COLUMNS = "id, owner_id, purpose, filename, bytes, sha256, blob_key, created_at, expires_at"
+_COLUMNS = (
+    "id, owner_id, purpose, filename, bytes, sha256, blob_key, created_at, expires_at, line_count"
+)
 
 
 async def insert(
@@ -21,13 +23,16 @@ async def insert(
     sha256: str,
     blob_key: str,
     expires_at: datetime | None,
+    line_count: int | None = None,
 ) -> FileRecord:
+    """Record a stored file; ``line_count`` when its lines were counted on the way in."""
     cur = await conn.execute(
         f"""
-        INSERT INTO files (id, owner_id, purpose, filename, bytes, sha256, blob_key, expires_at)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}
+        INSERT INTO files (id, owner_id, purpose, filename, bytes, sha256, blob_key, expires_at,
+            line_count)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}
         """,
-        (file_id, owner_id, purpose, filename, size, sha256, blob_key, expires_at),
+        (file_id, owner_id, purpose, filename, size, sha256, blob_key, expires_at, line_count),
     )
     row = await cur.fetchone()
     assert row is not None

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import orjson
 
-from inferbatch.db.counters import append_deltas, settled_deltas
+from inferbatch.db.counters import append_deltas, gpu_pool_of, settled_deltas
 from inferbatch.db.types import Conn
 from inferbatch.domain import ClaimedRequest
 
@@ -53,6 +53,8 @@ class Outcome:
     cached_tokens: int | None = None
     reasoning_tokens: int | None = None
     charged: bool = True
+    gpu_seconds: float = 0.0
+    """The engine time this attempt used (see :mod:`inferbatch.worker.gputime`)."""
     escalate: str | None = None
     """With ``retry``: move the request to the dedicated pool, for this reason."""
 
@@ -71,38 +73,46 @@ class Tally:
 
 RESULT_COLUMNS = """request_id, batch_id, status, pool, attempt, worker_id, started_at,
     finished_at, response_status, response_request_id, response_body, error, prompt_tokens,
-    completion_tokens, cached_tokens, reasoning_tokens, dedup_of"""
+    completion_tokens, cached_tokens, reasoning_tokens, dedup_of, gpu_seconds"""
 
 
 def tallied(update: str, alias: str = "requests", pool: str | None = None) -> str:
     """Wrap an UPDATE of ``requests`` (aliased ``alias``) that settles requests without an
     engine answer (cancelled, expired, or completed from an identical request's output), so
     that it writes their ``request_results`` rows (a ``completed`` one copies the result of
-    the request named by its ``dedup_of``), appends their counts to ``request_deltas``
-    (see :mod:`inferbatch.db.counters`) and returns them counted as :class:`Tally` rows;
-    ``pool`` overrides the pool reported."""
+    the request named by its ``dedup_of``, and its GPU time as time saved), appends their
+    counts to ``request_deltas`` (see :mod:`inferbatch.db.counters`) and returns them
+    counted as :class:`Tally` rows; ``pool`` overrides the pool reported. They spend no GPU
+    time: what earlier attempts of a cancelled or expired one spent was counted when each
+    went back to the queue, and stays on its result."""
     pool_expr = f"'{pool}'" if pool else "w.pool"
-    group = "i.url, i.model" if pool else "i.url, i.model, w.pool"
+    group = "w.url, w.model" if pool else "w.url, w.model, w.pool"
     return f"""
     WITH settled AS ({update}
         RETURNING {alias}.id, {alias}.batch_id, {alias}.pool, {alias}.status,
-            {alias}.dedup_of, {alias}.attempts, {alias}.started_at),
+            {alias}.dedup_of, {alias}.attempts, {alias}.started_at, {alias}.gpu_seconds),
     written AS (
         INSERT INTO request_results ({RESULT_COLUMNS})
         SELECT s.id, s.batch_id, s.status, s.pool, s.attempts, NULL, s.started_at,
             now(), src.response_status, src.response_request_id, src.response_body, NULL,
             src.prompt_tokens, src.completion_tokens, src.cached_tokens,
-            src.reasoning_tokens, s.dedup_of
+            src.reasoning_tokens, s.dedup_of,
+            CASE WHEN s.dedup_of IS NOT NULL AND s.status = 'completed'
+                THEN coalesce(src.gpu_seconds, 0) ELSE s.gpu_seconds END
         FROM settled s LEFT JOIN request_results src
             ON s.status = 'completed' AND src.request_id = s.dedup_of
         RETURNING request_id, batch_id, pool, status, dedup_of, prompt_tokens,
-            completion_tokens, cached_tokens, reasoning_tokens
+            completion_tokens, cached_tokens, reasoning_tokens, gpu_seconds
     ),
-    {settled_deltas("written")}
-    SELECT i.url, i.model, {pool_expr} AS pool, count(*)::int AS n,
+    counted_rows AS (
+        SELECT w.*, i.url, i.model, NULL::text AS gpu_pool, 0::float8 AS spent_gpu_seconds
+        FROM written w JOIN request_inputs i ON i.id = w.request_id
+    ),
+    {settled_deltas("counted_rows")}
+    SELECT w.url, w.model, {pool_expr} AS pool, count(*)::int AS n,
         coalesce(sum(coalesce(w.prompt_tokens, 0) + coalesce(w.completion_tokens, 0)), 0)
             ::bigint AS tokens
-    FROM written w JOIN request_inputs i ON i.id = w.request_id GROUP BY {group}
+    FROM counted_rows w GROUP BY {group}
     """
 
 
@@ -120,7 +130,7 @@ CLAIM = """
 WITH picked AS (
     SELECT id FROM requests
     WHERE status = 'queued' AND pool = %(pool)s AND next_attempt_at <= now() {after}
-    ORDER BY priority DESC, deadline_at ASC, id ASC
+    ORDER BY priority DESC, deadline_at ASC, prefix_key ASC, id ASC
     LIMIT %(n)s
     FOR UPDATE SKIP LOCKED
 )
@@ -129,22 +139,25 @@ UPDATE requests r SET
 FROM picked JOIN request_inputs i ON i.id = picked.id
 WHERE r.id = picked.id
 RETURNING r.id, r.batch_id, i.custom_id, i.url, i.model, i.body, r.attempts,
-    r.failed_attempts, r.interruptions, r.pool, r.priority, r.deadline_at
+    r.failed_attempts, r.interruptions, r.pool, r.priority, r.deadline_at, r.prefix_key
 """
 CLAIM_FROM_START = CLAIM.format(after="")
-# Within one priority level the queue index orders (deadline_at, id) ascending, so a row
-# comparison on them starts the index scan right after the last row claimed.
+# Within one priority level the queue index orders (deadline_at, prefix_key, id)
+# ascending, so a row comparison on them starts the index scan right after the last row
+# claimed.
 CLAIM_AFTER = CLAIM.format(
-    after="AND priority = %(priority)s AND (deadline_at, id) > (%(deadline)s, %(id)s)"
+    after="AND priority = %(priority)s "
+    "AND (deadline_at, prefix_key, id) > (%(deadline)s, %(prefix_key)s, %(id)s)"
 )
 
 
 @dataclass(frozen=True, slots=True)
 class QueueKey:
-    """A position in a pool's claim order: (priority DESC, deadline_at, id)."""
+    """A position in a pool's claim order: (priority DESC, deadline_at, prefix_key, id)."""
 
     priority: int
     deadline_at: datetime
+    prefix_key: int
     id: int
 
 
@@ -156,9 +169,14 @@ async def _claim(
         statement = CLAIM_FROM_START
     else:
         statement = CLAIM_AFTER
-        params.update(priority=after.priority, deadline=after.deadline_at, id=after.id)
+        params.update(
+            priority=after.priority,
+            deadline=after.deadline_at,
+            prefix_key=after.prefix_key,
+            id=after.id,
+        )
     rows = await (await conn.execute(statement, params)).fetchall()
-    rows.sort(key=lambda r: (-r["priority"], r["deadline_at"], r["id"]))  # claim order
+    rows.sort(key=lambda r: (-r["priority"], r["deadline_at"], r["prefix_key"], r["id"]))
     last = rows[-1] if rows else None
     claimed = [
         ClaimedRequest(
@@ -172,16 +190,20 @@ async def _claim(
             failed_attempts=r["failed_attempts"],
             interruptions=r["interruptions"],
             pool=r["pool"],
+            prefix_key=r["prefix_key"],
         )
         for r in rows
     ]
-    return claimed, (QueueKey(last["priority"], last["deadline_at"], last["id"]) if last else None)
+    if last is None:
+        return claimed, None
+    return claimed, QueueKey(last["priority"], last["deadline_at"], last["prefix_key"], last["id"])
 
 
 async def claim(conn: Conn, *, pool: str, owner: str, n: int) -> list[ClaimedRequest]:
     """Lease up to ``n`` queued requests of ``pool`` to worker ``owner``: highest priority
-    first, then the earliest deadline (the oldest batch, when windows are equal), then line
-    order. The lease lasts while ``owner`` beats (see :func:`lost_claims`)."""
+    first, then the earliest deadline (the oldest batch, when windows are equal), then
+    those that share a prompt prefix together (see :mod:`inferbatch.scheduler.prefix`),
+    then line order. The lease lasts while ``owner`` beats (see :func:`lost_claims`)."""
     claimed, _ = await _claim(conn, pool=pool, owner=owner, n=n, after=None)
     return claimed
 
@@ -246,27 +268,64 @@ WITH v AS (
     SELECT * FROM json_to_recordset(%(rows)s::json) AS v(
         id bigint, attempt int, kind text, response_status int, response_body text,
         engine_request_id text, error jsonb, prompt_tokens int, completion_tokens int,
-        cached_tokens int, reasoning_tokens int, charged bool)
+        cached_tokens int, reasoning_tokens int, charged bool, gpu_seconds float8)
 ), settled AS (
     UPDATE requests r SET
         status = v.kind, lease_owner = NULL,
-        failed_attempts = r.failed_attempts + (v.kind = 'failed' AND v.charged)::int
+        failed_attempts = r.failed_attempts + (v.kind = 'failed' AND v.charged)::int,
+        gpu_seconds = r.gpu_seconds + v.gpu_seconds
     FROM v
     WHERE r.id = v.id AND r.status = 'running' AND r.lease_owner = %(owner)s
       AND r.attempts = v.attempt
-    RETURNING r.id, r.batch_id, r.pool, r.status, r.attempts, r.started_at
+    RETURNING r.id, r.batch_id, r.pool, r.status, r.attempts, r.started_at, r.gpu_seconds,
+        v.gpu_seconds AS spent, v.prompt_tokens, v.completion_tokens, v.cached_tokens,
+        v.reasoning_tokens
 ), written AS (
     INSERT INTO request_results ({RESULT_COLUMNS})
     SELECT s.id, s.batch_id, s.status, s.pool, s.attempts, %(owner)s, s.started_at, now(),
         v.response_status, v.engine_request_id, v.response_body, v.error, v.prompt_tokens,
-        v.completion_tokens, v.cached_tokens, v.reasoning_tokens, NULL
+        v.completion_tokens, v.cached_tokens, v.reasoning_tokens, NULL, s.gpu_seconds
     FROM settled s JOIN v ON v.id = s.id
-    RETURNING request_id AS id, batch_id, pool, status, dedup_of, prompt_tokens,
-        completion_tokens, cached_tokens, reasoning_tokens
+    RETURNING request_id AS id
+), counted_rows AS (
+    -- from what was settled (each settled row is written once): a join of two CTEs has
+    -- no estimate and may become a nested loop over both. The model is read by key from
+    -- the input row, which the claim read moments ago.
+    SELECT s.batch_id, s.pool, s.status, NULL::bigint AS dedup_of, s.prompt_tokens,
+        s.completion_tokens, s.cached_tokens, s.reasoning_tokens, s.gpu_seconds, i.model,
+        s.spent AS spent_gpu_seconds, {gpu_pool_of("%(owner)s", "s.pool")} AS gpu_pool
+    FROM settled s JOIN request_inputs i ON i.id = s.id
 ),
-{settled_deltas("written")}
+{settled_deltas("counted_rows")}
 SELECT id FROM written
 """
+
+RETRIED = f"""
+WITH v AS (
+    SELECT * FROM json_to_recordset(%(rows)s::json) AS v(id bigint, gpu_seconds float8)
+), spent AS (
+    UPDATE requests r SET gpu_seconds = r.gpu_seconds + v.gpu_seconds
+    FROM v WHERE r.id = v.id
+    RETURNING r.id, r.batch_id, r.pool, v.gpu_seconds,
+        {gpu_pool_of("%(owner)s", "r.pool")} AS gpu_pool
+), deltas AS (
+    SELECT s.batch_id, s.pool, 'failed' AS status, i.model, 0 AS n, 0::bigint AS input_tokens,
+        0::bigint AS output_tokens, 0::bigint AS cached_tokens, 0::bigint AS reasoning_tokens,
+        0 AS deduplicated, 0::bigint AS dedup_tokens, 0 AS escalated,
+        coalesce(sum(s.gpu_seconds) FILTER (WHERE s.gpu_pool = 'spot'), 0)
+            AS spot_gpu_seconds,
+        coalesce(sum(s.gpu_seconds) FILTER (WHERE s.gpu_pool = 'dedicated'), 0)
+            AS dedicated_gpu_seconds,
+        0::float8 AS dedup_gpu_seconds
+    FROM spent s JOIN request_inputs i ON i.id = s.id
+    GROUP BY s.batch_id, s.pool, i.model
+),
+{append_deltas("deltas", gpu=True)}
+SELECT count(*)::int AS n FROM spent
+"""
+"""The GPU time of attempts that went back to the queue (run after :func:`requeue`
+accepted them, in its transaction): added to each request's own, and to the deltas of
+the pool that spent it. No result row is written, no request counted."""
 
 
 def _body_text(body: Any) -> str | None:
@@ -277,8 +336,9 @@ def _body_text(body: Any) -> str | None:
 
 async def record_outcomes(conn: Conn, owner: str, outcomes: Sequence[Outcome]) -> set[int]:
     """Write a group of results: one statement for the settled (completed, failed), one
-    :func:`requeue` for the retried; returns the ids whose write was accepted (the others
-    had lost their lease or were cancelled/expired meanwhile).
+    :func:`requeue` for the retried (and one more for the GPU time of those); returns the
+    ids whose write was accepted (the others had lost their lease or were
+    cancelled/expired meanwhile). Run it in one transaction (a pool connection's block).
 
     The group travels as one JSON document (serialised in C, parsed by the server) rather
     than as a dozen arrays, whose per-element escaping in Python cost more than the write."""
@@ -305,6 +365,7 @@ async def record_outcomes(conn: Conn, owner: str, outcomes: Sequence[Outcome]) -
                     "cached_tokens": o.cached_tokens,
                     "reasoning_tokens": o.reasoning_tokens,
                     "charged": o.charged,
+                    "gpu_seconds": o.gpu_seconds,
                 }
                 for o in settled
             ]
@@ -330,6 +391,14 @@ async def record_outcomes(conn: Conn, owner: str, outcomes: Sequence[Outcome]) -
             ],
         )
         accepted |= done.ids
+        # attempts that are retried spent GPU time too; only those requeue accepted count
+        spent = [
+            {"id": o.request_id, "gpu_seconds": o.gpu_seconds}
+            for o in retried
+            if o.request_id in done.ids and o.gpu_seconds > 0
+        ]
+        if spent:
+            await conn.execute(RETRIED, {"owner": owner, "rows": orjson.dumps(spent).decode()})
     return accepted
 
 

@@ -69,6 +69,8 @@ UNAVAILABLE = "engine_unavailable"
 """The code of a transport error where the request never reached the engine."""
 TIMEOUT = "request_timeout"
 """The code of a call that took longer than the engine timeout (OpenAI's code)."""
+CONNECTION_LOST = "engine_connection_lost"
+"""The code of a call whose connection closed before the answer was complete."""
 
 
 class EngineTransportError(Exception):
@@ -214,7 +216,7 @@ class HttpEngine:
             raise EngineTransportError(TIMEOUT, f"The engine timed out: {exc!r}") from exc
         except aiohttp.ClientError as exc:
             raise EngineTransportError(
-                "engine_connection_lost", f"The engine dropped the connection: {exc!r}"
+                CONNECTION_LOST, f"The engine dropped the connection: {exc!r}"
             ) from exc
         text: str | None = None
         malformed = False
@@ -234,6 +236,18 @@ class HttpEngine:
             text=text,
             malformed=malformed,
         )
+
+    async def reachable(self) -> bool:
+        """Whether the engine answers HTTP at all (any status), asked with a short timeout:
+        tells a dead engine from one that dropped one connection."""
+        try:
+            async with self._client().get(
+                self.name + "/models", timeout=aiohttp.ClientTimeout(total=3.0)
+            ) as resp:
+                await resp.read()
+            return True
+        except (aiohttp.ClientError, TimeoutError):
+            return False
 
     async def models(self) -> list[str]:
         """Model ids the engine lists at ``/models`` (empty when it cannot be asked)."""

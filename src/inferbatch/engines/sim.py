@@ -13,6 +13,42 @@ byte. Under uvicorn the socket is closed, so an httpx client raises
 and never gets a response object; the openai SDK raises ``openai.APIConnectionError`` after its
 retries. In-process (``httpx.ASGITransport``) the exception itself propagates, and since it
 subclasses ``httpx.RemoteProtocolError`` callers see the same exception type.
+
+Engine behaviour that benchmarks of dispatch and concurrency control rely on, all off by default:
+
+- Prefix cache (``prefix_cache_tokens`` > 0), after vLLM's automatic prefix caching. The rendered
+  prompt (each chat message as ``<|im_start|> role <content words> <|im_end|>``, in order, which
+  is exactly the 3 + words tokens engine-sim counts; or each completion prompt) is cut into
+  blocks of ``prefix_block_tokens`` tokens. A block is named by a chained hash (SHA-256 of the
+  previous block's hash and this block's tokens), so a block matches only behind the same
+  prefix. When a request is admitted to a slot, its leading blocks already in the cache are
+  cached: their tokens cost no prefill time and are reported as
+  ``usage.prompt_tokens_details.cached_tokens``. The last prompt token is always computed (as in
+  vLLM), so a prompt is never wholly cached. Then all its full blocks enter the cache, an LRU
+  over blocks holding at most ``prefix_cache_tokens // prefix_block_tokens`` of them; a hit
+  refreshes a block. A request's blocks are refreshed last-block-first, so under pressure a
+  prefix loses its tail before its head (vLLM frees blocks in the same order). Blocks enter at
+  admission rather than when prefill ends: a request admitted while another with the same
+  prefix is still in prefill already hits.
+- Overload bound (``max_queue``): at most that many requests wait for a slot; one that would
+  wait beyond it is answered 429 at once, with ``Retry-After: 1`` and the envelope of the
+  injected ``rate_limit`` fault.
+- Batch slowdown (``batch_slowdown`` = s): a request admitted while ``running`` sequences hold a
+  slot (itself included) decodes at ``decode_tokens_per_s / (1 + s * (running - 1) /
+  max_concurrency)``. The speed is fixed at admission and not re-evaluated as the batch changes
+  (an approximation: a real engine's per-step speed follows the batch size step by step).
+- Live changes: ``POST /sim/config`` with a JSON object of :class:`SimConfig` fields changes
+  them at once (``GET`` reads them). A smaller ``max_concurrency`` lets running requests finish
+  and admits waiting ones only while fewer than the new limit run. ``capacity_schedule`` (CLI
+  ``--capacity-schedule "0:64,60:32"``: seconds since start, max_concurrency) is applied by a
+  background task of the app's lifespan.
+
+``GET /sim/stats`` returns counters (``requests`` per path and ``requests_total``, ``completed``,
+``invalid``, ``faults``, ``rate_limited``, ``prompt_tokens``, ``completion_tokens``,
+``prefix_cache_hit_tokens``, ``prefix_cache_miss_tokens``) and gauges (``running`` and
+``waiting``, also under their older names ``in_flight`` and ``queued``, ``peak_in_flight``,
+``max_concurrency``, ``prefix_cache_used_tokens``). ``POST /sim/reset`` zeroes the counters;
+``POST /sim/reset?cache=1`` also empties the prefix cache.
 """
 
 from __future__ import annotations
@@ -28,8 +64,9 @@ import random
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import httpx
@@ -82,6 +119,20 @@ class SimConfig:
     """Seed of the app's fault-injection RNG; None draws from OS entropy."""
     embedding_dim: int = 16
     """Length of embedding vectors unless the request sets ``dimensions``."""
+    prefix_cache_tokens: int = 0
+    """Capacity of the prefix cache in tokens (whole blocks); 0 turns the cache off.
+
+    Cached tokens save ``1 / prefill_tokens_per_s`` seconds each: at the default 20,000 tokens/s
+    a 2,000-token shared prefix saves 0.1 s, against 8 ms for 16 completion tokens at 2,000/s.
+    """
+    prefix_block_tokens: int = 64
+    """Tokens per prefix-cache block; only full blocks are cached."""
+    max_queue: int | None = None
+    """Most requests that may wait for a slot; one more is answered 429. None: unbounded."""
+    batch_slowdown: float = 0.0
+    """Decode slowdown with batch size: speed / (1 + this * (running - 1) / max_concurrency)."""
+    capacity_schedule: tuple[tuple[float, int], ...] = ()
+    """(seconds since start, max_concurrency) pairs applied by the app's lifespan task."""
 
     def validate(self) -> None:
         """Raise ValueError if any field is out of range."""
@@ -98,14 +149,49 @@ class SimConfig:
             raise ValueError("base_latency_s and hang_s must be >= 0")
         if self.default_max_tokens < 1 or self.embedding_dim < 1:
             raise ValueError("default_max_tokens and embedding_dim must be >= 1")
+        if self.prefix_cache_tokens < 0 or self.prefix_block_tokens < 1:
+            raise ValueError("prefix_cache_tokens must be >= 0 and prefix_block_tokens >= 1")
+        if self.max_queue is not None and self.max_queue < 0:
+            raise ValueError("max_queue must be >= 0 (or None: unbounded)")
+        if not 0.0 <= self.batch_slowdown < math.inf:
+            raise ValueError("batch_slowdown must be a finite number >= 0")
+        for at, limit in self.capacity_schedule:
+            if not 0.0 <= at < math.inf or limit < 1:
+                raise ValueError("capacity_schedule needs times >= 0 and max_concurrency >= 1")
 
-    def service_time_s(self, prompt_tokens: int, completion_tokens: int) -> float:
-        """Seconds one request holds a concurrency slot."""
+    def service_time_s(
+        self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, running: int = 1
+    ) -> float:
+        """Seconds one request holds a concurrency slot.
+
+        ``cached_tokens`` of the prompt cost no prefill; ``running`` is the number of sequences
+        holding a slot when this one is admitted (itself included), which slows its decode by
+        ``1 + batch_slowdown * (running - 1) / max_concurrency``.
+        """
+        slowdown = 1.0 + self.batch_slowdown * max(0, running - 1) / self.max_concurrency
         return (
             self.base_latency_s
-            + prompt_tokens / self.prefill_tokens_per_s
-            + completion_tokens / self.decode_tokens_per_s
+            + max(0, prompt_tokens - cached_tokens) / self.prefill_tokens_per_s
+            + completion_tokens * slowdown / self.decode_tokens_per_s
         )
+
+
+def parse_capacity_schedule(text: str) -> tuple[tuple[float, int], ...]:
+    """Parse ``"0:64,60:32,120:64"`` (seconds since start : max_concurrency), sorted by time.
+
+    Raises ValueError on a malformed entry, a negative time or a limit below 1.
+    """
+    steps: list[tuple[float, int]] = []
+    for entry in text.split(","):
+        at, sep, limit = entry.strip().partition(":")
+        try:
+            step = (float(at), int(limit))
+        except ValueError:
+            step = None
+        if not sep or step is None or not 0.0 <= step[0] < math.inf or step[1] < 1:
+            raise ValueError(f"capacity schedule entry {entry.strip()!r} is not SECONDS:LIMIT")
+        steps.append(step)
+    return tuple(sorted(steps))
 
 
 class SimulatedConnectionDrop(httpx.RemoteProtocolError):
@@ -125,6 +211,111 @@ class _Job:
     prompt_tokens: int
     completion_tokens: int
     body: dict[str, Any]
+    sequences: tuple[tuple[str, ...], ...] = ()
+    """Rendered prompt tokens, one tuple per sequence, for the prefix cache (none: not cached)."""
+
+
+class PrefixCache:
+    """LRU over prompt blocks named by chained hashes (see the module docstring).
+
+    Holds at most ``capacity_tokens // block_tokens`` blocks. Memory is bounded by that, not
+    by the number of requests served.
+    """
+
+    def __init__(self, capacity_tokens: int, block_tokens: int) -> None:
+        self.block_tokens = block_tokens
+        self.capacity_blocks = capacity_tokens // block_tokens
+        self._blocks: OrderedDict[bytes, None] = OrderedDict()  # least recently used first
+
+    @property
+    def used_tokens(self) -> int:
+        return len(self._blocks) * self.block_tokens
+
+    def block_hashes(self, tokens: Sequence[str]) -> list[bytes]:
+        """Chained hashes of the full blocks of ``tokens``, in order."""
+        hashes, previous, size = [], b"", self.block_tokens
+        for start in range(0, len(tokens) - size + 1, size):
+            text = "\x1f".join(tokens[start : start + size]).encode()
+            previous = hashlib.sha256(previous + text).digest()
+            hashes.append(previous)
+        return hashes
+
+    def admit(self, tokens: Sequence[str]) -> int:
+        """Cached tokens of one sequence being admitted; then its blocks enter the cache."""
+        hashes = self.block_hashes(tokens)
+        hittable = (len(tokens) - 1) // self.block_tokens  # the last token is always computed
+        hits = 0
+        while hits < min(hittable, len(hashes)) and hashes[hits] in self._blocks:
+            hits += 1
+        for block in reversed(hashes):  # head most recent: pressure evicts a prefix's tail first
+            self._blocks[block] = None
+            self._blocks.move_to_end(block)
+        self._evict()
+        return hits * self.block_tokens
+
+    def resize(self, capacity_tokens: int) -> None:
+        """Change the capacity, evicting least recently used blocks beyond it."""
+        self.capacity_blocks = capacity_tokens // self.block_tokens
+        self._evict()
+
+    def clear(self) -> None:
+        self._blocks.clear()
+
+    def _evict(self) -> None:
+        while len(self._blocks) > self.capacity_blocks:
+            self._blocks.popitem(last=False)
+
+
+class _Gate:
+    """FIFO admission to ``limit`` slots; the limit may change while slots are held.
+
+    A lower limit never interrupts holders: waiters are admitted only while fewer than the
+    current limit hold a slot.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.running = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def free(self) -> bool:
+        """Would an arriving request be admitted without waiting?"""
+        return self.running < self.limit and not self._waiters
+
+    async def acquire(self) -> None:
+        if self.free():
+            self.running += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # admitted, then cancelled before running: hand the slot on
+            else:
+                with contextlib.suppress(ValueError):  # already popped by _wake
+                    self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        self.running -= 1
+        self._wake()
+
+    def set_limit(self, limit: int) -> None:
+        self.limit = limit
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.running < self.limit:
+            waiter = self._waiters.popleft()
+            if not waiter.done():  # a cancelled waiter is skipped, not admitted
+                waiter.set_result(None)
+                self.running += 1
 
 
 @dataclass
@@ -133,37 +324,53 @@ class _Stats:
     completed: int = 0
     invalid: int = 0
     faults: dict[str, int] = field(default_factory=dict)
-    in_flight: int = 0
+    rate_limited: int = 0
     peak_in_flight: int = 0
-    queued: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    prefix_cache_hit_tokens: int = 0
+    prefix_cache_miss_tokens: int = 0
 
-    def reset(self) -> None:
-        """Zero the counters; the in_flight/queued gauges keep their current values."""
+    def reset(self, running: int) -> None:
+        """Zero the counters; the peak restarts from the ``running`` sequences."""
         self.requests = dict.fromkeys((CHAT_PATH, COMPLETIONS_PATH, EMBEDDINGS_PATH), 0)
         self.faults = dict.fromkeys(FAULT_KINDS, 0)
-        self.completed = self.invalid = self.prompt_tokens = self.completion_tokens = 0
-        self.peak_in_flight = self.in_flight
+        self.completed = self.invalid = self.rate_limited = 0
+        self.prompt_tokens = self.completion_tokens = 0
+        self.prefix_cache_hit_tokens = self.prefix_cache_miss_tokens = 0
+        self.peak_in_flight = running
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, gate: _Gate, cache_used_tokens: int) -> dict[str, Any]:
         return {
             "requests": dict(self.requests),
             "requests_total": sum(self.requests.values()),
             "completed": self.completed,
             "invalid": self.invalid,
             "faults": dict(self.faults),
-            "in_flight": self.in_flight,
+            "rate_limited": self.rate_limited,
+            "running": gate.running,
+            "waiting": gate.waiting,
+            "in_flight": gate.running,
+            "queued": gate.waiting,
             "peak_in_flight": self.peak_in_flight,
-            "queued": self.queued,
+            "max_concurrency": gate.limit,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "prefix_cache_hit_tokens": self.prefix_cache_hit_tokens,
+            "prefix_cache_miss_tokens": self.prefix_cache_miss_tokens,
+            "prefix_cache_used_tokens": cache_used_tokens,
         }
 
 
 def _error(status: int, message: str, type_: str, param: str | None, code: str | None) -> Response:
     envelope = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return JSONResponse(envelope, status_code=status)
+
+
+def _rate_limited(message: str) -> Response:
+    response = _error(429, message, "requests", None, "rate_limit_exceeded")
+    response.headers["Retry-After"] = "1"
+    return response
 
 
 def _words(seed: bytes, count: int) -> str:
@@ -209,6 +416,11 @@ def _input_tokens(item: str | list[int]) -> int:
     return max(1, _count_words(item) if isinstance(item, str) else len(item))
 
 
+def _rendered(item: str | list[int]) -> tuple[str, ...]:
+    """A completion prompt as prefix-cache tokens (token ids marked apart from words)."""
+    return tuple(item.split()) if isinstance(item, str) else tuple(f"\x00{t}" for t in item)
+
+
 def _digest(value: Any) -> bytes:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).digest()
 
@@ -217,18 +429,19 @@ def _parse_chat(body: dict[str, Any], config: SimConfig) -> _Job:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _BadRequest("'messages' must be a non-empty list", "messages")
-    prompt_tokens = 0
+    rendered: list[str] = []  # 3 tokens of template per message, as counted in prompt_tokens
     for message in messages:
         if not isinstance(message, dict):
             raise _BadRequest("each message must be an object", "messages")
+        rendered += ("<|im_start|>", str(message.get("role")))
         content = message.get("content")
         if isinstance(content, str):
-            prompt_tokens += _count_words(content)
+            rendered += content.split()
         elif isinstance(content, list):
             for part in content:
                 if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    prompt_tokens += _count_words(part["text"])
-        prompt_tokens += 3
+                    rendered += part["text"].split()
+        rendered.append("<|im_end|>")
     limit_keys = ("max_completion_tokens", "max_tokens")
     n, finish = _max_tokens(body, limit_keys, config.default_max_tokens)
     text = "[simulated] " + _words(_digest(body), n)
@@ -238,7 +451,8 @@ def _parse_chat(body: dict[str, Any], config: SimConfig) -> _Job:
         "finish_reason": finish,
         "logprobs": None,
     }
-    return _Job(max(1, prompt_tokens), n, {"object": "chat.completion", "choices": [choice]})
+    answer = {"object": "chat.completion", "choices": [choice]}
+    return _Job(max(1, len(rendered)), n, answer, (tuple(rendered),))
 
 
 def _parse_completion(body: dict[str, Any], config: SimConfig) -> _Job:
@@ -257,7 +471,8 @@ def _parse_completion(body: dict[str, Any], config: SimConfig) -> _Job:
         for i in range(len(prompts))
     ]
     prompt_tokens = sum(_input_tokens(p) for p in prompts)
-    return _Job(prompt_tokens, n * len(prompts), {"object": "text_completion", "choices": choices})
+    answer = {"object": "text_completion", "choices": choices}
+    return _Job(prompt_tokens, n * len(prompts), answer, tuple(_rendered(p) for p in prompts))
 
 
 def _parse_embeddings(body: dict[str, Any], config: SimConfig) -> _Job:
@@ -323,15 +538,64 @@ class _RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-class _Simulator:
-    """State of one app: config, fault RNG, FIFO concurrency gate and counters."""
+Sleep = Callable[[float], Awaitable[None]]
+"""How the app waits out a service time (``asyncio.sleep``; tests pass one that records)."""
 
-    def __init__(self, config: SimConfig) -> None:
+_LIVE_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "int | None": (int, type(None)),
+}  # SimConfig annotations (strings under postponed evaluation) -> accepted JSON value types
+
+
+def updated_config(config: SimConfig, changes: object) -> SimConfig:
+    """``config`` with ``changes`` (a JSON object of SimConfig fields) applied, validated.
+
+    Every scalar field may change (``capacity_schedule`` only at start). Raises ValueError on a
+    body that is not a non-empty object, an unknown field, a value of the wrong type (booleans
+    are not numbers) or a result that :meth:`SimConfig.validate` refuses.
+    """
+    if not isinstance(changes, dict) or not changes:
+        raise ValueError("body must be a non-empty JSON object of engine-sim config fields")
+    annotations = {f.name: str(f.type) for f in fields(SimConfig)}
+    values: dict[str, Any] = {}
+    for name, value in changes.items():
+        kinds = _LIVE_TYPES.get(annotations.get(name, ""))
+        if kinds is None:
+            raise ValueError(f"{name!r} is not a config field that can be changed live")
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise ValueError(f"{name!r} must be {annotations[name]}, not {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{name!r} must be finite")
+        is_float = annotations[name] == "float"
+        values[name] = float(value) if is_float and isinstance(value, int) else value
+    updated = replace(config, **values)
+    updated.validate()
+    return updated
+
+
+class _Simulator:
+    """State of one app: config, fault RNG, FIFO concurrency gate, prefix cache and counters."""
+
+    def __init__(self, config: SimConfig, sleep: Sleep) -> None:
         self.config = config
+        self.sleep = sleep
         self.rng = random.Random(config.seed)
-        self.slots = asyncio.Semaphore(config.max_concurrency)  # FIFO wake-up order
+        self.gate = _Gate(config.max_concurrency)
+        self.cache = PrefixCache(config.prefix_cache_tokens, config.prefix_block_tokens)
         self.stats = _Stats()
-        self.stats.reset()
+        self.stats.reset(running=0)
+
+    def apply(self, config: SimConfig) -> None:
+        """Switch to a validated ``config``; requests already admitted keep their service time."""
+        old, self.config = self.config, config
+        self.gate.set_limit(config.max_concurrency)
+        if config.seed != old.seed:
+            self.rng = random.Random(config.seed)
+        if config.prefix_block_tokens != old.prefix_block_tokens:  # old hashes name other blocks
+            self.cache = PrefixCache(config.prefix_cache_tokens, config.prefix_block_tokens)
+        else:
+            self.cache.resize(config.prefix_cache_tokens)
 
     def endpoint(self, path: str, parse: _Parser) -> Callable[[Request], Awaitable[Response]]:
         async def handle(request: Request) -> Response:
@@ -340,7 +604,7 @@ class _Simulator:
         return handle
 
     async def infer(self, path: str, parse: _Parser, request: Request) -> Response:
-        """Validate (400), maybe inject a fault, else queue for a slot, serve and answer 200."""
+        """Validate (400), maybe inject a fault or refuse (429), else queue, serve, answer 200."""
         self.stats.requests[path] += 1
         try:
             try:
@@ -360,25 +624,47 @@ class _Simulator:
         fault = self.draw_fault()
         if fault is not None:
             self.stats.faults[fault] += 1
+            if fault == "rate_limit":
+                self.stats.rate_limited += 1
             return await self.fault_response(fault)
-        service_s = self.config.service_time_s(job.prompt_tokens, job.completion_tokens)
+        max_queue = self.config.max_queue
+        if max_queue is not None and not self.gate.free() and self.gate.waiting >= max_queue:
+            self.stats.rate_limited += 1
+            waiting = self.gate.waiting
+            return _rate_limited(f"engine-sim is overloaded: {waiting} requests wait for a slot")
         async with self.slot():
-            await asyncio.sleep(service_s)
+            cached = self.admit_prefix(job)
+            config = self.config
+            running = self.gate.running
+            await self.sleep(
+                config.service_time_s(job.prompt_tokens, job.completion_tokens, cached, running)
+            )
         self.stats.completed += 1
         self.stats.prompt_tokens += job.prompt_tokens
         self.stats.completion_tokens += job.completion_tokens
+        self.stats.prefix_cache_hit_tokens += cached
+        self.stats.prefix_cache_miss_tokens += job.prompt_tokens - cached
         header: dict[str, Any] = {"model": body["model"]}
         prefix = {"chat.completion": "chatcmpl-sim-", "text_completion": "cmpl-sim-"}
         if job.body["object"] in prefix:
             header["id"] = prefix[job.body["object"]] + request.scope[_REQUEST_ID_KEY]
             header["created"] = int(time.time())
             total = job.prompt_tokens + job.completion_tokens
-            job.body["usage"] = {
+            usage: dict[str, Any] = {
                 "prompt_tokens": job.prompt_tokens,
                 "completion_tokens": job.completion_tokens,
                 "total_tokens": total,
             }
+            if config.prefix_cache_tokens > 0:  # as OpenAI and vLLM report a prompt cache
+                usage["prompt_tokens_details"] = {"cached_tokens": cached}
+            job.body["usage"] = usage
         return JSONResponse({**header, **job.body})
+
+    def admit_prefix(self, job: _Job) -> int:
+        """Cached prompt tokens of ``job`` on admission; its blocks then enter the cache."""
+        if self.config.prefix_cache_tokens == 0:
+            return 0
+        return sum(self.cache.admit(tokens) for tokens in job.sequences)
 
     def draw_fault(self) -> str | None:
         """One RNG draw per valid request, mapped onto the cumulative fault rates."""
@@ -401,25 +687,38 @@ class _Simulator:
             return _error(504, msg, "server_error", None, "simulated_timeout")
         if kind == "drop":
             return _DroppedResponse()
-        response = _error(429, "simulated rate limit", "requests", None, "rate_limit_exceeded")
-        response.headers["Retry-After"] = "1"
-        return response
+        return _rate_limited("simulated rate limit")
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         """Hold one of ``max_concurrency`` slots, waiting in FIFO order if none is free."""
-        self.stats.queued += 1
-        try:
-            await self.slots.acquire()
-        finally:
-            self.stats.queued -= 1
-        self.stats.in_flight += 1
-        self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
+        await self.gate.acquire()
+        self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.gate.running)
         try:
             yield
         finally:
-            self.stats.in_flight -= 1
-            self.slots.release()
+            self.gate.release()
+
+    async def follow_schedule(self, schedule: Iterable[tuple[float, int]]) -> None:
+        """Set ``max_concurrency`` at each (seconds since this call, limit) of ``schedule``."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for at, limit in sorted(schedule):
+            await asyncio.sleep(max(0.0, start + at - loop.time()))
+            self.apply(replace(self.config, max_concurrency=limit))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        """Run the capacity schedule, if any, for as long as the app is served."""
+        schedule = self.config.capacity_schedule
+        task = asyncio.create_task(self.follow_schedule(schedule)) if schedule else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def models(self, request: Request) -> Response:
         model = {"id": "sim", "object": "model", "created": 0, "owned_by": "inferbatch-sim"}
@@ -428,12 +727,28 @@ class _Simulator:
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    def snapshot(self) -> dict[str, Any]:
+        return self.stats.snapshot(self.gate, self.cache.used_tokens)
+
     async def get_stats(self, request: Request) -> Response:
-        return JSONResponse(self.stats.snapshot())
+        return JSONResponse(self.snapshot())
 
     async def reset_stats(self, request: Request) -> Response:
-        self.stats.reset()
-        return JSONResponse(self.stats.snapshot())
+        self.stats.reset(self.gate.running)
+        if request.query_params.get("cache") in ("1", "true"):
+            self.cache.clear()
+        return JSONResponse(self.snapshot())
+
+    async def get_config(self, request: Request) -> Response:
+        return JSONResponse(asdict(self.config))
+
+    async def set_config(self, request: Request) -> Response:
+        try:
+            config = updated_config(self.config, json.loads(await request.body()))
+        except ValueError as exc:  # json.JSONDecodeError included
+            return _error(400, str(exc), "invalid_request_error", None, None)
+        self.apply(config)
+        return JSONResponse(asdict(config))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -442,21 +757,29 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return _error(status, str(detail), "invalid_request_error", None, None)
 
 
-def create_app(config: SimConfig) -> Starlette:
-    """Build a fresh engine-sim ASGI app; all state (RNG, queue, counters) lives in the app."""
+def create_app(config: SimConfig, *, sleep: Sleep = asyncio.sleep) -> Starlette:
+    """Build a fresh engine-sim ASGI app; all state (RNG, queue, cache, counters) lives in it.
+
+    ``sleep`` waits out each request's service time (in seconds, from
+    :meth:`SimConfig.service_time_s`). The capacity schedule runs in the app's lifespan, so it
+    applies under uvicorn, not under a bare ``httpx.ASGITransport``.
+    """
     config.validate()
-    sim = _Simulator(config)
+    sim = _Simulator(config, sleep)
     routes = [Route(path, sim.endpoint(path, parse), methods=["POST"]) for path, parse in _PARSERS]
     routes += [
         Route("/v1/models", sim.models, methods=["GET"]),
         Route("/health", sim.health, methods=["GET"]),
         Route("/sim/stats", sim.get_stats, methods=["GET"]),
         Route("/sim/reset", sim.reset_stats, methods=["POST"]),
+        Route("/sim/config", sim.get_config, methods=["GET"]),
+        Route("/sim/config", sim.set_config, methods=["POST"]),
     ]
     return Starlette(
         routes=routes,
         middleware=[Middleware(_RequestIdMiddleware)],
         exception_handlers={404: _http_error, 405: _http_error},
+        lifespan=sim.lifespan,
     )
 
 

@@ -14,6 +14,7 @@ from inferbatch.portal import (
     batch_detail,
     batch_list,
     batch_new,
+    costs,
     dashboard,
     request_pages,
     webhooks,
@@ -26,6 +27,15 @@ def install(app: FastAPI) -> None:
     ``/static/portal``. Call once per app."""
     app.state.portal = Portal.create()
     # /batches/new must come before /batches/{batch_id}.
-    for module in (auth, dashboard, batch_new, batch_list, batch_detail, request_pages, webhooks):
+    for module in (
+        auth,
+        dashboard,
+        batch_new,
+        batch_list,
+        batch_detail,
+        request_pages,
+        webhooks,
+        costs,
+    ):
         app.include_router(module.router)
     app.mount(STATIC_PREFIX, StaticFiles(directory=HERE / "static"), name="portal-static")

@@ -19,9 +19,12 @@ from inferbatch.errors import StorageUnavailable
 from inferbatch.metrics import LATENCY_BUCKETS
 from inferbatch.portal import charts
 from inferbatch.portal.checks import head_lines
+from inferbatch.portal.costs import money
+from inferbatch.portal.formatting import number
 from inferbatch.portal.web import Page, PageDep, PortalRoute
 from inferbatch.services import batches as batch_service
 from inferbatch.services import requests as request_service
+from inferbatch.services.costs import batch_cost
 from inferbatch.services.requests import REQUEST_STATUSES
 
 router = APIRouter(route_class=PortalRoute, include_in_schema=False)
@@ -177,6 +180,24 @@ async def _charts(page: Page, batch: BatchRecord) -> dict[str, Any]:
         "deduplicated": sum(int(r["deduplicated"]) for r in breakdown),
         "dedup_tokens": sum(int(r["dedup_tokens"]) for r in breakdown),
         "interruptions": sum(int(r["interruptions"]) for r in breakdown),
+        "cost": _cost(batch),
+    }
+
+
+def _cost(batch: BatchRecord) -> dict[str, str] | None:
+    """The batch's cost and savings as text, or None before any GPU time was counted."""
+    cost = batch_cost(batch)
+    if cost is None:
+        return None
+    c = cost.currency
+    return {
+        "amount": money(cost.amount, c),
+        "spot_saved": money(cost.saved.spot, c),
+        "dedup_saved": money(cost.saved.dedup, c),
+        "all_dedicated": money(cost.all_dedicated_amount, c),
+        "spot_seconds": number(cost.gpu_seconds.spot),
+        "dedicated_seconds": number(cost.gpu_seconds.dedicated),
+        "dedup_seconds": number(cost.gpu_seconds.dedup_saved),
     }
 
 

@@ -137,6 +137,14 @@ class BatchErrors(_Wire):
     data: list[BatchError]
 
 
+class BatchWarning(_Wire):
+    """Extension: something admission found at create that did not stop the batch."""
+
+    code: str
+    message: str
+    param: str | None = None
+
+
 class RequestCounts(_Wire):
     total: int
     completed: int
@@ -159,6 +167,35 @@ class BatchUsage(_Wire):
     output_tokens: int
     output_tokens_details: OutputTokensDetails
     total_tokens: int
+
+
+class GpuSeconds(_Wire):
+    spot: float = Field(description="GPU-seconds spent on spot capacity.")
+    dedicated: float = Field(description="GPU-seconds spent on dedicated capacity.")
+    dedup_saved: float = Field(
+        description="GPU-seconds not spent: the time of the outputs deduplication copied."
+    )
+
+
+class CostSavings(_Wire):
+    spot: float = Field(description="Spot GPU-seconds x (dedicated price - spot price).")
+    dedup: float = Field(description="Deduplication's saved GPU-seconds x dedicated price.")
+    total: float
+
+
+class BatchCost(_Wire):
+    """Extension: what the batch's GPU time cost, priced when it was counted (the prices
+    configured per pool and model), and what spot capacity and deduplication saved
+    against running it all on dedicated capacity."""
+
+    currency: str = Field(description='Lowercase ISO 4217, e.g. "usd".')
+    amount: float = Field(description="The cost of the GPU time spent.")
+    gpu_seconds: GpuSeconds
+    saved: CostSavings
+    all_dedicated_amount: float = Field(
+        description="What the same work would have cost on dedicated capacity alone: "
+        "amount + saved.total."
+    )
 
 
 class Batch(_Wire):
@@ -191,6 +228,21 @@ class Batch(_Wire):
     requests_pruned_at: int | None = Field(description="Extension: when they were pruned.")
     callback_url: str | None = Field(
         default=None, description="Extension: the URL told when this batch ends."
+    )
+    cost: BatchCost | None = Field(
+        default=None,
+        description="Extension: GPU time, its cost and the savings of spot capacity and "
+        "deduplication, as counted so far (final once the batch has ended).",
+    )
+    estimated_completion_at: int | None = Field(
+        default=None,
+        description="Extension: when the last request is expected to settle (Unix "
+        "seconds), from measured throughput, the work queued ahead and the workers up; "
+        "updated while the batch runs. Null: unknown.",
+    )
+    warnings: list[BatchWarning] | None = Field(
+        default=None,
+        description="Extension: what admission found at create, e.g. window_too_short.",
     )
 
 

@@ -6,7 +6,9 @@ the dedicated workers asked for but still starting, ask the policy (``inferbatch
 code the simulator replays against spot traces) which queued spot requests must move to
 the dedicated pool and how many dedicated workers are needed, move them with the reason
 recorded on each request, and publish the desired dedicated worker count (held through a
-scale-down window) for the autoscaler and ``/metrics``.
+scale-down window) for the autoscaler and ``/metrics``. From the same snapshot: each batch's
+estimated completion (``policy/eta.py``; stored where it moved), and the measured service
+times and throughput efficiency (published for admission at create).
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from inferbatch.config import Settings
 from inferbatch.db import escalation as rows
 from inferbatch.db.types import Pool
 from inferbatch.metrics import SchedulerMetrics
+from inferbatch.policy import eta
 from inferbatch.policy.escalation import (
     BatchState,
     ClusterState,
@@ -37,6 +41,14 @@ the first to finish are the short ones, so a small sample is biased low (the sim
 uses the same rule)."""
 
 
+_UNSETTLED = ("queued_spot", "queued_dedicated", "running_spot", "running_dedicated")
+
+
+def _unsettled(row: dict[str, Any]) -> int:
+    """Requests of a snapshot row that are queued or running, on either pool."""
+    return sum(int(row[k]) for k in _UNSETTLED)
+
+
 @dataclass
 class EscalationLoop:
     settings: Settings
@@ -47,6 +59,7 @@ class EscalationLoop:
     desired: int = 0
     """The dedicated worker count last published."""
     fleet: FleetMemory = field(init=False)
+    meter: eta.ThroughputMeter = field(default_factory=eta.ThroughputMeter)
 
     def __post_init__(self) -> None:
         self.fleet = FleetMemory(cold_start_s=self.settings.dedicated_cold_start_seconds)
@@ -98,6 +111,41 @@ class EscalationLoop:
             priority=row["priority"],
         )
 
+    def estimates(
+        self,
+        now: float,
+        snapshot: list[dict[str, Any]],
+        times: dict[str | None, tuple[float, float, int]],
+        live: dict[str, int],
+    ) -> tuple[dict[str, datetime | None], float | None]:
+        """The estimated completions that moved enough to be stored (``eta.moved``), and
+        the measured throughput efficiency. Capacity: the workers up, and the dedicated
+        workers asked for but still starting, each from its remaining cold start."""
+        per = self.settings.engine_max_in_flight
+        slots = (live.get("spot", 0) + live.get("dedicated", 0)) * per
+        efficiency = self.meter.efficiency(lambda model: self.service(model, times)[0])
+        later = tuple((left, per) for left in self.fleet.boot_remaining(now))
+        work = [
+            eta.Work(
+                batch_id=r["id"],
+                priority=r["priority"],
+                deadline_at=r["deadline_at"],
+                created_at=r["created_at"],
+                queued=r["queued_spot"] + r["queued_dedicated"],
+                running=r["running_spot"] + r["running_dedicated"],
+                service_s=self.service(r["model"], times)[0],
+            )
+            for r in snapshot
+        ]
+        stored = {r["id"]: r["estimated_completion_at"] for r in snapshot}
+        new = eta.estimate(now, work, eta.Capacity(slots, later, efficiency))
+        moved = {
+            batch_id: datetime.fromtimestamp(t, UTC) if t is not None else None
+            for batch_id, t in new.items()
+            if eta.moved(stored[batch_id], t, now)
+        }
+        return moved, efficiency
+
     async def tick(self) -> Decision:
         async with self.pool.connection() as conn:
             snapshot = await rows.unfinished_batches(conn)
@@ -106,11 +154,15 @@ class EscalationLoop:
         now = time.time()
         fleet = self.fleet
         fleet.observe(now, live.get("spot", 0), live.get("dedicated", 0), self.desired)
+        up = live.get("spot", 0) + live.get("dedicated", 0)
+        unsettled = {r["id"]: (r["model"], _unsettled(r)) for r in snapshot}
+        self.meter.observe(now, unsettled, up * self.settings.engine_max_in_flight)
         batches = [self.batch_state(r, times) for r in snapshot]
         decision = self.policy.decide(now, batches, self.cluster(live, now))
         desired, self.recent = autoscale_target(now, decision, self.recent)
         fleet.ask(now, desired, live.get("dedicated", 0))
         self.desired = desired
+        estimates, efficiency = self.estimates(now, snapshot, times, live)
         async with self.pool.connection() as conn:
             for batch_id, n in decision.moves.items():
                 if n > 0:
@@ -132,6 +184,13 @@ class EscalationLoop:
                     rows.DESIRED_DEDICATED: desired,
                     rows.BATCHES_AT_RISK: len(decision.at_risk),
                     rows.SPOT_ENABLED: int(self.policy.uses_spot),
+                    rows.SERVICE_SECONDS: {
+                        "*" if model is None else model: mean
+                        for model, (mean, _, n) in times.items()
+                        if n >= MIN_SAMPLES
+                    },
+                    rows.EFFICIENCY: efficiency,
                 },
             )
+            await rows.record_estimates(conn, estimates)
         return decision

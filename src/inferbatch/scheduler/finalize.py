@@ -25,6 +25,7 @@ from inferbatch.db.types import Conn, Pool
 from inferbatch.domain import BatchRecord
 from inferbatch.ids import new_id, request_public_id
 from inferbatch.metrics import SchedulerMetrics
+from inferbatch.pricing import PriceTable
 
 log = logging.getLogger(__name__)
 
@@ -169,10 +170,12 @@ async def finish_batch(
     now: Callable[[], datetime],
     request_retention: timedelta | None = None,
     metrics: SchedulerMetrics | None = None,
+    prices: PriceTable | None = None,
 ) -> bool:
     """Finish one batch as ``outcome``; False if another actor changed it first. Its
     output files expire after the batch's own setting or ``retention``; its request rows
-    are pruned after ``request_retention`` (None: with the output files)."""
+    are pruned after ``request_retention`` (None: with the output files). GPU time still
+    unfolded is priced at ``prices`` (the settings' ``price_table``)."""
     if outcome == "completed":
         async with pool.connection() as conn, conn.transaction():
             await batches.mark_finalizing(conn, batch_id, now())
@@ -187,7 +190,7 @@ async def finish_batch(
         expired = await queue.expire_unsettled(conn, batch_id) if outcome == "expired" else []
         # under the batch lock: every settled request is in the totals before the final
         # counts below replace the batch's own
-        await counters.fold(conn, [batch_id])
+        await counters.fold(conn, [batch_id], prices)
         out, err, totals = await _write_files(conn, blobs, batch)
         stamp = now()
         expiry = stamp + (
@@ -240,6 +243,7 @@ async def finish_ready(
     now: Callable[[], datetime],
     request_retention: timedelta | None = None,
     metrics: SchedulerMetrics | None = None,
+    prices: PriceTable | None = None,
 ) -> int:
     """Finish every batch that is ready; returns how many were finished."""
     async with pool.connection() as conn:
@@ -256,6 +260,7 @@ async def finish_ready(
             now=now,
             request_retention=request_retention,
             metrics=metrics,
+            prices=prices,
         ):
             finished += 1
     return finished

@@ -35,12 +35,13 @@ log = logging.getLogger(__name__)
 CHUNK_LINES = 2000
 
 COPY_INPUTS = """
-COPY request_inputs (batch_id, line, custom_id, url, model, body, input_hash) FROM STDIN
+COPY request_inputs (batch_id, line, custom_id, url, model, body, input_hash, prefix_key)
+FROM STDIN
 """
 
 QUEUE_INPUTS = """
-INSERT INTO requests (id, batch_id, priority, batch_created_at, deadline_at)
-SELECT id, batch_id, %(priority)s, %(created)s, %(deadline)s
+INSERT INTO requests (id, batch_id, priority, batch_created_at, deadline_at, prefix_key)
+SELECT id, batch_id, %(priority)s, %(created)s, %(deadline)s, prefix_key
 FROM request_inputs WHERE batch_id = %(batch)s
 """
 
@@ -104,7 +105,7 @@ class _Validator:
     def _row(p: ParsedLine, prefix: str, url: str) -> str:
         return (
             f"{prefix}{p.line}\t{copy_text(p.custom_id)}\t{url}\t{copy_text(p.model)}\t"
-            f"{copy_text(p.body_json)}\t\\\\x{p.input_hash.hex()}\n"
+            f"{copy_text(p.body_json)}\t\\\\x{p.input_hash.hex()}\t{p.prefix_key}\n"
         )
 
 

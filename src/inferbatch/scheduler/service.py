@@ -140,8 +140,9 @@ class Scheduler:
         """Fold the request deltas written since the last fold into the batch counters."""
         async with self.pool.connection() as conn:
             pending = await counters.pending_batches(conn, limit=1000)
-            await counters.fold(conn, pending)
+            await counters.fold(conn, pending, self.settings.price_table)
             await counters.fold_batch_totals(conn)
+            await counters.fold_usage(conn)
         return len(pending) >= 1000
 
     async def finalize(self) -> bool:
@@ -152,6 +153,7 @@ class Scheduler:
             now=self.now,
             request_retention=self.settings.request_retention_delta,
             metrics=self.metrics,
+            prices=self.settings.price_table,
         )
         return n > 0
 

@@ -15,6 +15,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from inferbatch.domain import MESSAGES_ENDPOINT
+from inferbatch.scheduler.prefix import prefix_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,8 @@ class ParsedLine:
     """The body as it arrived, compacted: its keys in their order, no whitespace (what is
     stored and sent to the engine; the hash is of the canonical form)."""
     input_hash: bytes
+    prefix_key: int = 0
+    """See :mod:`inferbatch.scheduler.prefix`."""
 
 
 def canonical_json(value: Any) -> bytes:
@@ -145,6 +148,7 @@ def parse_line(raw: bytes, line: int, endpoint: str) -> ParsedLine | LineError:
         model=model,
         body_json=orjson.dumps(body).decode(),
         input_hash=input_hash(endpoint, canonical),
+        prefix_key=prefix_key(model, body),
     )
 
 

@@ -11,7 +11,9 @@ from inferbatch.db.types import Conn
 from inferbatch.domain import ENDPOINTS, BatchRecord, User, owner_filter
 from inferbatch.errors import Conflict, InvalidRequest, NotFound
 from inferbatch.ids import new_id
+from inferbatch.services import admission
 from inferbatch.services import idempotency as idempotency_service
+from inferbatch.services.admission import AdmissionRules
 from inferbatch.services.idempotency import IdempotencyKey
 from inferbatch.services.webhooks import new_secret
 
@@ -126,6 +128,8 @@ class NewBatch:
     options: BatchOptions
     output_expires_seconds: int | None
     callback_url: str | None = None
+    admission: AdmissionRules | None = None
+    """How the deployment admits it (``services/admission.py``); None: not checked."""
 
 
 def new_batch(
@@ -159,6 +163,7 @@ def new_batch(
             else None
         ),
         callback_url=callback_url,
+        admission=AdmissionRules.from_settings(settings),
     )
 
 
@@ -169,7 +174,8 @@ async def create(
     now: datetime,
     idempotency: IdempotencyKey | None = None,
 ) -> BatchRecord:
-    """Insert the batch (``validating``); the scheduler validates the input file's lines.
+    """Insert the batch (``validating``) with its first estimated completion; the scheduler
+    validates the input file's lines. Refused (``window_too_short``) when admission says so.
     Under an idempotency key already used for the same request, the batch made then."""
     batch_id = new_id("batch_")
     earlier = await idempotency_service.claim(conn, user.id, idempotency, batch_id, now)
@@ -182,6 +188,16 @@ async def create(
         raise InvalidRequest(
             f"File {new.input_file_id!r} has purpose {record.purpose!r}; batches need 'batch'.",
             param="input_file_id",
+        )
+    admitted = admission.Outcome()
+    if new.admission is not None:
+        admitted = await admission.check(
+            conn,
+            new.admission,
+            requests=record.line_count,
+            priority=new.options.priority,
+            window=new.window,
+            now=now,
         )
     return await batches.insert(
         conn,
@@ -198,6 +214,8 @@ async def create(
         output_expires_seconds=new.output_expires_seconds,
         callback_url=new.callback_url,
         callback_secret=new_secret() if new.callback_url else None,
+        estimated_completion_at=admitted.estimated_completion_at,
+        warnings=admitted.warnings,
     )
 
 

@@ -103,6 +103,7 @@ async def upload(
                     sha256=received.sha256,
                     blob_key=received.blob_key,
                     expires_at=now + timedelta(seconds=seconds),
+                    line_count=received.lines if purpose == "batch" else None,
                 )
             record = await file_rows.get(conn, earlier, user.id)
         if record is None:

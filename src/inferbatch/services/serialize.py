@@ -12,6 +12,7 @@ from inferbatch.protocol.openai import (
     Batch,
     BatchErrors,
     BatchUsage,
+    BatchWarning,
     ExpiresAfter,
     FileObject,
     InputTokensDetails,
@@ -19,6 +20,7 @@ from inferbatch.protocol.openai import (
     OutputTokensDetails,
     RequestCounts,
 )
+from inferbatch.services.costs import batch_cost
 
 
 class _HasId(Protocol):
@@ -87,6 +89,9 @@ def batch_fields(b: BatchRecord) -> dict[str, object]:
         "requests_expire_at": ts(b.requests_expire_at),
         "requests_pruned_at": ts(b.requests_pruned_at),
         "callback_url": b.callback_url,
+        "cost": batch_cost(b),
+        "estimated_completion_at": ts(b.estimated_completion_at),
+        "warnings": [BatchWarning.model_validate(w) for w in b.warnings] if b.warnings else None,
     }
 
 

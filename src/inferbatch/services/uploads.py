@@ -23,6 +23,8 @@ class UploadResult:
     blob_key: str | None
     size: int
     sha256: str
+    lines: int = 0
+    """Lines of the file part (the last one counts without its newline)."""
 
 
 @dataclass
@@ -36,6 +38,8 @@ class _State:
     value: bytearray = field(default_factory=bytearray)
     pending: bytearray = field(default_factory=bytearray)
     size: int = 0
+    newlines: int = 0
+    last_byte: bytes = b""
     file_seen: bool = False
     error: Exception | None = None
 
@@ -99,6 +103,9 @@ async def receive_upload(
                 )
                 return
             st.pending += chunk
+            # counted on the way through: a batch's size in requests before it is read
+            st.newlines += chunk.count(b"\n")
+            st.last_byte = chunk[-1:] or st.last_byte
         else:
             st.value += chunk
             if len(st.value) > MAX_FIELD_BYTES:
@@ -147,4 +154,5 @@ async def receive_upload(
     if not st.file_seen:
         await asyncio.to_thread(blobs.delete, key)
         return UploadResult(st.fields, None, None, 0, "")
-    return UploadResult(st.fields, filename, key, writer.size, writer.sha256)
+    lines = st.newlines + (1 if st.last_byte not in (b"", b"\n") else 0)
+    return UploadResult(st.fields, filename, key, writer.size, writer.sha256, lines)

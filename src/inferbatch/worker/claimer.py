@@ -35,7 +35,8 @@ PREFETCH_MAX = 2048
 class Claimer:
     """Keeps the ready buffer filled and hands it to ``start``.
 
-    ``in_flight()`` is how many requests run now, ``start(ready)`` starts requests from
+    ``capacity()`` is how many requests the engines take at once now, ``in_flight()`` how
+    many run now, ``start(ready)`` starts requests from
     the front of the buffer while slots are free, and ``paused_for()`` is how long every
     engine is known to be down (0 while one is up). The owner calls
     :meth:`request_finished` each time a request ends.
@@ -48,7 +49,7 @@ class Claimer:
         owner: str,
         pool: str,
         takes_spot: bool,
-        capacity: int,
+        capacity: Callable[[], int],
         poll_seconds: float,
         listen_url: str | None,
         metrics: WorkerMetrics | None,
@@ -70,8 +71,7 @@ class Claimer:
             pools.append("spot")
         self._cursors = [queue.QueueCursor(p) for p in pools]
         self._ready: deque[ClaimedRequest] = deque()
-        self.min_prefetch = max(1, capacity // 2)
-        self.max_prefetch = max(PREFETCH_MAX, self.min_prefetch)
+        self.max_prefetch = PREFETCH_MAX
         self.prefetch = self.min_prefetch
         """Claimed requests to keep ready beyond the running ones: adapted by
         :meth:`adapt_prefetch` so that engine slots do not wait for claims."""
@@ -80,6 +80,11 @@ class Claimer:
         self._slot_free = asyncio.Event()
         self._queued = asyncio.Event()
         """Set by a queue notification (:meth:`listen`): requests may be claimable."""
+
+    @property
+    def min_prefetch(self) -> int:
+        """Half the requests the engines take at once now (their limits move)."""
+        return min(self.max_prefetch, max(1, self._capacity() // 2))
 
     def request_finished(self) -> None:
         """A request ended: refill its slot from the buffer, and wake the claim loop
@@ -126,10 +131,10 @@ class Claimer:
             if paused > 0:  # every engine is unreachable: claiming would only churn
                 await wait_any(stop, timeout=paused)
                 continue
-            running = self._in_flight()
-            wanted = self._capacity + self.prefetch - running - len(self._ready)
+            running, capacity = self._in_flight(), self._capacity()
+            wanted = capacity + self.prefetch - running - len(self._ready)
             # top up in batches: claim when a slot is free or half the buffer is used
-            if wanted < (self.prefetch + 1) // 2 and running >= self._capacity:
+            if wanted < (self.prefetch + 1) // 2 and running >= capacity:
                 self._slot_free.clear()
                 await wait_any(stop, self._slot_free, timeout=self._poll_seconds)
                 continue

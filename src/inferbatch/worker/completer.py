@@ -96,10 +96,12 @@ class Completer:
         finished: Counter[tuple[str, str, str]] = Counter()
         tokens: Counter[tuple[str, str]] = Counter()
         escalated: Counter[str] = Counter()
+        gpu: dict[str, float] = {}
         for o, (endpoint, model) in zip(batch, labels, strict=True):
             if o.request_id not in accepted:
                 continue
             kinds[o.kind] += 1
+            gpu[model] = gpu.get(model, 0.0) + o.gpu_seconds  # retried attempts' too
             if o.kind == "retry":
                 if o.escalate:
                     escalated[o.escalate] += 1
@@ -114,6 +116,9 @@ class Completer:
         for (direction, model), n in tokens.items():
             if n:
                 m.tokens.labels(direction, m.model(model), pool).inc(n)
+        for model, seconds in gpu.items():
+            # this worker's pool is the pool of the GPUs, whichever pool the request is in
+            m.gpu(pool, model, seconds)
         m.escalated(escalated)
         m.fenced.inc(len(batch) - len(accepted))
         m.in_flight.labels(pool).set(self._in_flight())

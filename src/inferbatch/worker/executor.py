@@ -1,9 +1,11 @@
 """Running claimed requests against their engines.
 
-Each request runs as a task of its own, at most an engine's ``max_in_flight`` at a time
-per engine (so the engine can batch them). An engine that cannot be reached is paused,
-longer after each failure in a row, and what arrives for it meanwhile goes back to the
-queue without spending its retry budget. Every attempt ends as one :class:`Outcome`,
+Each request runs as a task of its own, placed on one of its engine's replicas within
+that replica's in-flight limit (so the engine can batch them; see
+:mod:`inferbatch.engines.replicas` and :mod:`inferbatch.engines.limiter`). A replica that
+cannot be reached is paused, longer after each failure in a row; its requests go to
+another replica, and with none left back to the queue without spending their retry
+budget. Every attempt ends as one :class:`Outcome`,
 handed to the ``on_done`` callback; a bug here must not lose the request, so it becomes a
 retry too.
 """
@@ -20,8 +22,16 @@ from collections.abc import Callable
 
 from inferbatch.db.requests import Outcome, OutcomeKind
 from inferbatch.domain import ClaimedRequest
-from inferbatch.engines.client import UNAVAILABLE, Engine, EngineResponse, EngineTransportError
+from inferbatch.engines.client import (
+    CONNECTION_LOST,
+    TIMEOUT,
+    UNAVAILABLE,
+    Engine,
+    EngineResponse,
+    EngineTransportError,
+)
 from inferbatch.engines.registry import EngineRegistry
+from inferbatch.engines.replicas import Replica
 from inferbatch.engines.usage import Usage, usage_of
 from inferbatch.metrics import WorkerMetrics
 from inferbatch.policy.escalation import EscalationConfig, escalate_request
@@ -30,8 +40,8 @@ from inferbatch.worker.wait import wait_any
 
 log = logging.getLogger(__name__)
 
-ENGINE_DOWN_MAX_PAUSE = 15.0
-"""Longest pause before trying an unreachable engine again."""
+OVERLOAD_STATUSES = frozenset({429, 503})
+"""Answers that say the engine has more than it can take: its in-flight limit backs off."""
 MALFORMED = "invalid_engine_response"
 """The code of a 2xx answer whose body is not JSON: retried, and failed in the end."""
 
@@ -53,6 +63,12 @@ def _answered(req: ClaimedRequest, kind: OutcomeKind, resp: EngineResponse) -> O
         cached_tokens=usage.cached,
         reasoning_tokens=usage.reasoning,
     )
+
+
+async def _reachable(engine: Engine) -> bool:
+    """Whether ``engine`` answers at all (engines without a way to ask count as up)."""
+    probe = getattr(engine, "reachable", None)
+    return True if probe is None else bool(await probe())
 
 
 def _errored(req: ClaimedRequest, code: str, message: str) -> Outcome:
@@ -81,8 +97,6 @@ class Executor:
         on_done: Callable[[ClaimedRequest, Outcome], None],
     ) -> None:
         self.engines = engines
-        self.capacity = max(1, engines.total_in_flight)
-        """Requests run at once here: the engines' in-flight slots together."""
         self._worker_id = worker_id
         self._pool = pool
         self._max_attempts = max_attempts
@@ -91,37 +105,25 @@ class Executor:
         self._escalation = escalation
         self._metrics = metrics
         self._on_done = on_done
-        self._slots: dict[int, asyncio.Semaphore] = {
-            id(e): asyncio.Semaphore(e.max_in_flight) for e in engines.engines
-        }
         self._running: dict[int, tuple[ClaimedRequest, asyncio.Task[None]]] = {}
         self._started: dict[int, float] = {}
         self._service_ewma: float | None = None
         """Smoothed seconds an engine call takes here: predicts what a drain can finish."""
-        self._down_until: dict[int, float] = {}
-        self._down_failures: dict[int, int] = {}
 
     # -- engine health -------------------------------------------------------------------
 
-    def _engine_down_for(self, engine: Engine) -> float:
-        return max(0.0, self._down_until.get(id(engine), 0.0) - time.monotonic())
-
-    def _mark_engine(self, engine: Engine, *, up: bool) -> None:
-        key = id(engine)
-        if up:
-            self._down_failures.pop(key, None)
-            self._down_until.pop(key, None)
-        else:
-            failures = self._down_failures.get(key, 0) + 1
-            self._down_failures[key] = failures
-            pause = min(ENGINE_DOWN_MAX_PAUSE, 0.25 * 2.0 ** (failures - 1))
-            self._down_until[key] = time.monotonic() + pause
-        if self._metrics:
-            self._metrics.engine_up.labels(engine.name).set(1 if up else 0)
-
     def all_engines_down_for(self) -> float:
         """Seconds until some engine is worth trying again (0 while one is up)."""
-        return min((self._engine_down_for(e) for e in self.engines.engines), default=0.0)
+        return min((e.down_for() for e in self.engines.engines), default=0.0)
+
+    def capacity(self) -> int:
+        """Requests run at once here now: the engines' current in-flight limits."""
+        return max(1, self.engines.capacity())
+
+    def _replica_state(self, replica: Replica, *, up: bool) -> None:
+        if self._metrics:
+            self._metrics.engine_up.labels(replica.name).set(1 if up else 0)
+            self._metrics.engine_limit.labels(replica.name).set(replica.limit.limit)
 
     # -- one attempt ---------------------------------------------------------------------
 
@@ -147,45 +149,75 @@ class Executor:
         return dataclasses.replace(failed, kind="retry", retry_after=delay, escalate=escalate)
 
     async def execute(self, req: ClaimedRequest) -> Outcome:
-        """Call the request's engine once and say how the attempt ended."""
-        engine = self.engines.for_model(req.model)
-        if engine is None:
+        """Run one attempt of ``req`` and say how it ended, with the GPU time it used."""
+        gpu = [0.0]
+        outcome = await self._attempt(req, gpu)
+        return dataclasses.replace(outcome, gpu_seconds=gpu[0])
+
+    async def _attempt(self, req: ClaimedRequest, gpu: list[float]) -> Outcome:
+        """Call the request's engine and say how the attempt ended. A replica that cannot
+        be reached, or that dropped the connection and then cannot be reached, is marked
+        down and the request goes to another replica within this attempt; with none left
+        it goes back to the queue without spending its retry budget."""
+        engines = self.engines.for_model(req.model)
+        if engines is None:
             return _errored(req, "model_not_found", f"No engine serves the model {req.model!r}.")
-        down_for = self._engine_down_for(engine)
-        if down_for > 0:  # known down: give it back without spending the retry budget
-            error = {"code": UNAVAILABLE, "message": f"Engine {engine.name} is unreachable."}
-            return Outcome(
-                req.id, req.attempt, "retry", retry_after=down_for, error=error, charged=False
-            )
-        async with self._slots[id(engine)]:
+        tried: list[Replica] = []
+        while True:
+            replica = await engines.acquire(req.id, req.prefix_key, tried)
+            if replica is None:
+                error = {"code": UNAVAILABLE, "message": f"Engine {engines.name} is unreachable."}
+                return Outcome(
+                    req.id,
+                    req.attempt,
+                    "retry",
+                    retry_after=max(0.25, engines.down_for()),
+                    error=error,
+                    charged=False,
+                )
+            tried.append(replica)
             if self._metrics:
-                self._metrics.engine_requests.labels(engine.name).inc()
+                self._metrics.engine_requests.labels(replica.name).inc()
+            sent = time.perf_counter()
             try:
-                resp = await engine.call(req.url, req.body)
+                resp = await replica.engine.call(req.url, req.body)
             except EngineTransportError as exc:
+                timed_out = exc.code == TIMEOUT
+                gpu[0] += await engines.release(
+                    replica,
+                    req.id,
+                    time.perf_counter() - sent,
+                    overloaded=timed_out,
+                    informative=False,
+                )
                 if self._metrics:
-                    self._metrics.engine_errors.labels(engine.name, exc.code).inc()
-                if exc.code == UNAVAILABLE:
-                    self._mark_engine(engine, up=False)
-                    return Outcome(
-                        req.id,
-                        req.attempt,
-                        "retry",
-                        error={"code": exc.code, "message": exc.message},
-                        charged=False,
-                        retry_after=self._engine_down_for(engine),
-                    )
+                    self._metrics.engine_errors.labels(replica.name, exc.code).inc()
+                dead = exc.code == UNAVAILABLE or (
+                    exc.code == CONNECTION_LOST and not await _reachable(replica.engine)
+                )
+                if dead:
+                    engines.mark_down(replica)
+                    self._replica_state(replica, up=False)
+                    continue  # another replica, or an uncharged retry when none is left
+                if exc.code == CONNECTION_LOST and engines.has_untried(tried):
+                    continue  # the replica is up: one dropped connection, try another
+                self._replica_state(replica, up=True)
                 return self._fail_or_retry(req, _errored(req, exc.code, exc.message), None)
-        if self._down_failures.get(id(engine)):
-            self._mark_engine(engine, up=True)
+            overloaded = resp.status in OVERLOAD_STATUSES
+            gpu[0] += await engines.release(replica, req.id, resp.seconds, overloaded=overloaded)
+            engines.mark_up(replica)
+            self._replica_state(replica, up=True)
+            return self._answer(req, replica, resp)
+
+    def _answer(self, req: ClaimedRequest, replica: Replica, resp: EngineResponse) -> Outcome:
         if self._metrics:
-            self._metrics.engine_latency.labels(engine.name).observe(resp.seconds)
+            self._metrics.engine_latency.labels(replica.name).observe(resp.seconds)
             self._metrics.busy.labels(self._pool).inc(resp.seconds)
         ewma = self._service_ewma
         self._service_ewma = resp.seconds if ewma is None else 0.8 * ewma + 0.2 * resp.seconds
         if 200 <= resp.status < 300 and resp.malformed:
             if self._metrics:
-                self._metrics.engine_errors.labels(engine.name, "malformed").inc()
+                self._metrics.engine_errors.labels(replica.name, "malformed").inc()
             message = (
                 f"The engine answered {resp.status} with a body that is not JSON: "
                 f"{resp.body['error']['message'][:200]!r}"
@@ -194,7 +226,7 @@ class Executor:
         if 200 <= resp.status < 300:
             return _answered(req, "completed", resp)
         if self._metrics:
-            self._metrics.engine_errors.labels(engine.name, str(resp.status)).inc()
+            self._metrics.engine_errors.labels(replica.name, str(resp.status)).inc()
         failed = _answered(req, "failed", resp)
         if is_retryable(resp.status):
             return self._fail_or_retry(req, failed, resp.retry_after)
@@ -228,7 +260,8 @@ class Executor:
 
     def start_ready(self, ready: deque[ClaimedRequest]) -> None:
         """Start requests from the front of ``ready`` while there are free slots."""
-        while ready and len(self._running) < self.capacity:
+        capacity = self.capacity()
+        while ready and len(self._running) < capacity:
             req = ready.popleft()
             task = asyncio.create_task(self._run_one(req), name=f"req-{req.id}")
             self._running[req.id] = (req, task)

@@ -30,11 +30,10 @@ from inferbatch.metrics import WorkerMetrics
 from inferbatch.policy.escalation import EscalationConfig
 from inferbatch.worker.claimer import PREFETCH_MAX, PREFETCH_SECONDS, Claimer
 from inferbatch.worker.completer import Completer
-from inferbatch.worker.executor import ENGINE_DOWN_MAX_PAUSE, Executor
+from inferbatch.worker.executor import Executor
 from inferbatch.worker.wait import wait_any
 
 __all__ = [
-    "ENGINE_DOWN_MAX_PAUSE",
     "PREFETCH_MAX",
     "PREFETCH_SECONDS",
     "Worker",
@@ -89,13 +88,12 @@ class Worker:
             metrics=metrics,
             on_done=self._request_done,
         )
-        self.capacity = self.executor.capacity
         self.claimer = Claimer(
             db,
             owner=self.id,
             pool=config.pool,
             takes_spot=config.takes_spot,
-            capacity=self.capacity,
+            capacity=self.executor.capacity,
             poll_seconds=config.poll_seconds,
             listen_url=config.listen_url,
             metrics=metrics,
@@ -162,7 +160,12 @@ class Worker:
         flusher = asyncio.create_task(self.completer.run(done), name="flush")
         heart = asyncio.create_task(self._heartbeat_loop(done), name="heartbeat")
         listener = asyncio.create_task(self.claimer.listen(done), name="listen")
-        log.info("worker %s started: pool %s, %d slots", self.id, self.config.pool, self.capacity)
+        log.info(
+            "worker %s started: pool %s, up to %d in flight",
+            self.id,
+            self.config.pool,
+            self.engines.total_in_flight,
+        )
         try:
             await self.claimer.run(stop)
         finally:
