@@ -254,7 +254,8 @@ def drain_procrastinate(url: str, n: int, workers: int) -> Drain:
 PGBENCH_SCRIPT = """
 WITH picked AS (
     SELECT id FROM requests
-    WHERE status = 'queued' AND pool = 'spot' AND next_attempt_at <= now() AND priority = 1
+    WHERE status = 'queued' AND locations IS NULL AND pool = 'spot'
+      AND next_attempt_at <= now() AND priority = 1
       AND (deadline_at, id) > (:last_deadline::timestamptz, :last_id)
     ORDER BY priority DESC, deadline_at ASC, id ASC LIMIT 100 FOR UPDATE SKIP LOCKED
 ), claimed AS (

@@ -1,15 +1,15 @@
 """Same engine, two drivers: batch throughput over the engine driven directly.
 
 The local llama.cpp engine of ``inferbatch up`` (SmolLM2-135M) serves the same 100 chat
-requests (``max_tokens`` 16, temperature 0) two ways, alternating A-B-B-A so that drift of a
-shared machine falls on both: as one batch through a real worker process and the queue, and
-sent directly by as many concurrent clients as the worker keeps in flight (its
-``max_in_flight``, 4 as ``inferbatch up`` configures it). The figure is the batch's requests
-per second over the direct clients'. What separates them is the queue's own cost: claims,
-result writes and the worker's CPU, which on a small machine competes with the engine.
-Goal: >= 0.95.
+requests (``max_tokens`` 16, temperature 0) two ways, alternating A-B-B-A (``--rounds``
+times) so that drift of a shared machine falls on both: as one batch through a real
+worker process and the queue, and sent directly by as many concurrent clients as the
+worker keeps in flight (its ``max_in_flight``, 4 as ``inferbatch up`` configures it). The
+figure is the batch's requests per second over the direct clients'. What separates them
+is the queue's own cost: claims, result writes and the worker's CPU, which on a small
+machine competes with the engine. Goal: >= 0.95.
 
-Usage: python -m bench.same_engine [--requests 100] [--in-flight 4]
+Usage: python -m bench.same_engine [--requests 100] [--in-flight 4] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--in-flight", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     rates: dict[str, list[float]] = {"batch": [], "direct": []}
     with tempfile.TemporaryDirectory() as tmp, bench_server() as server:
@@ -82,7 +83,8 @@ def main() -> None:
             _wait_ready(engine, 120)
             asyncio.run(direct(engine.url, bodies(4, -1), 2))  # warm up
             env = {"INFERBATCH_ENGINE_MAX_IN_FLIGHT": str(args.in_flight)}
-            for round_, kind in enumerate(("direct", "batch", "batch", "direct")):
+            order = ("direct", "batch", "batch", "direct") * args.rounds
+            for round_, kind in enumerate(order):
                 requests = bodies(args.requests, round_)
                 if kind == "direct":
                     rates["direct"].append(

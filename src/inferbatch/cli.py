@@ -132,10 +132,15 @@ def worker(
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve /metrics here (default INFERBATCH_METRICS_PORT).")
     ] = None,
+    location: Annotated[
+        str | None,
+        typer.Option(help="The zone or region this worker runs in (default INFERBATCH_LOCATION)."),
+    ] = None,
 ) -> None:
     """Claim requests of one pool and run them against the engines."""
     from prometheus_client import CollectorRegistry, start_http_server
 
+    from inferbatch import residency
     from inferbatch.db.connector import database_url, open_pool, session_url
     from inferbatch.engines.registry import EngineRegistry, load_specs
     from inferbatch.metrics import WorkerMetrics
@@ -147,10 +152,16 @@ def worker(
         typer.echo("--pool must be spot or dedicated", err=True)
         raise typer.Exit(2)
     settings = _settings()
+    if location is not None:
+        if not residency.valid_location(location):
+            typer.echo("--location: lower-case letters, digits, '-' and '.'", err=True)
+            raise typer.Exit(2)
+        settings = settings.model_copy(update={"location": location})
     setup_logging(settings, f"worker-{pool}")
     url = database_url(settings)
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry, settings.price_table)
+    metrics.describe(pool, settings.location)
     port = metrics_port if metrics_port is not None else settings.metrics_port
     if port is not None:
         start_http_server(port, registry=registry)
@@ -166,6 +177,7 @@ def worker(
         takes_spot=pool == "dedicated" and settings.dedicated_takes_spot,
         escalation=policy_by_name(settings.policy, settings.escalation).escalation,
         listen_url=session_url(settings),
+        location=settings.location,
     )
 
     async def main() -> None:
@@ -269,11 +281,34 @@ def simulate(
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     jobs: Annotated[int, typer.Option(help="Processes (0: one per CPU).")] = 0,
+    multi_zone: Annotated[
+        bool, typer.Option("--multi-zone", help="Replay every trace at once, one zone each.")
+    ] = False,
+    zone_price: Annotated[
+        list[str] | None,
+        typer.Option(help="ZONE=PRICE: a zone's spot price / dedicated (repeatable)."),
+    ] = None,
+    zone_boot: Annotated[
+        list[str] | None,
+        typer.Option(help="ZONE=SECONDS: a spot worker's boot time in a zone (repeatable)."),
+    ] = None,
 ) -> None:
     """Replay spot availability traces against a batch workload with an SLA policy."""
     from inferbatch.simulate.command import run_simulation
 
-    raise typer.Exit(run_simulation(policy, trace, seed, workload, json_output, jobs=jobs))
+    raise typer.Exit(
+        run_simulation(
+            policy,
+            trace,
+            seed,
+            workload,
+            json_output,
+            jobs=jobs,
+            multi_zone=multi_zone,
+            zone_prices=zone_price or (),
+            zone_boots=zone_boot or (),
+        )
+    )
 
 
 @keys_app.command("create")

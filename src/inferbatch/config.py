@@ -206,6 +206,14 @@ class Settings(BaseSettings):
         default=True, description="Dedicated workers run spot-pool work when otherwise idle."
     )
     drain_seconds: float = Field(default=25.0, ge=0, description="Grace period on SIGTERM.")
+    location: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9.-]*$",
+        description="The zone or region this worker runs in (e.g. us-east-1a): shown on "
+        "/v1/workers and in metrics, and it lets the worker claim requests whose batch "
+        "restricts their locations (metadata.allowed_locations). Unset: none; such a worker "
+        "runs only unrestricted requests.",
+    )
     worker_poll_seconds: float = Field(default=0.5, gt=0, description="Max idle sleep.")
     result_flush_seconds: float = Field(default=0.05, gt=0)
     scheduler_tick_seconds: float = Field(default=1.0, gt=0)

@@ -16,7 +16,7 @@ from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from inferbatch.db import counters, escalation, webhooks, workers
+from inferbatch.db import counters, escalation, locations, webhooks, workers
 from inferbatch.db import requests as queue
 from inferbatch.db.requests import Tally
 from inferbatch.db.types import Conn
@@ -178,6 +178,17 @@ class WorkerMetrics(RequestCounters):
             "Results refused because the lease had moved on.",
             registry=registry,
         )
+        self.info = Gauge(
+            "inferbatch_worker_info",
+            "1, labelled with the worker's pool and location ('none': it declared none); "
+            "join on instance to break the other worker series down by location.",
+            ["pool", "location"],
+            registry=registry,
+        )
+
+    def describe(self, pool: str, location: str | None) -> None:
+        """Set :attr:`info` for this worker process."""
+        self.info.labels(pool, location or locations.NO_LOCATION).set(1)
 
     def gpu(self, pool: str, model: str, seconds: float) -> None:
         """Count ``seconds`` of GPU time of ``model`` spent on ``pool`` and their cost."""
@@ -319,6 +330,26 @@ class SystemMetrics:
             "Dedicated workers the SLA policy wants running (for an autoscaler).",
             registry=registry,
         )
+        self.workers_by_location = Gauge(
+            "inferbatch_workers_by_location",
+            "Running workers by pool and location ('none': declared none).",
+            ["pool", "location"],
+            registry=registry,
+        )
+        self.desired_spot = Gauge(
+            "inferbatch_desired_spot_workers",
+            "Spot workers the SLA policy wants running in a location (for an autoscaler per "
+            "node pool); no series until a policy that plans per location publishes them.",
+            ["location"],
+            registry=registry,
+        )
+        self.desired_dedicated = Gauge(
+            "inferbatch_desired_dedicated_workers",
+            "Dedicated workers the SLA policy wants running in a location; no series until a "
+            "policy that plans per location publishes them.",
+            ["location"],
+            registry=registry,
+        )
         self.spot_enabled = Gauge(
             "inferbatch_spot_workers_enabled",
             "0 when the configured policy runs no spot workers (scale the spot pool to zero).",
@@ -368,3 +399,14 @@ class SystemMetrics:
         self.workers.clear()
         for row in await workers.live_by_pool(conn):
             self.workers.labels(row["pool"], row["state"]).set(row["n"])
+        self.workers_by_location.clear()
+        for pool, by_location in (await escalation.live_workers_by_location(conn)).items():
+            for location, n in by_location.items():
+                self.workers_by_location.labels(pool, location or locations.NO_LOCATION).set(n)
+        for gauge, published_key in (
+            (self.desired_spot, locations.DESIRED_SPOT_BY_LOCATION),
+            (self.desired_dedicated, locations.DESIRED_DEDICATED_BY_LOCATION),
+        ):
+            gauge.clear()
+            for location, n in (state.get(published_key) or {}).items():
+                gauge.labels(location).set(float(n))

@@ -70,6 +70,14 @@ _MINIO = {
     }
 }
 
+# Two spot locations: a zone with its own replicas, and a whole region.
+_LOCATIONS = {
+    "locations": [
+        {"name": "us-east-1a", "spot": {"replicas": 3, "autoscaling": {"maxReplicas": 7}}},
+        {"name": "eu-west-1", "topologyKey": "topology.kubernetes.io/region"},
+    ]
+}
+
 # name -> (values, API versions the cluster serves beyond the built-in ones)
 SCENARIOS: dict[str, tuple[dict[str, Any], list[str]]] = {
     "default": ({}, []),
@@ -79,6 +87,8 @@ SCENARIOS: dict[str, tuple[dict[str, Any], list[str]]] = {
     "production-hpa": (_merge(_production(), {"autoscaling": {"mode": "hpa"}}), [MONITORING]),
     "engines-per-pool": (_merge(_ENGINES, {"enginesInSecret": True}), []),
     "engines-configmap": (_ENGINES, []),
+    "two-locations": (_LOCATIONS, []),
+    "two-locations-production": (_merge(_production(), _LOCATIONS), [MONITORING, KEDA]),
 }
 
 
@@ -473,3 +483,152 @@ def test_a_transaction_pooler_without_a_session_url_is_refused() -> None:
 def test_the_default_sets_no_pool_mode() -> None:
     for _, container in _containers(render({})):
         assert PREFIX + "DATABASE_POOL_MODE" not in {e["name"] for e in container["env"]}
+
+
+def _worker_env(deployment: dict[str, Any]) -> dict[str, str]:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value", "") for e in container.get("env", [])}
+
+
+def _required_terms(deployment: dict[str, Any]) -> list[dict[str, Any]]:
+    affinity = deployment["spec"]["template"]["spec"].get("affinity", {})
+    required = affinity.get("nodeAffinity", {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution", {}
+    )
+    terms: list[dict[str, Any]] = required.get("nodeSelectorTerms", [])
+    return terms
+
+
+def test_one_spot_deployment_per_location_pinned_to_its_nodes_and_told_its_location() -> None:
+    docs = render(_LOCATIONS)
+    workers = {
+        d["metadata"]["name"]: d
+        for d in _kind(docs, "Deployment")
+        if "-worker-" in d["metadata"]["name"]
+    }
+    zone, region = (
+        f"{RELEASE}-inferbatch-worker-spot-us-east-1a",
+        f"{RELEASE}-inferbatch-worker-spot-eu-west-1",
+    )
+    assert set(workers) == {zone, region, f"{RELEASE}-inferbatch-worker-dedicated"}
+    for name, key, location in (
+        (zone, "topology.kubernetes.io/zone", "us-east-1a"),
+        (region, "topology.kubernetes.io/region", "eu-west-1"),
+    ):
+        worker = workers[name]
+        assert _worker_env(worker)["INFERBATCH_LOCATION"] == location
+        assert (
+            worker["spec"]["template"]["metadata"]["labels"]["inferbatch.io/location"] == location
+        )
+        [term] = _required_terms(worker)
+        assert {"key": key, "operator": "In", "values": [location]} in term["matchExpressions"]
+        # the spot preferences of workers.spot stay
+        preferred = worker["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
+        assert preferred["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert workers[zone]["spec"]["replicas"] == 3
+    assert workers[region]["spec"]["replicas"] == 2
+    # each has its own selector, so the Deployments never adopt each other's pods
+    selectors = {
+        json.dumps(w["spec"]["selector"]["matchLabels"], sort_keys=True) for w in workers.values()
+    }
+    assert len(selectors) == 3
+    dedicated = workers[f"{RELEASE}-inferbatch-worker-dedicated"]
+    assert "INFERBATCH_LOCATION" not in _worker_env(dedicated)
+    services = {d["metadata"]["name"] for d in _kind(docs, "Service")}
+    assert {f"{zone}-metrics", f"{region}-metrics"} <= services
+
+
+def test_a_location_adds_its_zone_to_every_required_term_of_the_pool() -> None:
+    required = {
+        "nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["h100"]}]},
+            {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["a100"]}]},
+        ]
+    }
+    values = _merge(
+        _LOCATIONS,
+        {
+            "workers": {
+                "spot": {
+                    "affinity": {
+                        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": required}
+                    }
+                }
+            }
+        },
+    )
+    docs = render(values)
+    zone = _named(docs, "Deployment", f"{RELEASE}-inferbatch-worker-spot-us-east-1a")
+    terms = _required_terms(zone)
+    assert len(terms) == 2
+    here = {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["us-east-1a"]}
+    assert all(here in t["matchExpressions"] and len(t["matchExpressions"]) == 2 for t in terms)
+
+
+def test_each_location_scales_on_its_desired_count_with_an_equal_share_until_published() -> None:
+    docs = render(_merge(_LOCATIONS, {"autoscaling": {"mode": "keda"}}), [KEDA])
+    scaled = {d["metadata"]["name"]: d["spec"] for d in _kind(docs, "ScaledObject")}
+    zone = scaled[f"{RELEASE}-inferbatch-worker-spot-us-east-1a"]
+    region = scaled[f"{RELEASE}-inferbatch-worker-spot-eu-west-1"]
+    assert zone["maxReplicaCount"] == 7 and region["maxReplicaCount"] == 20
+    for spec, location in ((zone, "us-east-1a"), (region, "eu-west-1")):
+        [trigger] = spec["triggers"]
+        query = trigger["metadata"]["query"]
+        assert query.startswith(f'max(inferbatch_desired_spot_workers{{location="{location}"}})')
+        assert 'inferbatch_queue_depth{pool="spot"}' in query and query.endswith("/ 100 / 2)")
+        assert trigger["metadata"]["threshold"] == "1"
+    dedicated = scaled[f"{RELEASE}-inferbatch-worker-dedicated"]["triggers"][0]
+    assert dedicated["metadata"]["query"] == "max(inferbatch_dedicated_workers_desired)"
+    hpa = render(_merge(_LOCATIONS, {"autoscaling": {"mode": "hpa"}}))
+    [metric] = _named(
+        hpa, "HorizontalPodAutoscaler", f"{RELEASE}-inferbatch-worker-spot-eu-west-1"
+    )["spec"]["metrics"]
+    assert metric["external"]["target"]["averageValue"] == "200"
+
+
+def test_without_locations_one_spot_deployment_and_an_optional_fixed_location() -> None:
+    docs = render({"workers": {"dedicated": {"location": "us-east-1"}}})
+    spot = _named(docs, "Deployment", f"{RELEASE}-inferbatch-worker-spot")
+    dedicated = _named(docs, "Deployment", f"{RELEASE}-inferbatch-worker-dedicated")
+    assert "INFERBATCH_LOCATION" not in _worker_env(spot)
+    assert _worker_env(dedicated)["INFERBATCH_LOCATION"] == "us-east-1"
+    assert Settings(location=_worker_env(dedicated)["INFERBATCH_LOCATION"]).location == "us-east-1"
+
+
+def test_a_location_query_reads_the_published_target_or_an_equal_share(tmp_path: Path) -> None:
+    """The rendered KEDA query, evaluated by promtool: 400 queued spot requests, 100 per
+    worker, two locations: 2 workers each until the location's own target (5) appears."""
+    from tests.monitoring.monitoring import run_tool, tool
+
+    docs = render(_merge(_LOCATIONS, {"autoscaling": {"mode": "keda"}}), [KEDA])
+    spec = _named(docs, "ScaledObject", f"{RELEASE}-inferbatch-worker-spot-us-east-1a")["spec"]
+    query = spec["triggers"][0]["metadata"]["query"]
+    rules = tmp_path / "rules.yml"
+    rules.write_text(
+        yaml.safe_dump({"groups": [{"name": "g", "rules": [{"record": "wanted", "expr": query}]}]})
+    )
+    series = [
+        {"series": 'inferbatch_queue_depth{pool="spot", priority="normal"}', "values": "400x10"},
+        {"series": "inferbatch_spot_workers_enabled", "values": "1x10"},
+        {
+            "series": 'inferbatch_desired_spot_workers{location="us-east-1a"}',
+            "values": "_x5 5x5",
+        },
+        {"series": 'inferbatch_desired_spot_workers{location="eu-west-1"}', "values": "9x10"},
+    ]
+    expect = [
+        {"expr": "wanted", "eval_time": "2m", "exp_samples": [{"labels": "wanted", "value": 2}]},
+        {"expr": "wanted", "eval_time": "8m", "exp_samples": [{"labels": "wanted", "value": 5}]},
+    ]
+    tests = tmp_path / "tests.yml"
+    tests.write_text(
+        yaml.safe_dump(
+            {
+                "rule_files": [str(rules)],
+                "evaluation_interval": "1m",
+                "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": expect}],
+            }
+        )
+    )
+    out = run_tool(tool("promtool"), "test", "rules", tests)
+    assert "SUCCESS" in out

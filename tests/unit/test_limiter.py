@@ -123,3 +123,13 @@ def test_a_fixed_limit_never_moves() -> None:
     limit = FixedLimit(12)
     limit.finished(0.0, 100.0, overloaded=True)
     assert limit.limit == 12
+
+
+def test_an_engine_that_serves_one_at_a_time_keeps_one_request_waiting() -> None:
+    limit = AdaptiveLimit(LimiterConfig(ceiling=8, initial=1))
+    _, limits, _ = _drive(limit, slots=1, rounds=40)
+    assert min(limits[5:]) == 2  # latency doubles at 2, but 1 would idle the engine
+    assert max(limits[5:]) <= 4
+    for at in (1e6, 2e6, 3e6):  # refusals, each to a request sent after the last cut
+        limit.finished(at, 0.01, overloaded=True)
+    assert limit.limit == 1  # refusals still go below

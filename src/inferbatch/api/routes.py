@@ -164,6 +164,7 @@ async def create_batch(
             if body.callback_url is not None
             else None
         ),
+        allowed_locations=body.allowed_locations,
     )
     key = idempotency.parse(idempotency_key, "POST /v1/batches", body.model_dump_json())
     async with st.db.connection() as conn:
@@ -299,6 +300,7 @@ async def list_workers(user: UserDep, st: StateDep) -> ListPage[Any]:
         Worker(
             id=r["id"],
             pool=r["pool"],
+            location=r["location"],
             host=r["host"],
             pid=r["pid"],
             state=r["state"],

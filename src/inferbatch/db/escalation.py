@@ -85,6 +85,21 @@ async def live_workers(conn: Conn) -> dict[str, int]:
     return {r["pool"]: r["n"] for r in await cur.fetchall()}
 
 
+async def live_workers_by_location(conn: Conn) -> dict[str, dict[str | None, int]]:
+    """Running workers per pool and location (``{pool: {location: n}}``), counted as
+    :func:`live_workers` counts them; location None: workers that declared none."""
+    cur = await conn.execute(
+        """
+        SELECT pool, location, count(*) AS n FROM workers WHERE state = 'running'
+        GROUP BY pool, location
+        """
+    )
+    out: dict[str, dict[str | None, int]] = {}
+    for r in await cur.fetchall():
+        out.setdefault(r["pool"], {})[r["location"]] = r["n"]
+    return out
+
+
 async def move_to_dedicated(conn: Conn, batch_id: str, n: int, reason: str) -> int:
     """Move up to ``n`` of a batch's queued spot requests (line order) to dedicated."""
     cur = await conn.execute(

@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 import orjson
 
+from inferbatch import residency
+from inferbatch.db import locations as location_sets
 from inferbatch.db.counters import append_deltas, gpu_pool_of, settled_deltas
 from inferbatch.db.types import Conn
 from inferbatch.domain import ClaimedRequest
@@ -129,7 +131,8 @@ def total(tallies: Sequence[Tally]) -> int:
 CLAIM = """
 WITH picked AS (
     SELECT id FROM requests
-    WHERE status = 'queued' AND pool = %(pool)s AND next_attempt_at <= now() {after}
+    WHERE status = 'queued' AND locations IS NULL AND pool = %(pool)s
+      AND next_attempt_at <= now() {after}
     ORDER BY priority DESC, deadline_at ASC, prefix_key ASC, id ASC
     LIMIT %(n)s
     FOR UPDATE SKIP LOCKED
@@ -141,14 +144,58 @@ WHERE r.id = picked.id
 RETURNING r.id, r.batch_id, i.custom_id, i.url, i.model, i.body, r.attempts,
     r.failed_attempts, r.interruptions, r.pool, r.priority, r.deadline_at, r.prefix_key
 """
-CLAIM_FROM_START = CLAIM.format(after="")
-# Within one priority level the queue index orders (deadline_at, prefix_key, id)
+# A worker that declared a location also takes the restricted requests that allow it (see
+# inferbatch.residency): the head of each allowed location set, one probe of
+# requests_queue_restricted per set, merged with the unrestricted head. The sets that do
+# not allow it are never read. A QueueCursor uses this statement only while some set
+# allows its location (the plain one otherwise). Each branch locks up to n rows; the ones
+# not taken are released when the claim commits, moments later.
+CLAIM_LOCATED = """
+WITH anywhere AS (
+    SELECT id, priority, deadline_at, prefix_key FROM requests
+    WHERE status = 'queued' AND locations IS NULL AND pool = %(pool)s
+      AND next_attempt_at <= now() {after}
+    ORDER BY priority DESC, deadline_at ASC, prefix_key ASC, id ASC
+    LIMIT %(n)s
+    FOR UPDATE SKIP LOCKED
+), allowed AS (
+    SELECT s.locations FROM location_sets s
+    WHERE EXISTS (
+        SELECT 1 FROM unnest(s.locations) e
+        WHERE e = %(location)s
+           OR (right(e, 1) = '*' AND starts_with(%(location)s, left(e, -1))))
+), restricted AS (
+    SELECT q.* FROM allowed a CROSS JOIN LATERAL (
+        SELECT id, priority, deadline_at, prefix_key FROM requests
+        WHERE status = 'queued' AND locations IS NOT NULL AND locations = a.locations
+          AND pool = %(pool)s AND next_attempt_at <= now() {after}
+        ORDER BY priority DESC, deadline_at ASC, prefix_key ASC, id ASC
+        LIMIT %(n)s
+        FOR UPDATE SKIP LOCKED
+    ) q
+), picked AS (
+    SELECT id FROM (SELECT * FROM anywhere UNION ALL SELECT * FROM restricted) c
+    ORDER BY priority DESC, deadline_at ASC, prefix_key ASC, id ASC
+    LIMIT %(n)s
+)
+UPDATE requests r SET
+    status = 'running', lease_owner = %(owner)s, attempts = r.attempts + 1, started_at = now()
+FROM picked JOIN request_inputs i ON i.id = picked.id
+WHERE r.id = picked.id
+RETURNING r.id, r.batch_id, i.custom_id, i.url, i.model, i.body, r.attempts,
+    r.failed_attempts, r.interruptions, r.pool, r.priority, r.deadline_at, r.prefix_key
+"""
+# Within one priority level the queue indexes order (deadline_at, prefix_key, id)
 # ascending, so a row comparison on them starts the index scan right after the last row
 # claimed.
-CLAIM_AFTER = CLAIM.format(
-    after="AND priority = %(priority)s "
+_AFTER = (
+    "AND priority = %(priority)s "
     "AND (deadline_at, prefix_key, id) > (%(deadline)s, %(prefix_key)s, %(id)s)"
 )
+CLAIM_FROM_START = CLAIM.format(after="")
+CLAIM_AFTER = CLAIM.format(after=_AFTER)
+CLAIM_LOCATED_FROM_START = CLAIM_LOCATED.format(after="")
+CLAIM_LOCATED_AFTER = CLAIM_LOCATED.format(after=_AFTER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,13 +209,19 @@ class QueueKey:
 
 
 async def _claim(
-    conn: Conn, *, pool: str, owner: str, n: int, after: QueueKey | None
+    conn: Conn,
+    *,
+    pool: str,
+    owner: str,
+    n: int,
+    after: QueueKey | None,
+    location: str | None = None,
 ) -> tuple[list[ClaimedRequest], QueueKey | None]:
-    params: dict[str, Any] = {"pool": pool, "owner": owner, "n": n}
+    params: dict[str, Any] = {"pool": pool, "owner": owner, "n": n, "location": location}
     if after is None:
-        statement = CLAIM_FROM_START
+        statement = CLAIM_FROM_START if location is None else CLAIM_LOCATED_FROM_START
     else:
-        statement = CLAIM_AFTER
+        statement = CLAIM_AFTER if location is None else CLAIM_LOCATED_AFTER
         params.update(
             priority=after.priority,
             deadline=after.deadline_at,
@@ -199,12 +252,16 @@ async def _claim(
     return claimed, QueueKey(last["priority"], last["deadline_at"], last["prefix_key"], last["id"])
 
 
-async def claim(conn: Conn, *, pool: str, owner: str, n: int) -> list[ClaimedRequest]:
+async def claim(
+    conn: Conn, *, pool: str, owner: str, n: int, location: str | None = None
+) -> list[ClaimedRequest]:
     """Lease up to ``n`` queued requests of ``pool`` to worker ``owner``: highest priority
     first, then the earliest deadline (the oldest batch, when windows are equal), then
     those that share a prompt prefix together (see :mod:`inferbatch.scheduler.prefix`),
-    then line order. The lease lasts while ``owner`` beats (see :func:`lost_claims`)."""
-    claimed, _ = await _claim(conn, pool=pool, owner=owner, n=n, after=None)
+    then line order. The lease lasts while ``owner`` beats (see :func:`lost_claims`).
+    Requests whose batch restricts their locations go only to a worker whose ``location``
+    one of them allows (see :mod:`inferbatch.residency`); ``None`` takes none of them."""
+    claimed, _ = await _claim(conn, pool=pool, owner=owner, n=n, after=None, location=location)
     return claimed
 
 
@@ -221,19 +278,33 @@ class QueueCursor:
     interval stretches so that claims from the start take at most ``1 / RESCAN_SHARE`` of
     the time (a held snapshot makes them slow, and this keeps them from dominating).
     Priority therefore takes effect within one rescan interval.
+
+    A cursor with a ``location`` reads the location sets (a handful of rows) at most every
+    ``rescan_seconds`` and claims with the plain statement while none allows it:
+    unrestricted work then costs a located worker nothing more, and a restricted batch
+    queued meanwhile is seen within one interval.
     """
 
     RESCAN_SHARE = 20
 
     def __init__(
-        self, pool: str, rescan_seconds: float = 1.0, clock: Callable[[], float] = time.monotonic
+        self,
+        pool: str,
+        rescan_seconds: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        location: str | None = None,
     ) -> None:
         self.pool = pool
+        self.location = location
+        """The claiming worker's location (see :func:`claim`)."""
         self.rescan_seconds = rescan_seconds
         self._clock = clock
         self._after: QueueKey | None = None
         self._rescanned_at = 0.0
         self._rescan_took = 0.0
+        self._allowed_any = False
+        """Whether some location set allows ``location`` (as of ``_sets_read_at``)."""
+        self._sets_read_at: float | None = None
 
     def _rescan_due(self) -> bool:
         interval = max(self.rescan_seconds, self._rescan_took * self.RESCAN_SHARE)
@@ -245,8 +316,20 @@ class QueueCursor:
         async def take(
             k: int, after: QueueKey | None
         ) -> tuple[list[ClaimedRequest], QueueKey | None]:
-            return await _claim(conn, pool=self.pool, owner=owner, n=k, after=after)
+            location = self.location if self._allowed_any else None
+            return await _claim(
+                conn, pool=self.pool, owner=owner, n=k, after=after, location=location
+            )
 
+        if self.location is not None and (
+            self._sets_read_at is None or self._clock() >= self._sets_read_at + self.rescan_seconds
+        ):
+            self._sets_read_at = self._clock()
+            sets = await location_sets.all_sets(conn)
+            allowed_any = any(residency.allows(s, self.location) for s in sets)
+            if allowed_any and not self._allowed_any:
+                self._after = None  # restricted rows may lie before the resume position
+            self._allowed_any = allowed_any
         claimed: list[ClaimedRequest] = []
         if self._after is not None and not self._rescan_due():
             claimed, last = await take(n, self._after)

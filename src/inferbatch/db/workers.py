@@ -7,10 +7,13 @@ from typing import Any
 from inferbatch.db.types import Conn
 
 
-async def register(conn: Conn, *, worker_id: str, pool: str, host: str, pid: int) -> None:
+async def register(
+    conn: Conn, *, worker_id: str, pool: str, host: str, pid: int, location: str | None = None
+) -> None:
+    """Add a worker; ``location`` is the zone or region it declared (None: none)."""
     await conn.execute(
-        "INSERT INTO workers (id, pool, host, pid) VALUES (%s, %s, %s, %s)",
-        (worker_id, pool, host, pid),
+        "INSERT INTO workers (id, pool, host, pid, location) VALUES (%s, %s, %s, %s, %s)",
+        (worker_id, pool, host, pid, location),
     )
 
 
@@ -50,7 +53,8 @@ async def list_recent(conn: Conn, limit: int = 200) -> list[dict[str, Any]]:
     """Live workers first, then the most recently seen others."""
     cur = await conn.execute(
         """
-        SELECT id, pool, host, pid, state, in_flight, started_at, heartbeat_at FROM workers
+        SELECT id, pool, location, host, pid, state, in_flight, started_at, heartbeat_at
+        FROM workers
         ORDER BY state IN ('running', 'draining') DESC, heartbeat_at DESC LIMIT %s
         """,
         (limit,),

@@ -30,8 +30,11 @@ The rule (pure: no clock, no I/O; ``now`` is passed in; times in seconds):
   halving at most), which for a full engine is the limit that meets the bound. So the
   limit settles where throughput is highest with latency at most ``tolerance`` times the
   unloaded latency.
-- An overload answer (429, 503) or a timeout cuts the limit by ``backoff`` at once, and
-  a new window starts.
+- Latency alone never takes the limit below 2: with one request running and one waiting
+  an engine never waits for the next to arrive, and an engine that serves one at a time
+  (its latency doubles from 1 to 2 in flight) would otherwise be left idle for every
+  round trip. An overload answer (429, 503) or a timeout cuts the limit by ``backoff`` at
+  once, down to 1, and a new window starts.
 - Each window counts only requests sent after it began: answers to requests sent under
   an older limit (a burst of 429s, the queue a cut leaves behind) say nothing about the
   new one, so one event never cuts twice. At most one change per round trip, as in TCP.
@@ -149,7 +152,9 @@ class AdaptiveLimit:
         if self._overload is not None and now - self._overload[1] > cfg.baseline_seconds:
             self._overload = None
         if latency > cfg.tolerance * baseline:
-            self._limit = max(1.0, self._limit * max(0.5, cfg.tolerance * baseline / latency))
+            floor = min(2.0, float(cfg.ceiling))  # one running and one waiting: never idle
+            cut = self._limit * max(0.5, cfg.tolerance * baseline / latency)
+            self._limit = max(min(floor, self._limit), cut)
         elif not used:
             pass
         elif self._overload is None and latency <= cfg.fast_ratio * baseline:

@@ -15,7 +15,7 @@ import httpx
 from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse
 
-from inferbatch.db import browse, workers
+from inferbatch.db import browse, escalation, workers
 from inferbatch.metrics import LATENCY_BUCKETS
 from inferbatch.portal import charts
 from inferbatch.portal.web import Page, PageDep, PortalRoute
@@ -88,12 +88,14 @@ async def _engine_health(page: Page) -> list[dict[str, Any]]:
 
 
 async def health(page: Page) -> dict[str, Any]:
-    """Database round trip, engines reachable, live workers per pool."""
+    """Database round trip, engines reachable, live workers per pool (and, where workers
+    declared one, per location)."""
     started = time.perf_counter()
     async with page.st.db.connection() as conn:
         await conn.execute("SELECT 1")
         db_ms = (time.perf_counter() - started) * 1000
         rows = await workers.live_by_pool(conn)
+        by_location = await escalation.live_workers_by_location(conn)
     pools: dict[str, dict[str, int]] = {
         p: {"running": 0, "draining": 0, "in_flight": 0} for p in ("spot", "dedicated")
     }
@@ -101,7 +103,17 @@ async def health(page: Page) -> dict[str, Any]:
         entry = pools.setdefault(r["pool"], {"running": 0, "draining": 0, "in_flight": 0})
         entry[r["state"]] = int(r["n"])
         entry["in_flight"] += int(r["in_flight"])
-    return {"db_ms": db_ms, "engines": await _engine_health(page), "pools": pools}
+    locations = {
+        pool: sorted(((loc or "none"), n) for loc, n in counts.items())
+        for pool, counts in by_location.items()
+        if any(loc is not None for loc in counts)
+    }
+    return {
+        "db_ms": db_ms,
+        "engines": await _engine_health(page),
+        "pools": pools,
+        "locations": locations,
+    }
 
 
 async def activity(page: Page, range_name: str) -> dict[str, Any]:

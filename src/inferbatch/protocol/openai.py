@@ -113,13 +113,21 @@ class BatchCreateRequest(_Wire):
     metadata: dict[str, str] | None = Field(
         default=None,
         description="Up to 16 pairs. inferbatch reads 'priority' (an integer, 1 normal, 5 "
-        "medium, 10+ high) and 'dedup' ('user', 'global' or 'off').",
+        "medium, 10+ high), 'dedup' ('user', 'global' or 'off') and 'allowed_locations' "
+        "(comma-separated, see allowed_locations).",
     )
     output_expires_after: ExpiresAfter | None = None
     callback_url: str | None = Field(
         default=None,
         description="Extension: a URL told when this batch ends, signed as Standard "
         "Webhooks with the callback_secret returned once on create.",
+    )
+    allowed_locations: list[str] | None = Field(
+        default=None,
+        max_length=32,
+        description="Extension: the only locations (zones or regions, or prefixes ending "
+        "in '*', e.g. 'eu-*') whose workers may run this batch's requests; stored as "
+        "metadata.allowed_locations, which may be given instead. Absent: anywhere.",
     )
 
 
@@ -302,6 +310,9 @@ class Worker(_Wire):
     id: str
     object: Literal["worker"] = "worker"
     pool: str
+    location: str | None = Field(
+        default=None, description="The zone or region the worker declared; null: none."
+    )
     host: str
     pid: int
     state: str

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import BinaryIO
 
+from inferbatch import residency
 from inferbatch.blobstore import BlobStore
 from inferbatch.db import batches, dedup, files
+from inferbatch.db import locations as location_sets
 from inferbatch.db.requests import Tally, notify_queued, total
 from inferbatch.db.types import Conn, Pool
 from inferbatch.domain import MESSAGES_ENDPOINT, BatchRecord
@@ -40,10 +42,13 @@ FROM STDIN
 """
 
 QUEUE_INPUTS = """
-INSERT INTO requests (id, batch_id, priority, batch_created_at, deadline_at, prefix_key)
-SELECT id, batch_id, %(priority)s, %(created)s, %(deadline)s, prefix_key
+INSERT INTO requests (id, batch_id, priority, batch_created_at, deadline_at, prefix_key,
+    locations)
+SELECT id, batch_id, %(priority)s, %(created)s, %(deadline)s, prefix_key, %(locations)s
 FROM request_inputs WHERE batch_id = %(batch)s
 """
+"""``locations``: the batch's allowed locations in canonical form, NULL for anywhere
+(:func:`inferbatch.residency.from_metadata`); written once, kept by every later move."""
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -225,6 +230,9 @@ async def _ingest(
                 dups = await _duplicate_errors(conn, batch.id)
                 if dups:
                     raise _Invalid(dups, len(dups))
+                allowed = residency.from_metadata(batch.metadata)
+                if allowed is not None:
+                    await location_sets.register(conn, allowed)
                 await conn.execute(
                     QUEUE_INPUTS,
                     {
@@ -232,6 +240,7 @@ async def _ingest(
                         "priority": batch.priority,
                         "created": batch.created_at,
                         "deadline": batch.deadline_at,
+                        "locations": list(allowed) if allowed is not None else None,
                     },
                 )
         except _Invalid as invalid:

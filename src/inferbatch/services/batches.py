@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from inferbatch import residency
 from inferbatch.config import Settings, parse_duration
 from inferbatch.db import batches, files
 from inferbatch.db.types import Conn
@@ -50,6 +51,34 @@ def validate_metadata(metadata: dict[str, str] | None) -> dict[str, str] | None:
                 param="metadata",
             )
     return metadata
+
+
+def with_allowed_locations(
+    metadata: dict[str, str] | None, allowed_locations: list[str] | None
+) -> dict[str, str] | None:
+    """Validate a batch's data-residency restriction (see :mod:`inferbatch.residency`):
+    ``metadata.allowed_locations``, or the ``allowed_locations`` extension field, which is
+    stored there in canonical form (so a clone keeps it and the batch object shows it)."""
+    key = residency.METADATA_KEY
+    if allowed_locations is None:
+        if metadata is not None and key in metadata:
+            try:
+                residency.parse(metadata[key])
+            except residency.BadLocations as exc:
+                raise InvalidRequest(f"metadata.{key}: {exc}", param=f"metadata.{key}") from exc
+        return metadata
+    try:
+        entries = residency.canonical(allowed_locations)
+    except residency.BadLocations as exc:
+        raise InvalidRequest(f"{key}: {exc}", param=key) from exc
+    if metadata is not None and key in metadata:
+        try:
+            same = residency.parse(metadata[key]) == entries
+        except residency.BadLocations:
+            same = False
+        if not same:
+            raise InvalidRequest(f"{key} and metadata.{key} disagree; give one of them.", param=key)
+    return validate_metadata({**(metadata or {}), key: ",".join(entries)})
 
 
 def options_from_metadata(metadata: dict[str, str] | None, settings: Settings) -> BatchOptions:
@@ -141,15 +170,17 @@ def new_batch(
     metadata: dict[str, str] | None = None,
     output_expires_seconds: int | None = None,
     callback_url: str | None = None,
+    allowed_locations: list[str] | None = None,
 ) -> NewBatch:
     """What the API's create body and the portal's form both describe, validated:
-    ``InvalidRequest`` naming the field when a rule is broken."""
+    ``InvalidRequest`` naming the field when a rule is broken. ``allowed_locations``
+    restricts where the requests run (:func:`with_allowed_locations`)."""
     if not input_file_id:
         raise InvalidRequest("input_file_id is required.", param="input_file_id")
     if endpoint not in ENDPOINTS:
         raise InvalidRequest(f"endpoint must be one of {', '.join(ENDPOINTS)}.", param="endpoint")
     window = parse_completion_window(completion_window, settings)
-    metadata = validate_metadata(metadata)
+    metadata = with_allowed_locations(validate_metadata(metadata), allowed_locations)
     return NewBatch(
         input_file_id=input_file_id,
         endpoint=endpoint,

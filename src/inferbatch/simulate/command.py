@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import TextIO
 
 from inferbatch.policy.escalation import DEFAULT_POLICY, POLICY_NAMES, policy_by_name
 from inferbatch.simulate.engine import simulate
+from inferbatch.simulate.multizone import markdown as multizone_markdown
+from inferbatch.simulate.multizone import parse_zone_settings, run_multi_zone
 from inferbatch.simulate.report import Report, build_report, cost_of, markdown_table, spot_bounds
 from inferbatch.simulate.traces import SpotTrace, load_trace, trace_files
 from inferbatch.simulate.workload import Workload, generate, load_workload, preset
@@ -105,23 +108,46 @@ def run_simulation(
     *,
     jobs: int = 0,
     out: TextIO | None = None,
+    multi_zone: bool = False,
+    zone_prices: Sequence[str] = (),
+    zone_boots: Sequence[str] = (),
 ) -> int:
     """Simulate ``policy`` (a name, a comma-separated list, or ``all``) on every trace file
     (directories: all ``*.json`` below them). Prints a markdown table, or JSON with one
     object per (trace, policy) under ``results``. ``jobs``: processes (0: one per CPU).
+    ``multi_zone``: every trace is a zone of one run instead (``simulate.multizone``; the
+    workload defaults to the ``priority`` preset), with ``ZONE=PRICE`` and
+    ``ZONE=SECONDS`` settings per zone.
     Returns 0, or 2 for bad arguments or unreadable files (with a message on stderr)."""
     stream = out if out is not None else sys.stdout
     try:
         names = policy_names(policy)
-        load = load_workload(workload) if workload is not None else preset("mixed")
+        default = "priority" if multi_zone else "mixed"
+        load = load_workload(workload) if workload is not None else preset(default)
         files = trace_files(traces)
         if not files:
             raise ValueError("no trace files given (use --trace FILE or a directory)")
-        for path, name in files:
-            load_trace(path, name)  # fail fast, before any work
+        loaded = [load_trace(path, name) for path, name in files]  # fail fast
+        prices = parse_zone_settings(zone_prices, "--zone-price")
+        boots = parse_zone_settings(zone_boots, "--zone-boot")
+        if (prices or boots) and not multi_zone:
+            raise ValueError("--zone-price and --zone-boot need --multi-zone")
     except (ValueError, OSError) as exc:
         print(f"simulate: {exc}", file=sys.stderr)
         return 2
+    if multi_zone:
+        zoned = run_multi_zone(loaded, names, load, seed, prices=prices, boots=boots, jobs=jobs)
+        if as_json:
+            doc = {
+                "seed": seed,
+                "workload": load.name,
+                "results": [r.as_dict() for r in zoned],
+            }
+            stream.write(json.dumps(doc, indent=2) + "\n")
+        else:
+            stream.write(f"workload {load.name}, seed {seed}, multi-zone\n\n")
+            stream.write(multizone_markdown(zoned) + "\n")
+        return 0
     work = [_Job(path, name, names, load, seed) for path, name in files]
     processes = min(len(work), jobs or os.cpu_count() or 1)
     reports: list[Report] = []

@@ -15,6 +15,13 @@ Spot: the trace sets how many spot workers may exist. When it drops, the victims
 cloud's notice that long before the drop (it is known to the replay, not to the policy):
 they stop claiming, requests that finish before the drop finish, the others go back to the
 queue at once and their work is lost. New capacity serves after ``spot_cold_start_s``.
+Several zones (``zones``): each replays its own trace with its own spot price and boot time.
+The policy runs on the union of the zones' spot capacity and places the spot fleet
+(``ClusterSpec.spot_workers`` in all) on them each tick (``policy.locations.plan_locations``);
+a worker started in a zone serves after that zone's boot time, and one the plan moves away
+drains only once the fleet's serving workers exceed the plan (make before break). With one
+zone and no placement, spot workers follow the trace at once, as below.
+
 Dedicated workers serve ``dedicated_cold_start_s`` after the autoscaler asks for them and
 drain (finish what they run) when asked to stop. A batch still unfinished at its deadline
 expires like in the real system: queued requests are dropped, running ones abandoned.
@@ -31,6 +38,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
+import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,6 +52,7 @@ from inferbatch.policy.escalation import (
     escalate_request,
     smoothed_availability,
 )
+from inferbatch.policy.locations import LocationMemory, LocationState, plan_locations
 from inferbatch.simulate.traces import SpotTrace
 from inferbatch.simulate.workload import ClusterSpec, SimBatch
 
@@ -71,6 +80,7 @@ class _Batch:
         "finished_at",
         "id",
         "index",
+        "priority",
         "running_dedicated",
         "running_spot",
         "spot",
@@ -82,6 +92,7 @@ class _Batch:
         self.index = index
         self.created = spec.arrival
         self.deadline = spec.deadline
+        self.priority = spec.priority
         self.total = len(spec.service)
         self.spot = deque(
             _Request(self, s, f) for s, f in zip(spec.service, spec.failures, strict=True)
@@ -93,16 +104,45 @@ class _Batch:
 
 
 class _Worker:
-    __slots__ = ("jobs", "kill_at", "leaving", "ready_at", "serving", "spot", "started")
+    __slots__ = ("jobs", "kill_at", "leaving", "ready_at", "serving", "spot", "started", "zone")
 
-    def __init__(self, spot: bool, started: float, ready_at: float) -> None:
+    def __init__(
+        self, spot: bool, started: float, ready_at: float, zone: _Zone | None = None
+    ) -> None:
         self.spot = spot
+        self.zone = zone
         self.started = started
         self.ready_at = ready_at
         self.serving = False
         self.leaving = False
         self.kill_at = 0.0
         self.jobs: dict[_Job, None] = {}  # insertion-ordered set
+
+
+@dataclass(frozen=True, slots=True)
+class Zone:
+    """One spot location of a multi-zone run: its trace, spot price (/ dedicated) and the
+    seconds a spot worker started there takes to serve."""
+
+    name: str
+    trace: SpotTrace
+    spot_price_ratio: float
+    boot_s: float
+
+
+class _Zone:
+    """A zone's replay state: trace position, capacity, and what the scheduler measures."""
+
+    __slots__ = ("cap_index", "capacity", "memory", "notice", "preempted", "spec", "target")
+
+    def __init__(self, spec: Zone, notice: float, halflife_s: float) -> None:
+        self.spec = spec
+        self.notice = notice
+        self.capacity = 0
+        self.cap_index = 0
+        self.target: int | None = None  # None: follow the trace (one zone, no placement)
+        self.memory = LocationMemory(halflife_s)
+        self.preempted = 0  # since the last tick
 
 
 class _Job:
@@ -132,6 +172,12 @@ class SimOutcome:
     moved_requests: int = 0
     dedicated_starts: int = 0
     end: float = 0.0
+    zone_useful: dict[str, float] = field(default_factory=dict)
+    """Useful spot work per zone."""
+    zone_wasted: dict[str, float] = field(default_factory=dict)
+    """Lost spot work per zone (interruptions, failures, expiry)."""
+    spot_starts: dict[str, int] = field(default_factory=dict)
+    """Spot workers started per zone (each paid that zone's boot)."""
 
 
 class Simulation:
@@ -146,14 +192,32 @@ class Simulation:
         batches: Sequence[SimBatch],
         service_prior: tuple[float, float],
         spot_price_ratio: float = 0.3,
+        zones: Sequence[Zone] = (),
     ) -> None:
         """``service_prior``: (mean, longest) seconds a request holds a slot, what the
-        scheduler assumes before it has measured enough finished requests (configured)."""
+        scheduler assumes before it has measured enough finished requests (configured).
+        ``zones``: several spot locations placed by ``plan_locations`` (``trace`` and
+        ``spot_price_ratio`` are then unused); empty: ``trace`` alone. One zone (or
+        none) is followed at once, exactly as a single-zone run."""
         self.policy = policy
-        self.trace = trace
         self.c = cluster
         self.slots = cluster.slots_per_worker
-        self.notice = trace.notice_seconds if cluster.notice_s is None else cluster.notice_s
+        self.placed = len(zones) > 1  # one zone: follow its trace, as a single-zone run
+        specs = list(zones) or [
+            Zone(trace.name, trace, spot_price_ratio, cluster.spot_cold_start_s)
+        ]
+        self.zones = [
+            _Zone(
+                z,
+                z.trace.notice_seconds if cluster.notice_s is None else cluster.notice_s,
+                cluster.availability_halflife_s,
+            )
+            for z in specs
+        ]
+        if self.placed:
+            for z in self.zones:
+                z.target = 0
+        self.notice = min(z.notice for z in self.zones)
         self.specs = sorted(batches, key=lambda b: b.arrival)
         self.out = SimOutcome()
         self.now = 0.0
@@ -162,13 +226,12 @@ class Simulation:
         self.open: list[_Batch] = []  # in the queue's claim order
         self.spot_workers: list[_Worker] = []
         self.dedicated_workers: list[_Worker] = []
-        self.capacity = 0
-        self.cap_index = 0
         self.availability = 1.0
         self.obs_n = 0
         self.obs_sum = self.obs_max = 0.0
         self.prior_mean, self.prior_tail = service_prior
-        self.spot_price_ratio = spot_price_ratio
+        # the hold's price: what spot work would cost where it is cheapest
+        self.spot_price_ratio = min(z.spec.spot_price_ratio for z in self.zones)
         self.recent_targets: tuple[tuple[float, int], ...] = ()  # autoscale_target's state
 
     # -- event plumbing --------------------------------------------------------------------
@@ -177,7 +240,8 @@ class Simulation:
         heapq.heappush(self.heap, (t, next(self.seq), kind, payload))
 
     def run(self) -> SimOutcome:
-        self._capacity_change()
+        for zone in self.zones:
+            self._capacity_change(zone)
         self._at(0.0, _TICK)
         arrivals = 0
         while self.heap:
@@ -202,10 +266,11 @@ class Simulation:
                     payload.serving = True
                     self._fill(payload)
             elif kind == _NOTICE:
-                assert isinstance(payload, float)
-                self._notice(payload)
+                assert isinstance(payload, tuple)
+                self._notice(*payload)
             elif kind == _CAPACITY:
-                self._capacity_change()
+                assert isinstance(payload, _Zone)
+                self._capacity_change(payload)
             elif kind == _DEADLINE:
                 assert isinstance(payload, _Batch)
                 self._expire(payload)
@@ -218,8 +283,8 @@ class Simulation:
 
     def _ingest(self, spec: SimBatch) -> None:
         batch = _Batch(spec, len(self.out.batches))
-        # the queue's claim order: earliest deadline first (ties: the oldest batch)
-        bisect.insort(self.open, batch, key=lambda b: (b.deadline, b.created))
+        # the queue's claim order: priority, earliest deadline (ties: the oldest batch)
+        bisect.insort(self.open, batch, key=lambda b: (-b.priority, b.deadline, b.created))
         self.out.batches.append((spec, None))
         self._at(spec.deadline, _DEADLINE, batch)
 
@@ -266,6 +331,8 @@ class Simulation:
         lost = (self.now - job.start) / self.slots
         if job.worker.spot:
             self.out.wasted_spot += lost
+            name = job.worker.zone.spec.name if job.worker.zone is not None else ""
+            self.out.zone_wasted[name] = self.out.zone_wasted.get(name, 0.0) + lost
         else:
             self.out.wasted_dedicated += lost
 
@@ -281,6 +348,9 @@ class Simulation:
         else:
             if worker.spot:
                 self.out.useful_spot += request.service / self.slots
+                name = worker.zone.spec.name if worker.zone is not None else ""
+                zone_useful = self.out.zone_useful
+                zone_useful[name] = zone_useful.get(name, 0.0) + request.service / self.slots
             else:
                 self.out.useful_dedicated += request.service / self.slots
             batch.done += 1
@@ -291,6 +361,8 @@ class Simulation:
                 self._close(batch, finished=True)
         if worker.leaving and not worker.jobs and not worker.spot:
             self._stop(worker)
+        elif worker.leaving and not worker.jobs and worker.kill_at == math.inf:
+            self.spot_workers.remove(worker)  # a drained spot worker the plan moved away
         else:
             self._fill(worker)
 
@@ -325,46 +397,64 @@ class Simulation:
 
     # -- spot capacity ---------------------------------------------------------------------
 
-    def _capacity_change(self) -> None:
-        """At a trace tick where the capacity changes: drop noticed workers, start or kill
-        workers to match, and schedule the next change (and its notice)."""
-        trace = self.trace
+    def _capacity_change(self, zone: _Zone) -> None:
+        """At a trace tick where a zone's capacity changes: drop noticed workers, kill
+        workers beyond the capacity, start workers up to it (or to the zone's placement
+        target), and schedule the next change (and its notice)."""
+        trace = zone.spec.trace
         fleet = self.c.spot_workers if self.policy.uses_spot else 0
-        self.capacity = trace.workers(self.cap_index, fleet)
-        for w in [w for w in self.spot_workers if w.leaving]:
-            self._kill(w)
-        live = [w for w in self.spot_workers if not w.leaving]
-        if len(live) > self.capacity:  # no notice left to give (e.g. notice > tick)
-            for w in self._victims(live)[: len(live) - self.capacity]:
+        zone.capacity = trace.workers(zone.cap_index, fleet)
+        here = [w for w in self.spot_workers if w.zone is zone]
+        for w in here:
+            if w.leaving and w.kill_at <= self.now:
                 self._kill(w)
-        for _ in range(self.capacity - len(live)):
-            w = _Worker(True, self.now, self.now + self.c.spot_cold_start_s)
-            self.spot_workers.append(w)
-            self._at(w.ready_at, _READY, w)
-        nxt = self.cap_index + 1
-        while trace.workers(nxt, fleet) == self.capacity:
+        here = [w for w in self.spot_workers if w.zone is zone]
+        live = [w for w in here if not w.leaving]
+        if len(here) > zone.capacity:  # no notice left to give (e.g. notice > tick)
+            draining = [w for w in here if w.leaving]
+            for w in (draining + self._victims(live))[: len(here) - zone.capacity]:
+                zone.preempted += w.serving
+                self._kill(w)
+            live = [w for w in self.spot_workers if w.zone is zone and not w.leaving]
+        self._start_spot(zone, len(live))
+        nxt = zone.cap_index + 1
+        while trace.workers(nxt, fleet) == zone.capacity:
             nxt += 1
-            if nxt > self.cap_index + len(trace.counts):
+            if nxt > zone.cap_index + len(trace.counts):
                 return  # constant from here on
-        self.cap_index = nxt
+        zone.cap_index = nxt
         when = nxt * trace.gap_seconds
-        self._at(when, _CAPACITY)
-        if trace.workers(nxt, fleet) < self.capacity:
-            self._at(max(self.now, when - self.notice), _NOTICE, when)
+        self._at(when, _CAPACITY, zone)
+        if trace.workers(nxt, fleet) < zone.capacity:
+            self._at(max(self.now, when - zone.notice), _NOTICE, (zone, when))
+
+    def _start_spot(self, zone: _Zone, live: int) -> None:
+        """Start spot workers in ``zone`` up to its capacity (and target); ``live``: how
+        many run there now, not draining."""
+        allowed = zone.capacity if zone.target is None else min(zone.capacity, zone.target)
+        for _ in range(allowed - live):
+            w = _Worker(True, self.now, self.now + zone.spec.boot_s, zone)
+            self.spot_workers.append(w)
+            name = zone.spec.name
+            self.out.spot_starts[name] = self.out.spot_starts.get(name, 0) + 1
+            self._at(w.ready_at, _READY, w)
 
     @staticmethod
     def _victims(live: list[_Worker]) -> list[_Worker]:
         """Which spot workers go first: starting ones, then the newest."""
         return sorted(live, key=lambda w: (w.serving, -w.started))
 
-    def _notice(self, kill_at: float) -> None:
-        live = [w for w in self.spot_workers if not w.leaving]
+    def _notice(self, zone: _Zone, kill_at: float) -> None:
+        here = [w for w in self.spot_workers if w.zone is zone]
+        live = [w for w in here if not w.leaving]
+        draining = [w for w in here if w.leaving and w.kill_at == math.inf]
         fleet = self.c.spot_workers if self.policy.uses_spot else 0
-        excess = len(live) - self.trace.workers(self.cap_index, fleet)
-        for w in self._victims(live)[: max(0, excess)]:
+        excess = len(live) + len(draining) - zone.spec.trace.workers(zone.cap_index, fleet)
+        for w in (draining + self._victims(live))[: max(0, excess)]:
             if not w.serving:
                 self._kill(w)
                 continue
+            zone.preempted += 1
             w.leaving, w.kill_at = True, kill_at
             for job in [j for j in w.jobs if j.end > kill_at]:
                 self._interrupt(job)
@@ -387,9 +477,15 @@ class Simulation:
 
     def _tick(self) -> None:
         self.availability = smoothed_availability(
-            self.availability, self.capacity > 0, self.c.tick_s, self.c.availability_halflife_s
+            self.availability,
+            any(z.capacity > 0 for z in self.zones),
+            self.c.tick_s,
+            self.c.availability_halflife_s,
         )
-        decision = self.policy.decide(self.now, self._snapshot(), self._cluster())
+        if self.placed:
+            decision = self._place()
+        else:
+            decision = self.policy.decide(self.now, self._snapshot(), self._cluster())
         by_id = {b.id: b for b in self.open}
         for batch_id, n in decision.moves.items():
             batch = by_id.get(batch_id)
@@ -400,6 +496,60 @@ class Simulation:
             self.out.moved_requests += n
         self._scale_dedicated(decision)
         self._fill_all()
+
+    def _place(self) -> Decision:
+        """Multi-zone: measure each zone, run the policy across them, apply the spot
+        placement (start workers now; drain the ones moved away only while the fleet's
+        serving workers exceed the plan, so a move never leaves a gap)."""
+        locations = []
+        for zone in self.zones:
+            here = [w for w in self.spot_workers if w.zone is zone and not w.leaving]
+            up_here = sum(1 for w in here if w.serving)
+            zone.memory.observe(self.now, zone.capacity > 0, up_here, zone.preempted)
+            zone.preempted = 0
+            locations.append(
+                LocationState(
+                    name=zone.spec.name,
+                    spot_price_ratio=zone.spec.spot_price_ratio,
+                    boot_s=zone.spec.boot_s,
+                    capacity=zone.capacity,
+                    spot_workers=len(here),
+                    spot_workers_up=up_here,
+                    availability=zone.memory.availability,
+                    mean_lifetime_s=zone.memory.mean_lifetime_s,
+                )
+            )
+        plan = plan_locations(
+            self.policy,
+            self.now,
+            self._snapshot(),
+            self._cluster(),
+            locations,
+            self.c.spot_workers,
+        )
+        for zone in self.zones:
+            zone.target = plan.spot_workers.get(zone.spec.name, 0)
+            here = [w for w in self.spot_workers if w.zone is zone and not w.leaving]
+            for w in self._victims(here)[: max(0, len(here) - zone.target)]:
+                if not w.serving:  # a booting worker the plan no longer wants
+                    self._kill(w)
+            count = sum(1 for w in self.spot_workers if w.zone is zone and not w.leaving)
+            self._start_spot(zone, count)
+        serving = [w for w in self.spot_workers if w.serving and not w.leaving]
+        surplus = len(serving) - sum(z.target or 0 for z in self.zones)
+        for zone in reversed(self._by_price()):
+            live = [w for w in self.spot_workers if w.zone is zone and not w.leaving]
+            over = len(live) - (zone.target or 0)
+            up = [w for w in live if w.serving]
+            for w in self._victims(up)[: max(0, min(over, surplus))]:
+                surplus -= 1
+                w.leaving, w.kill_at = True, math.inf
+                if not w.jobs:
+                    self.spot_workers.remove(w)
+        return plan.decision
+
+    def _by_price(self) -> list[_Zone]:
+        return sorted(self.zones, key=lambda z: (z.spec.spot_price_ratio, z.spec.name))
 
     def _snapshot(self) -> list[BatchState]:
         """What the scheduler can count and measure, per open batch. Service times are
@@ -420,6 +570,7 @@ class Simulation:
                 running_dedicated=b.running_dedicated,
                 mean_service_seconds=mean,
                 tail_service_seconds=tail,
+                priority=b.priority,
             )
             for b in self.open
             if not b.closed
@@ -480,3 +631,20 @@ def simulate(
 ) -> SimOutcome:
     """Run ``policy`` on ``trace`` for ``batches``; see ``Simulation``."""
     return Simulation(policy, trace, cluster, batches, service_prior, spot_price_ratio).run()
+
+
+def simulate_zones(
+    policy: Policy,
+    zones: Sequence[Zone],
+    cluster: ClusterSpec,
+    batches: Sequence[SimBatch],
+    service_prior: tuple[float, float],
+) -> SimOutcome:
+    """Run ``policy`` across ``zones`` (at least one), the spot fleet placed by
+    ``plan_locations`` each tick; see ``Simulation``."""
+    if not zones:
+        raise ValueError("simulate_zones needs at least one zone")
+    first = zones[0]
+    return Simulation(
+        policy, first.trace, cluster, batches, service_prior, first.spot_price_ratio, zones
+    ).run()

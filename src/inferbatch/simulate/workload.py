@@ -58,6 +58,7 @@ class WindowClass(_Frozen):
     sigma: float = Field(default=1.0, ge=0)
     min_requests: int = Field(default=1, ge=1)
     max_requests: int = Field(default=10_000, ge=1)
+    priority: int = Field(default=1, ge=1, description="metadata.priority of these batches.")
 
     _window = field_validator("completion_window", mode="before")(_seconds)
 
@@ -89,6 +90,7 @@ class BatchSpec(_Frozen):
     arrival_s: float = Field(ge=0)
     requests: int = Field(ge=1)
     completion_window: float = Field(gt=0, description="Seconds or a duration string.")
+    priority: int = Field(default=1, ge=1)
 
     _window = field_validator("completion_window", mode="before")(_seconds)
 
@@ -115,7 +117,7 @@ class Workload(_Frozen):
 
 
 def _window(
-    seconds: str, weight: float, median: float, sigma: float, lo: int, hi: int
+    seconds: str, weight: float, median: float, sigma: float, lo: int, hi: int, priority: int = 1
 ) -> WindowClass:
     return WindowClass.model_validate(
         {
@@ -125,6 +127,7 @@ def _window(
             "sigma": sigma,
             "min_requests": lo,
             "max_requests": hi,
+            "priority": priority,
         }
     )
 
@@ -137,6 +140,17 @@ PRESETS: dict[str, Workload] = {
             _window("24h", 0.75, 800, 1.0, 20, 6000),
             _window("4h", 0.15, 300, 0.8, 10, 1500),
             _window("1h", 0.10, 60, 0.8, 5, 300),
+        ),
+    ),
+    # ``mixed`` plus a share of urgent work: priority-10 batches with 30 minute windows
+    # (about 5 % of the batches). The queue serves them ahead of every deadline.
+    "priority": Workload(
+        name="priority",
+        windows=(
+            _window("24h", 0.75, 800, 1.0, 20, 6000),
+            _window("4h", 0.15, 300, 0.8, 10, 1500),
+            _window("1h", 0.10, 60, 0.8, 5, 300),
+            _window("30m", 0.05, 40, 0.8, 5, 200, priority=10),
         ),
     ),
     # Only 24 h batches: the setting of the OpenAI Batch API.
@@ -172,6 +186,7 @@ class SimBatch:
     """Seconds each request holds a slot when it runs to the end."""
     failures: tuple[int, ...]
     """Failed attempts each request makes before it succeeds."""
+    priority: int = 1
 
 
 def generate(workload: Workload, horizon_s: float, seed: int) -> list[SimBatch]:
@@ -192,6 +207,7 @@ def generate(workload: Workload, horizon_s: float, seed: int) -> list[SimBatch]:
                 deadline=spec.arrival_s + spec.completion_window,
                 service=service,
                 failures=failures or (0,) * spec.requests,
+                priority=spec.priority,
             )
         )
     return out
@@ -224,6 +240,7 @@ def _arrivals(workload: Workload, horizon_s: float, rng: random.Random) -> list[
                 arrival_s=t,
                 requests=cls.size(rng.random()),
                 completion_window=cls.completion_window,
+                priority=cls.priority,
             )
         )
         t += rng.expovariate(rate)

@@ -56,6 +56,7 @@ class Claimer:
         in_flight: Callable[[], int],
         start: Callable[[deque[ClaimedRequest]], None],
         paused_for: Callable[[], float],
+        location: str | None = None,
     ) -> None:
         self._db = db
         self._owner = owner
@@ -69,7 +70,7 @@ class Claimer:
         pools = [pool]
         if takes_spot and pool != "spot":
             pools.append("spot")
-        self._cursors = [queue.QueueCursor(p) for p in pools]
+        self._cursors = [queue.QueueCursor(p, location=location) for p in pools]
         self._ready: deque[ClaimedRequest] = deque()
         self.max_prefetch = PREFETCH_MAX
         self.prefetch = self.min_prefetch

@@ -61,6 +61,9 @@ class WorkerConfig:
     listen_url: str | None = None
     """Where to LISTEN for queue notifications: a session of its own (the session URL, not
     a transaction-mode pooler). None: the pool's URL."""
+    location: str | None = None
+    """The zone or region this worker runs in; it may claim requests restricted to it (see
+    :mod:`inferbatch.residency`). None: only unrestricted requests."""
 
 
 class Worker:
@@ -92,6 +95,7 @@ class Worker:
             db,
             owner=self.id,
             pool=config.pool,
+            location=config.location,
             takes_spot=config.takes_spot,
             capacity=self.executor.capacity,
             poll_seconds=config.poll_seconds,
@@ -140,6 +144,7 @@ class Worker:
                         pool=self.config.pool,
                         host=socket.gethostname(),
                         pid=os.getpid(),
+                        location=self.config.location,
                     )
                 return
             except (psycopg.Error, OSError) as exc:
