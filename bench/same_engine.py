@@ -30,8 +30,10 @@ from inferbatch.engines.local import CHAT_MODEL, _wait_ready, start_chat
 TOPICS = ("rivers", "clocks", "bread", "trains", "snow", "maps", "bees", "glass", "salt", "kites")
 
 
-def bodies(n: int, round_: int) -> list[dict[str, object]]:
-    """``n`` distinct chat requests (distinct per round, so no run reuses another's cache)."""
+def bodies(n: int, tag: int = 0) -> list[dict[str, object]]:
+    """``n`` distinct chat requests. Every run sends the same ones: at temperature 0 the
+    work of a request (its completion length) depends on its text, so runs with other texts
+    would not compare."""
     return [
         {
             "model": CHAT_MODEL,
@@ -39,7 +41,7 @@ def bodies(n: int, round_: int) -> list[dict[str, object]]:
                 {
                     "role": "user",
                     "content": f"Write one short sentence about {TOPICS[i % len(TOPICS)]} "
-                    f"(note {round_}-{i}).",
+                    f"(note {tag}-{i}).",
                 }
             ],
             "max_tokens": 16,
@@ -84,8 +86,8 @@ def main() -> None:
             asyncio.run(direct(engine.url, bodies(4, -1), 2))  # warm up
             env = {"INFERBATCH_ENGINE_MAX_IN_FLIGHT": str(args.in_flight)}
             order = ("direct", "batch", "batch", "direct") * args.rounds
-            for round_, kind in enumerate(order):
-                requests = bodies(args.requests, round_)
+            for kind in order:
+                requests = bodies(args.requests)
                 if kind == "direct":
                     rates["direct"].append(
                         asyncio.run(direct(engine.url, requests, args.in_flight))
