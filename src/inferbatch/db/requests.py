@@ -128,15 +128,7 @@ def total(tallies: Sequence[Tally]) -> int:
     return sum(t.n for t in tallies)
 
 
-CLAIM = """
-WITH picked AS (
-    SELECT id FROM requests
-    WHERE status = 'queued' AND locations IS NULL AND pool = %(pool)s
-      AND next_attempt_at <= now() {after}
-    ORDER BY priority DESC, deadline_at ASC, prefix_key ASC, id ASC
-    LIMIT %(n)s
-    FOR UPDATE SKIP LOCKED
-)
+_LEASE = """
 UPDATE requests r SET
     status = 'running', lease_owner = %(owner)s, attempts = r.attempts + 1, started_at = now()
 FROM picked JOIN request_inputs i ON i.id = picked.id
@@ -144,13 +136,27 @@ WHERE r.id = picked.id
 RETURNING r.id, r.batch_id, i.custom_id, i.url, i.model, i.body, r.attempts,
     r.failed_attempts, r.interruptions, r.pool, r.priority, r.deadline_at, r.prefix_key
 """
+"""Leases the rows of the CTE ``picked`` (the end of every claim statement)."""
+CLAIM = (
+    """
+WITH picked AS (
+    SELECT id FROM requests
+    WHERE status = 'queued' AND locations IS NULL AND pool = %(pool)s
+      AND next_attempt_at <= now() {after}
+    ORDER BY priority DESC, deadline_at ASC, prefix_key ASC, id ASC
+    LIMIT %(n)s
+    FOR UPDATE SKIP LOCKED
+)"""
+    + _LEASE
+)
 # A worker that declared a location also takes the restricted requests that allow it (see
 # inferbatch.residency): the head of each allowed location set, one probe of
 # requests_queue_restricted per set, merged with the unrestricted head. The sets that do
 # not allow it are never read. A QueueCursor uses this statement only while some set
 # allows its location (the plain one otherwise). Each branch locks up to n rows; the ones
 # not taken are released when the claim commits, moments later.
-CLAIM_LOCATED = """
+CLAIM_LOCATED = (
+    """
 WITH anywhere AS (
     SELECT id, priority, deadline_at, prefix_key FROM requests
     WHERE status = 'queued' AND locations IS NULL AND pool = %(pool)s
@@ -177,14 +183,9 @@ WITH anywhere AS (
     SELECT id FROM (SELECT * FROM anywhere UNION ALL SELECT * FROM restricted) c
     ORDER BY priority DESC, deadline_at ASC, prefix_key ASC, id ASC
     LIMIT %(n)s
+)"""
+    + _LEASE
 )
-UPDATE requests r SET
-    status = 'running', lease_owner = %(owner)s, attempts = r.attempts + 1, started_at = now()
-FROM picked JOIN request_inputs i ON i.id = picked.id
-WHERE r.id = picked.id
-RETURNING r.id, r.batch_id, i.custom_id, i.url, i.model, i.body, r.attempts,
-    r.failed_attempts, r.interruptions, r.pool, r.priority, r.deadline_at, r.prefix_key
-"""
 # Within one priority level the queue indexes order (deadline_at, prefix_key, id)
 # ascending, so a row comparison on them starts the index scan right after the last row
 # claimed.
