@@ -99,3 +99,28 @@ FROM s
 """
 """Settle requests by hand (no worker), writing their result rows: for tests that need
 finished history of a given shape."""
+
+
+async def finish_queued(pool: Pool, n: int, seconds: float) -> None:
+    """The first ``n`` queued requests complete now, each having run ``seconds`` (a measured
+    service time for the escalate and ETA duties)."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT id FROM requests WHERE status = 'queued' ORDER BY id LIMIT %s", (n,)
+        )
+        ids = [r["id"] for r in await cur.fetchall()]
+        now = datetime.now(UTC)
+        await conn.execute(
+            SETTLE_DIRECTLY,
+            {
+                "ids": ids,
+                "status": "completed",
+                "pool": None,
+                "started": now - timedelta(seconds=seconds),
+                "finished": now,
+                "dedup_of": None,
+                "response_status": 200,
+                "prompt_tokens": None,
+                "completion_tokens": None,
+            },
+        )

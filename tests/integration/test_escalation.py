@@ -3,7 +3,6 @@ the published desired dedicated worker count."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from inferbatch.scheduler.leadership import Leadership
 from inferbatch.scheduler.service import Scheduler
 from tests.helpers import chat_file
 from tests.integration.fixtures import (
-    SETTLE_DIRECTLY,
+    finish_queued,
     fold_counters,
     make_batch,
     make_user,
@@ -63,26 +62,7 @@ def _loop(pool: Pool, policy: str = "default") -> EscalationLoop:
 
 async def _finish_some(pool: Pool, seconds: float, n: int = MIN_SAMPLES) -> None:
     """Give the loop a measured service time: ``n`` requests that ran ``seconds`` each."""
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT id FROM requests WHERE status = 'queued' ORDER BY id LIMIT %s", (n,)
-        )
-        ids = [r["id"] for r in await cur.fetchall()]
-        now = datetime.now(UTC)
-        await conn.execute(
-            SETTLE_DIRECTLY,
-            {
-                "ids": ids,
-                "status": "completed",
-                "pool": None,
-                "started": now - timedelta(seconds=seconds),
-                "finished": now,
-                "dedup_of": None,
-                "response_status": 200,
-                "prompt_tokens": None,
-                "completion_tokens": None,
-            },
-        )
+    await finish_queued(pool, n, seconds)
 
 
 async def test_ample_slack_stays_on_spot(pool: Pool, tmp_path: Path) -> None:

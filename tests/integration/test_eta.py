@@ -27,7 +27,7 @@ from inferbatch.services import batches as batch_service
 from inferbatch.services import files as file_service
 from inferbatch.services.serialize import batch_object
 from tests.helpers import chat_file
-from tests.integration.fixtures import SETTLE_DIRECTLY, make_batch, make_user, utcnow
+from tests.integration.fixtures import finish_queued, make_batch, make_user, utcnow
 
 pytestmark = pytest.mark.integration
 
@@ -54,30 +54,6 @@ async def _running_batch(pool: Pool, blobs: LocalBlobStore, user: User, n: int) 
     return batch.id
 
 
-async def _finish(pool: Pool, n: int, seconds: float) -> None:
-    """``n`` queued requests settle now, each having held a slot ``seconds``."""
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT id FROM requests WHERE status = 'queued' ORDER BY id LIMIT %s", (n,)
-        )
-        ids = [r["id"] for r in await cur.fetchall()]
-        now = datetime.now(UTC)
-        await conn.execute(
-            SETTLE_DIRECTLY,
-            {
-                "ids": ids,
-                "status": "completed",
-                "pool": None,
-                "started": now - timedelta(seconds=seconds),
-                "finished": now,
-                "dedup_of": None,
-                "response_status": 200,
-                "prompt_tokens": None,
-                "completion_tokens": None,
-            },
-        )
-
-
 async def _worker(pool: Pool, name: str = "w-spot", kind: str = "spot") -> None:
     async with pool.connection() as conn:
         await workers.register(conn, worker_id=name, pool=kind, host="h", pid=1)
@@ -100,7 +76,7 @@ async def test_the_tick_writes_each_batch_estimate_and_leaves_a_steady_one_alone
 ) -> None:
     blobs = LocalBlobStore(tmp_path)
     batch_id = await _running_batch(pool, blobs, await make_user(pool), 200)
-    await _finish(pool, MIN_SAMPLES, 10.0)  # measured: 10 s a request
+    await finish_queued(pool, MIN_SAMPLES, 10.0)  # measured: 10 s a request
     await _worker(pool)
     loop = _loop(pool, _settings())
     before = datetime.now(UTC)
@@ -111,7 +87,7 @@ async def test_the_tick_writes_each_batch_estimate_and_leaves_a_steady_one_alone
     assert (eta - before).total_seconds() == pytest.approx(1705, abs=5)
     await loop.tick()
     assert await _stored(pool, batch_id) == (eta, version)  # nothing moved: no write
-    await _finish(pool, 100, 10.0)  # a hundred fewer requests: 1,000 s sooner
+    await finish_queued(pool, 100, 10.0)  # a hundred fewer requests: 1,000 s sooner
     await loop.tick()
     sooner, rewritten = await _stored(pool, batch_id)
     assert sooner is not None and rewritten != version
@@ -210,7 +186,7 @@ async def _measured_fleet(pool: Pool, tmp_path: Path, user: User) -> None:
     (and a dedicated quota of one more, after 60 s)."""
     blobs = LocalBlobStore(tmp_path)
     await _running_batch(pool, blobs, user, MIN_SAMPLES + 1)
-    await _finish(pool, MIN_SAMPLES, 60.0)
+    await finish_queued(pool, MIN_SAMPLES, 60.0)
     await _worker(pool)
     await _loop(pool, _settings()).tick()
 

@@ -59,10 +59,15 @@ class Replica:
     def name(self) -> str:
         return self.engine.name
 
-    def free(self, now: float) -> int:
+    def allowance(self, now: float) -> int:
+        """Requests it takes at once now: none while down or removed, one while probing
+        after a failure, else its limit."""
         if self.removed or now < self.down_until:
             return 0
-        return (1 if self.failures else self.limit.limit) - self.running
+        return 1 if self.failures else self.limit.limit
+
+    def free(self, now: float) -> int:
+        return self.allowance(now) - self.running
 
 
 def rendezvous(prefix_key: int, name: str) -> int:
@@ -130,11 +135,7 @@ class ReplicaSet:
         """Requests this engine takes at once now: the limits of the replicas not known
         to be down."""
         now = self._clock()
-        return sum(
-            r.limit.limit if not r.failures else 1
-            for r in self.replicas
-            if not r.removed and now >= r.down_until
-        )
+        return sum(r.allowance(now) for r in self.replicas)
 
     @property
     def ceiling(self) -> int:
@@ -177,9 +178,6 @@ class ReplicaSet:
             return max(free, key=lambda r: rendezvous(prefix_key, r.name))
         return max(free, key=lambda r: (r.free(now), -r.running))
 
-    def _waiting_is_pointless(self, tried: Sequence[Replica]) -> bool:
-        return not self.has_untried(tried)
-
     async def acquire(self, key: int, prefix_key: int, tried: Sequence[Replica]) -> Replica | None:
         """A replica with a free slot for request ``key``, not one of ``tried``; waits while
         every such replica is full. None when every replica is down or was tried."""
@@ -194,8 +192,8 @@ class ReplicaSet:
                     replica.limit.started(replica.running)
                     replica.share.start(key)
                     return replica
-                if self._waiting_is_pointless(tried):
-                    return None
+                if not self.has_untried(tried):
+                    return None  # every replica is down or was tried: waiting is useless
                 # woken by a release; a replica coming back after its pause wakes no one
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), timeout=0.25)

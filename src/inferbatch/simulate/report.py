@@ -148,11 +148,17 @@ def serving_segments(
             lo = bisect.bisect_right(starts, mid - cold_start_s) - 1
             hi = bisect.bisect_right(starts, mid) - 1
             workers = min(w for _, _, w in segs[lo : hi + 1])
-        if out and out[-1][2] == workers:
-            out[-1] = (out[-1][0], b, workers)
-        else:
-            out.append((a, b, workers))
+        _extend(out, a, b, workers)
     return out
+
+
+def _extend(out: list[tuple[float, float, int]], a: float, b: float, workers: int) -> None:
+    """Append the segment [a, b) with ``workers`` to ``out``, merged into the last one
+    when that has the same count."""
+    if out and out[-1][2] == workers:
+        out[-1] = (out[-1][0], b, workers)
+    else:
+        out.append((a, b, workers))
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,10 +299,7 @@ def combine_segments(
             if i >= 0 and part[i][1] > a:
                 total += part[i][2]
         workers = min(cap, total)
-        if out and out[-1][2] == workers:
-            out[-1] = (out[-1][0], b, workers)
-        else:
-            out.append((a, b, workers))
+        _extend(out, a, b, workers)
     return out
 
 
