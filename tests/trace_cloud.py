@@ -1,15 +1,22 @@
-"""A make-believe cloud for end-to-end tests: replays a real spot trace, time-compressed,
-against a ``Stack``, and autoscales its dedicated pool from the scheduler's published target.
+"""A make-believe cloud for end-to-end tests: replays real spot traces, time-compressed,
+against a ``Stack``, and autoscales its pools from the scheduler's published targets.
 
-- Spot: while the trace has capacity, spot worker processes run (``spot_fleet`` at the
-  trace's peak, as in ``inferbatch.simulate``). When capacity goes away, each victim gets
+- Spot, one zone per trace (``SpotZone``). When capacity goes away, each victim gets
   SIGTERM the trace's interruption notice (compressed) before the drop, as a cloud's
   notice, and is killed if it still runs ``kill_grace_s`` after the drop (the grace covers
   the process's own exit, which the compressed notice is too short for).
-- Dedicated: the controller follows ``dedicated_workers_desired`` (published by the
-  escalate duty) like KEDA or an HPA would. A new worker process is started
-  ``cold_start_s`` after it was asked for (its own start-up adds to that); when the target
-  drops, workers still being asked for are cancelled first, then the newest get SIGTERM.
+  - A zone without a location is the single spot pool: while the trace has capacity, spot
+    worker processes run (``fleet`` at the trace's peak, as in ``inferbatch.simulate``).
+  - A zone with a location is one per-location autoscaler: it follows that location's
+    entry of ``spot_workers_desired_by_location`` (published by the escalate duty), within
+    the trace's capacity. A worker asked for starts ``boot_s`` later with ``--location``,
+    if the zone has capacity then; otherwise the ask stays open, as an unfulfilled spot
+    request does. When the target drops, open asks are cancelled first, then the newest
+    workers get SIGTERM (a scale-down, not an interruption).
+- Dedicated: the controller follows ``dedicated_workers_desired`` like KEDA or an HPA
+  would. A new worker process is started ``cold_start_s`` after it was asked for (its own
+  start-up adds to that); when the target drops, workers still being asked for are
+  cancelled first, then the newest get SIGTERM.
 
 Times: ``seconds_per_hour`` wall seconds replay one trace hour.
 """
@@ -21,20 +28,25 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import psycopg
 from psycopg.rows import dict_row
 
 from inferbatch.db import escalation as escalation_rows
+from inferbatch.db import locations as location_rows
 from inferbatch.simulate.traces import SpotTrace
 from tests.stack import Stack
 
 
-def outage_window(trace: SpotTrace, up_hours: float, down_hours: float) -> float:
+def outage_window(
+    trace: SpotTrace, up_hours: float, down_hours: float, others: Sequence[SpotTrace] = ()
+) -> float:
     """Trace seconds of the first moment that has at least ``up_hours`` of spot capacity
-    before it and is followed by an outage (no capacity) of at least ``down_hours``;
-    returns where the replay should start, ``up_hours`` before the outage."""
+    before it and is followed by an outage (no capacity) of at least ``down_hours``, while
+    every trace of ``others`` has capacity throughout; returns where the replay should
+    start, ``up_hours`` before the outage."""
     gap = trace.gap_seconds
     up_ticks, down_ticks = round(up_hours * 3600 / gap), round(down_hours * 3600 / gap)
     counts = trace.counts
@@ -43,6 +55,11 @@ def outage_window(trace: SpotTrace, up_hours: float, down_hours: float) -> float
             counts[i] == 0
             and all(c > 0 for c in counts[i - up_ticks : i])
             and not any(counts[i : i + down_ticks])
+            and all(
+                all(c > 0 for c in o.counts[i - up_ticks : i + down_ticks])
+                and len(o.counts) >= i + down_ticks
+                for o in others
+            )
         ):
             return (i - up_ticks) * gap
     raise LookupError(f"{trace.name}: no {up_hours} h up then {down_hours} h down")
@@ -56,13 +73,31 @@ class Event:
 
 
 @dataclass
-class TraceCloud:
-    stack: Stack
+class SpotZone:
     trace: SpotTrace
     start_s: float
     """Where in the trace (trace seconds) the replay starts."""
+    location: str | None = None
+    """The workers' ``--location``; None: the single spot pool, which follows the trace."""
+    fleet: int = 1
+    boot_s: float = 0.0
+    """Located zones: wall seconds from an ask to the worker process starting."""
+    live: list[str] = field(default_factory=list)
+    doomed: dict[str, float] = field(default_factory=dict)
+    """Workers that got their notice -> wall time of the drop."""
+    asks: list[float] = field(default_factory=list)
+    """Located zones: open asks -> wall time from which they may start."""
+
+    @property
+    def label(self) -> str:
+        return self.location or self.trace.name
+
+
+@dataclass
+class TraceCloud:
+    stack: Stack
+    zones: list[SpotZone]
     seconds_per_hour: float
-    spot_fleet: int = 1
     cold_start_s: float = 1.0
     poll_s: float = 0.05
     kill_grace_s: float = 1.0
@@ -70,11 +105,12 @@ class TraceCloud:
     events: list[Event] = field(default_factory=list)
     desired: list[tuple[float, int]] = field(default_factory=list)
     """Each change of the published dedicated target: (wall seconds, count)."""
-    notices: list[float] = field(default_factory=list)
-    """Wall seconds of each spot interruption notice."""
-    _spot: list[str] = field(default_factory=list)
-    _doomed: dict[str, float] = field(default_factory=dict)
-    """Spot workers that got their notice -> wall time of the drop."""
+    notices: list[tuple[float, str]] = field(default_factory=list)
+    """Each spot interruption notice: (wall seconds, zone label)."""
+    spot_starts: list[tuple[float, str]] = field(default_factory=list)
+    """Each spot worker started: (wall seconds, zone label)."""
+    scale_downs: list[tuple[float, str]] = field(default_factory=list)
+    """Each spot worker stopped because its location's target dropped."""
     _asked: list[float] = field(default_factory=list)
     """Dedicated workers asked for and still cold-starting -> when they serve."""
     _dedicated: list[str] = field(default_factory=list)
@@ -90,10 +126,10 @@ class TraceCloud:
         """Trace seconds per wall second."""
         return 3600.0 / self.seconds_per_hour
 
-    def spot_capacity(self, wall: float) -> int:
-        """Spot workers the trace allows ``wall`` seconds into the replay."""
-        index = int((self.start_s + wall * self.speed) // self.trace.gap_seconds)
-        return self.trace.workers(index, self.spot_fleet)
+    def spot_capacity(self, zone: SpotZone, wall: float) -> int:
+        """Spot workers ``zone``'s trace allows ``wall`` seconds into the replay."""
+        index = int((zone.start_s + wall * self.speed) // zone.trace.gap_seconds)
+        return zone.trace.workers(index, zone.fleet)
 
     def now(self) -> float:
         return time.monotonic() - self._t0
@@ -129,20 +165,22 @@ class TraceCloud:
                 url, autocommit=True, row_factory=dict_row
             ) as conn:
                 while not self._stop.is_set():
-                    self._spot_step()
-                    desired = await escalation_rows.published(
-                        conn, escalation_rows.DESIRED_DEDICATED
-                    )
-                    self._dedicated_step(int(desired or 0))
+                    state = await escalation_rows.published_all(conn)
+                    by_location = state.get(location_rows.DESIRED_SPOT_BY_LOCATION) or {}
+                    for zone in self.zones:
+                        wanted = by_location.get(zone.location, 0) if zone.location else None
+                        self._spot_step(zone, wanted)
+                    self._dedicated_step(int(state.get(escalation_rows.DESIRED_DEDICATED) or 0))
                     self._reap()
                     await asyncio.sleep(self.poll_s)
         except BaseException as exc:  # surfaced by close()
             self._error = exc
 
-    def _spawn(self, pool: str) -> str:
+    def _spawn(self, pool: str, location: str | None = None) -> str:
         self._count += 1
-        name = f"cloud-{pool}-{self._count}"
-        self.stack.spawn(name, ["worker", "--pool", pool])
+        name = f"cloud-{pool}-{location or 'any'}-{self._count}"
+        where = ["--location", location] if location else []
+        self.stack.spawn(name, ["worker", "--pool", pool, *where])
         return name
 
     def _terminate(self, name: str) -> None:
@@ -151,31 +189,55 @@ class TraceCloud:
             proc.send_signal(signal.SIGTERM)
         self._stopping.append(proc)
 
-    def _spot_step(self) -> None:
+    def _spot_step(self, zone: SpotZone, wanted: int | None) -> None:
+        """One step of ``zone``: notices and kills at the trace's drops, then starts up to
+        the trace's capacity (``wanted`` None) or to ``wanted`` within it."""
         now = self.now()
-        notice = self.trace.notice_seconds / self.speed
+        notice = zone.trace.notice_seconds / self.speed
         # a victim gets its notice ``notice`` before the drop
-        soon = self.spot_capacity(now + notice)
-        live = [n for n in self._spot if n not in self._doomed]
+        soon = self.spot_capacity(zone, now + notice)
+        live = [n for n in zone.live if n not in zone.doomed]
         while len(live) > soon:
             victim = live.pop()
-            self._doomed[victim] = now + notice
+            zone.doomed[victim] = now + notice
             self.stack.procs[victim].send_signal(signal.SIGTERM)
-            self.notices.append(round(now, 2))
+            self.notices.append((round(now, 2), zone.label))
             self.log(f"spot interruption notice to {victim}")
-        for name, drop in list(self._doomed.items()):
+        for name, drop in list(zone.doomed.items()):
             proc = self.stack.procs[name]
             if proc.poll() is not None:
-                del self._doomed[name], self.stack.procs[name]
-                self._spot.remove(name)
+                del zone.doomed[name], self.stack.procs[name]
+                zone.live.remove(name)
             elif now > drop + self.kill_grace_s:
                 proc.kill()
                 self.log(f"spot {name} killed at the drop")
-        while len(live) < min(soon, self.spot_capacity(now)):
-            name = self._spawn("spot")
-            live.append(name)
-            self._spot.append(name)
-            self.log(f"spot capacity: started {name}")
+        capacity = min(soon, self.spot_capacity(zone, now))
+        if wanted is None:
+            while len(live) < capacity:
+                live.append(self._start_spot(zone))
+            return
+        while len(live) + len(zone.asks) < wanted:
+            zone.asks.append(now + zone.boot_s)
+        while zone.asks and len(live) + len(zone.asks) > wanted:
+            zone.asks.pop()
+        while len(live) > wanted:
+            name = live.pop()
+            zone.live.remove(name)
+            self._terminate(name)
+            self.scale_downs.append((round(now, 2), zone.label))
+            self.log(f"spot scale-down in {zone.label}: stopped {name}")
+        for ready in [a for a in zone.asks if a <= now]:
+            if len(live) >= capacity:
+                break  # no capacity: the ask stays open
+            zone.asks.remove(ready)
+            live.append(self._start_spot(zone))
+
+    def _start_spot(self, zone: SpotZone) -> str:
+        name = self._spawn("spot", zone.location)
+        zone.live.append(name)
+        self.spot_starts.append((round(self.now(), 2), zone.label))
+        self.log(f"spot capacity in {zone.label}: started {name}")
+        return name
 
     def _dedicated_step(self, desired: int) -> None:
         now = self.now()

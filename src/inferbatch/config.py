@@ -13,7 +13,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import AliasChoices, Field, PrivateAttr, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inferbatch.pricing import (
@@ -47,6 +47,28 @@ def parse_duration(text: str) -> timedelta:
     if seconds <= 0:
         raise ValueError(f"invalid duration {text!r}: must be positive")
     return timedelta(seconds=seconds)
+
+
+LOCATION_PATTERN = r"^[a-z0-9][a-z0-9.-]*$"
+"""A location's name: a zone or region as clouds spell them (``us-east-1a``, ``europe-west4``)."""
+
+
+class SpotLocation(BaseModel):
+    """One location the escalate duty may place spot workers in (INFERBATCH_SPOT_LOCATIONS)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=LOCATION_PATTERN)
+    spot_price_ratio: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Spot price here / dedicated price (default: "
+        "the deployment's spot_price_ratio).",
+    )
+    boot_seconds: float = Field(
+        default=240.0, ge=0, description="Seconds from asking for a spot worker here to it serving."
+    )
 
 
 class Settings(BaseSettings):
@@ -208,7 +230,7 @@ class Settings(BaseSettings):
     drain_seconds: float = Field(default=25.0, ge=0, description="Grace period on SIGTERM.")
     location: str | None = Field(
         default=None,
-        pattern=r"^[a-z0-9][a-z0-9.-]*$",
+        pattern=LOCATION_PATTERN,
         description="The zone or region this worker runs in (e.g. us-east-1a): shown on "
         "/v1/workers and in metrics, and it lets the worker claim requests whose batch "
         "restricts their locations (metadata.allowed_locations). Unset: none; such a worker "
@@ -283,6 +305,32 @@ class Settings(BaseSettings):
     spot_interruption_notice_seconds: float = Field(
         default=120.0, ge=0, description="The cloud's notice before a spot reclaim."
     )
+    spot_locations: list[SpotLocation] = Field(
+        default_factory=list,
+        description='Where spot workers can run, as JSON: [{"name": "us-east-1a", '
+        '"spot_price_ratio": 0.3, "boot_seconds": 240}, ...]. The escalate duty then places '
+        "the spot fleet across them (and any location a spot worker declares) and publishes "
+        "the desired spot workers per location for one autoscaler each. Empty, with no "
+        "located spot workers: one spot pool, scaled on its queue.",
+    )
+    max_spot_workers: int | None = Field(
+        default=None,
+        ge=0,
+        description="Most spot workers the per-location autoscalers may run in all (unset: "
+        "as many as the queued spot work can keep busy).",
+    )
+    dedicated_location: str | None = Field(
+        default=None,
+        pattern=LOCATION_PATTERN,
+        description="Where dedicated workers run, for the per-location desired count "
+        "(default: the first spot location).",
+    )
+    location_probe_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="How long a location found out of spot capacity is left alone before "
+        "one spot worker is asked of it again.",
+    )
 
     metrics_port: int | None = Field(
         default=None,
@@ -325,6 +373,9 @@ class Settings(BaseSettings):
                 "INFERBATCH_DATABASE_POOL_MODE=transaction needs INFERBATCH_DATABASE_SESSION_URL: "
                 "scheduler leadership and LISTEN need a session of their own"
             )
+        names = [z.name for z in self.spot_locations]
+        if len(set(names)) != len(names):
+            raise ValueError("INFERBATCH_SPOT_LOCATIONS names a location twice")
         self._check_prices()
         return self
 

@@ -21,7 +21,7 @@ from inferbatch.simulate.traces import load_trace
 from tests.e2e.test_sdk import wait_batch
 from tests.helpers import chat_file
 from tests.stack import Stack
-from tests.trace_cloud import TraceCloud, outage_window
+from tests.trace_cloud import SpotZone, TraceCloud, outage_window
 
 # availability/1-node/aws-02-15-2023/us-east-2a_v100_1.json of the shared spot traces
 TRACE = Path(__file__).resolve().parents[1] / "data" / "aws-02-15-2023-us-east-2a_v100_1.json"
@@ -86,7 +86,10 @@ def _replay(db_url: str, tmp_path: Path, policy: str) -> tuple[dict[str, object]
     start = outage_window(trace, up_hours=3, down_hours=15)
     stack = _stack(db_url, tmp_path, policy).start(spot=0, dedicated=0)
     cloud = TraceCloud(
-        stack, trace, start_s=start, seconds_per_hour=SECONDS_PER_HOUR, cold_start_s=COLD_START
+        stack,
+        [SpotZone(trace, start_s=start)],
+        seconds_per_hour=SECONDS_PER_HOUR,
+        cold_start_s=COLD_START,
     )
     try:
         client = stack.client()
@@ -119,7 +122,7 @@ def test_escalation_meets_a_deadline_that_spot_alone_misses(db_url: str, tmp_pat
     assert result["on_spot"] and result["on_dedicated"], result
     # the ask that counts is the one after the outage began (before the first request
     # finishes, the policy works from its default service time estimates)
-    outage = cloud.notices[0]
+    outage = cloud.notices[0][0]
     assert any(n >= 1 for t, n in cloud.desired if t >= outage), cloud.desired
 
 

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from inferbatch.api.app import create_app
 from inferbatch.blobstore import LocalBlobStore
-from inferbatch.config import Settings
+from inferbatch.config import Settings, SpotLocation
 from inferbatch.db import escalation, users
 from inferbatch.db import locations as location_sets
 from inferbatch.db import requests as queue
@@ -22,6 +22,8 @@ from inferbatch.db.types import Pool
 from inferbatch.domain import ClaimedRequest
 from inferbatch.engines.registry import EngineRegistry
 from inferbatch.metrics import SystemMetrics
+from inferbatch.policy.escalation import policy_by_name
+from inferbatch.scheduler.escalate import EscalationLoop
 from inferbatch.scheduler.ingest import ingest_next
 from inferbatch.services import requests as request_service
 from tests.helpers import chat_file
@@ -247,3 +249,57 @@ async def test_workers_list_the_dashboard_and_metrics_show_locations(
         page = await client.get("/")
     found = re.search(r'data-testid="workers-spot-locations">\s*([^<]+?)\s*<', page.text)
     assert found is not None and found.group(1) == f"{EU} 1 · none 1"
+
+
+async def test_the_escalate_duty_places_spot_workers_per_location_and_moves_from_a_short_one(
+    pool: Pool, tmp_path: Path
+) -> None:
+    blobs = LocalBlobStore(tmp_path)
+    await _queued(pool, blobs, 40, "placed")
+    settings = Settings(
+        spot_locations=[
+            SpotLocation(name=US, spot_price_ratio=0.2, boot_seconds=0),
+            SpotLocation(name=EU, spot_price_ratio=0.35, boot_seconds=0),
+        ],
+        max_spot_workers=2,
+        engine_max_in_flight=4,
+        scheduler_tick_seconds=0.1,
+    )
+    loop = EscalationLoop(settings, pool, policy_by_name("default", settings.escalation))
+
+    async def published() -> dict[str, object]:
+        async with pool.connection() as conn:
+            return await escalation.published_all(conn)
+
+    await loop.tick()
+    state = await published()
+    assert state[location_sets.DESIRED_SPOT_BY_LOCATION] == {US: 2, EU: 0}
+    assert state[location_sets.DESIRED_DEDICATED_BY_LOCATION] == {US: 0}
+    # one of the two asked of the cheap location serves; the other never comes
+    async with pool.connection() as conn:
+        await registry.register(conn, worker_id="us-1", pool="spot", host="h", pid=1, location=US)
+    await loop.tick()
+    await asyncio.sleep(0.3)  # past the location's boot grace (1.5 boots plus a tick)
+    await loop.tick()
+    await loop.tick()
+    state = await published()
+    assert state[location_sets.DESIRED_SPOT_BY_LOCATION] == {US: 1, EU: 1}
+    believed = state[location_sets.SPOT_LOCATIONS]
+    assert isinstance(believed, dict)
+    assert believed[US]["capacity"] == 1 and believed[US]["serving"] == 1
+    assert believed[EU]["capacity"] == 2
+
+
+async def test_without_locations_the_duty_publishes_nothing_per_location(
+    pool: Pool, tmp_path: Path
+) -> None:
+    await _queued(pool, LocalBlobStore(tmp_path), 4, "single")
+    settings = Settings(engine_max_in_flight=4)
+    loop = EscalationLoop(settings, pool, policy_by_name("default", settings.escalation))
+    async with pool.connection() as conn:
+        await registry.register(conn, worker_id="plain", pool="spot", host="h", pid=1)
+    await loop.tick()
+    async with pool.connection() as conn:
+        state = await escalation.published_all(conn)
+    assert location_sets.DESIRED_SPOT_BY_LOCATION not in state
+    assert escalation.DESIRED_DEDICATED in state

@@ -10,10 +10,13 @@ import pytest
 
 from inferbatch.policy import BatchState, ClusterState, policy_by_name
 from inferbatch.policy.locations import (
+    CapacityWatch,
     LocationMemory,
     LocationState,
+    make_before_break,
     place_spot,
     plan_locations,
+    preemptions,
     union_cluster,
 )
 
@@ -122,3 +125,45 @@ def test_memory_measures_availability_and_mean_lifetime() -> None:
     memory.observe(200.0, False, 4, 2)  # 400 more, then 2 preemptions
     assert memory.mean_lifetime_s == pytest.approx(400.0)
     assert 0.0 < memory.availability < 1.0
+
+
+def test_a_location_that_does_not_serve_what_was_asked_is_short() -> None:
+    watch = CapacityWatch(grace_s=10.0, probe_s=100.0)
+    watch.observe(0.0, asked=3, serving=1)
+    watch.observe(5.0, asked=3, serving=1)
+    assert watch.capacity(5.0, fleet=8) == 8  # within the boot grace: still unknown
+    watch.observe(11.0, asked=3, serving=1)
+    assert (watch.capacity(11.0, fleet=8), watch.has_spot) == (1, True)
+    watch.observe(12.0, asked=1, serving=0)
+    watch.observe(30.0, asked=1, serving=0)
+    assert (watch.capacity(30.0, fleet=8), watch.has_spot) == (0, False)
+
+
+def test_a_short_location_is_probed_again_and_reopens_when_it_serves() -> None:
+    watch = CapacityWatch(grace_s=10.0, probe_s=100.0)
+    watch.observe(0.0, asked=2, serving=0)
+    watch.observe(10.0, asked=2, serving=0)
+    assert watch.capacity(50.0, fleet=8) == 0
+    assert watch.capacity(110.0, fleet=8) == 1  # the probe: one worker asked again
+    watch.observe(110.0, asked=1, serving=0)
+    watch.observe(121.0, asked=1, serving=0)  # not served: short again, next probe later
+    assert watch.capacity(200.0, fleet=8) == 0
+    assert watch.capacity(221.0, fleet=8) == 1
+    watch.observe(225.0, asked=1, serving=1)  # served: the ceiling goes
+    assert watch.capacity(225.0, fleet=8) == 8
+
+
+def test_only_departures_beyond_the_asked_scale_down_are_preemptions() -> None:
+    assert preemptions(departed=2, serving_before=4, asked_before=4) == 2
+    assert preemptions(departed=2, serving_before=4, asked_before=2) == 0
+    assert preemptions(departed=3, serving_before=4, asked_before=2) == 1
+    assert preemptions(departed=0, serving_before=4, asked_before=0) == 0
+
+
+def test_work_moves_between_locations_make_before_break() -> None:
+    # moving two workers from b to a: b keeps them until a serves its share
+    assert make_before_break({"a": 2, "b": 0}, {"b": 2}) == {"a": 2, "b": 2}
+    assert make_before_break({"a": 2, "b": 0}, {"a": 1, "b": 2}) == {"a": 2, "b": 2}
+    assert make_before_break({"a": 2, "b": 0}, {"a": 2, "b": 2}) == {"a": 2, "b": 0}
+    # a fleet that shrinks with nothing missing shrinks at once
+    assert make_before_break({"a": 1}, {"a": 3}) == {"a": 1}

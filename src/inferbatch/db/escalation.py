@@ -100,6 +100,21 @@ async def live_workers_by_location(conn: Conn) -> dict[str, dict[str | None, int
     return out
 
 
+async def serving_spot_workers(conn: Conn) -> dict[str, set[str]]:
+    """Ids of the running spot workers per declared location (workers without one left
+    out): the escalate duty's placement tells departures from them."""
+    cur = await conn.execute(
+        """
+        SELECT id, location FROM workers
+        WHERE state = 'running' AND pool = 'spot' AND location IS NOT NULL
+        """
+    )
+    out: dict[str, set[str]] = {}
+    for r in await cur.fetchall():
+        out.setdefault(r["location"], set()).add(r["id"])
+    return out
+
+
 async def move_to_dedicated(conn: Conn, batch_id: str, n: int, reason: str) -> int:
     """Move up to ``n`` of a batch's queued spot requests (line order) to dedicated."""
     cur = await conn.execute(

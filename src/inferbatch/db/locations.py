@@ -19,6 +19,9 @@ DESIRED_SPOT_BY_LOCATION = "spot_workers_desired_by_location"
 autoscaler's target for spot workers, ``{location: n}``."""
 DESIRED_DEDICATED_BY_LOCATION = "dedicated_workers_desired_by_location"
 """The same for dedicated workers."""
+SPOT_LOCATIONS = "spot_locations"
+"""Published state: what the escalate duty believes of each spot location, ``{location:
+{capacity, serving, availability, mean_lifetime_s}}`` (``scheduler.placement``)."""
 
 REGISTER = """
 INSERT INTO location_sets (locations) VALUES (%(locations)s) ON CONFLICT DO NOTHING

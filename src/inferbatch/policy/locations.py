@@ -206,3 +206,77 @@ class LocationMemory:
     def mean_lifetime_s(self) -> float:
         """Mean serving seconds per preemption; inf until one was seen."""
         return self.served_s / self.preemptions if self.preemptions > 0 else math.inf
+
+
+PROBE_S = 600.0
+"""How long a location found out of spot capacity is left alone before one more worker is
+asked of it again (a probe: a spot request that is not fulfilled costs nothing but the
+wait, and its work is placed elsewhere meanwhile)."""
+
+
+@dataclass
+class CapacityWatch:
+    """A location's spot capacity, inferred from what its autoscaler was asked for and
+    what serves there (a live scheduler sees no cloud API; the simulator reads the trace).
+
+    - Unknown until shown otherwise: a location is assumed to grant the whole fleet.
+    - Short: when fewer workers serve than were asked for, for longer than ``grace_s`` (the
+      location's boot time and some slack), its capacity is taken to be what serves there
+      (the ceiling), so the placement asks the rest of the fleet of other locations.
+    - Probe: ``probe_s`` after that, the capacity is the ceiling plus one, so a cheap
+      location that recovered gets asked for a worker again. A probe that is fulfilled
+      (more serve than the ceiling) lifts the ceiling; one that is not sets it again and
+      waits another ``probe_s``.
+    """
+
+    grace_s: float
+    probe_s: float = PROBE_S
+    ceiling: int | None = None
+    short_since: float | None = None
+    probe_at: float = 0.0
+
+    def observe(self, now: float, asked: int, serving: int) -> None:
+        """Record a tick: ``asked`` spot workers were wanted here (what was published at the
+        previous tick), ``serving`` serve here now."""
+        if serving >= asked:
+            self.short_since = None
+            if self.ceiling is not None and serving > self.ceiling:
+                self.ceiling = None
+            return
+        if self.short_since is None:
+            self.short_since = now
+        elif now - self.short_since >= self.grace_s:
+            self.ceiling = serving
+            self.probe_at = now + self.probe_s
+            self.short_since = None
+
+    def capacity(self, now: float, fleet: int) -> int:
+        """Spot workers the placement may ask of this location now (``fleet`` if unknown)."""
+        if self.ceiling is None:
+            return fleet
+        if now >= self.probe_at:
+            return min(fleet, self.ceiling + 1)
+        return min(fleet, self.ceiling)
+
+    @property
+    def has_spot(self) -> bool:
+        """Whether the location is believed to have spot capacity now."""
+        return self.ceiling is None or self.ceiling > 0
+
+
+def preemptions(departed: int, serving_before: int, asked_before: int) -> int:
+    """Of the spot workers that stopped serving at a location since the last tick
+    (``departed``), those the cloud took: the ones beyond the scale-down that was asked
+    (``serving_before`` down to ``asked_before``)."""
+    return max(0, departed - max(0, serving_before - asked_before))
+
+
+def make_before_break(plan: Mapping[str, int], serving: Mapping[str, int]) -> dict[str, int]:
+    """The targets to publish for ``plan``: while some location serves fewer spot workers
+    than planned (replacements still booting, or a location that turns out to be short), no
+    location is asked to go below what serves there now, so moving work between locations
+    never leaves a gap. Once every planned worker serves, ``plan`` itself."""
+    names = set(plan) | set(serving)
+    if all(serving.get(n, 0) >= plan.get(n, 0) for n in names):
+        return {n: plan.get(n, 0) for n in names}
+    return {n: max(plan.get(n, 0), serving.get(n, 0)) for n in names}

@@ -9,6 +9,11 @@ recorded on each request, and publish the desired dedicated worker count (held t
 scale-down window) for the autoscaler and ``/metrics``. From the same snapshot: each batch's
 estimated completion (``policy/eta.py``; stored where it moved), and the measured service
 times and throughput efficiency (published for admission at create).
+
+With spot locations (configured, or declared by spot workers) the tick plans across them
+instead (``policy.locations.plan_locations`` via ``scheduler.placement``): escalation on
+the union of their spot capacity, the spot fleet placed by effective price, and the desired
+spot and dedicated workers published per location for one autoscaler each.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 
 from inferbatch.config import Settings
 from inferbatch.db import escalation as rows
+from inferbatch.db import locations as location_rows
 from inferbatch.db.types import Pool
 from inferbatch.metrics import SchedulerMetrics
 from inferbatch.policy import eta
@@ -32,6 +38,8 @@ from inferbatch.policy.escalation import (
     Policy,
     autoscale_target,
 )
+from inferbatch.policy.locations import plan_locations
+from inferbatch.scheduler.placement import SpotPlacement
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +68,11 @@ class EscalationLoop:
     """The dedicated worker count last published."""
     fleet: FleetMemory = field(init=False)
     meter: eta.ThroughputMeter = field(default_factory=eta.ThroughputMeter)
+    placement: SpotPlacement = field(init=False)
 
     def __post_init__(self) -> None:
         self.fleet = FleetMemory(cold_start_s=self.settings.dedicated_cold_start_seconds)
+        self.placement = SpotPlacement(self.settings)
 
     def cluster(self, live: dict[str, int], now: float) -> ClusterState:
         s, fleet = self.settings, self.fleet
@@ -146,11 +156,33 @@ class EscalationLoop:
         }
         return moved, efficiency
 
+    def plan(
+        self,
+        now: float,
+        batches: list[BatchState],
+        cluster: ClusterState,
+        serving: dict[str, set[str]],
+    ) -> tuple[Decision, dict[str, Any]]:
+        """The decision, and what to publish per location (nothing without locations)."""
+        placement = self.placement
+        fleet = placement.fleet(batches)
+        states = placement.observe(now, serving, fleet)
+        if not placement.active:
+            return self.policy.decide(now, batches, cluster), {}
+        plan = plan_locations(
+            self.policy, now, batches, cluster, states, fleet, placement.dedicated_location
+        )
+        return plan.decision, {
+            location_rows.DESIRED_SPOT_BY_LOCATION: placement.targets(plan.spot_workers),
+            location_rows.SPOT_LOCATIONS: placement.describe(now, fleet),
+        }
+
     async def tick(self) -> Decision:
         async with self.pool.connection() as conn:
             snapshot = await rows.unfinished_batches(conn)
             times = await rows.service_times(conn)
             live = await rows.live_workers(conn)
+            serving = await rows.serving_spot_workers(conn)
         now = time.time()
         fleet = self.fleet
         fleet.observe(now, live.get("spot", 0), live.get("dedicated", 0), self.desired)
@@ -158,10 +190,13 @@ class EscalationLoop:
         unsettled = {r["id"]: (r["model"], _unsettled(r)) for r in snapshot}
         self.meter.observe(now, unsettled, up * self.settings.engine_max_in_flight)
         batches = [self.batch_state(r, times) for r in snapshot]
-        decision = self.policy.decide(now, batches, self.cluster(live, now))
+        decision, by_location = self.plan(now, batches, self.cluster(live, now), serving)
         desired, self.recent = autoscale_target(now, decision, self.recent)
         fleet.ask(now, desired, live.get("dedicated", 0))
         self.desired = desired
+        if by_location:
+            home = self.placement.dedicated_location
+            by_location[location_rows.DESIRED_DEDICATED_BY_LOCATION] = {home: desired}
         estimates, efficiency = self.estimates(now, snapshot, times, live)
         async with self.pool.connection() as conn:
             for batch_id, n in decision.moves.items():
@@ -190,6 +225,7 @@ class EscalationLoop:
                         if n >= MIN_SAMPLES
                     },
                     rows.EFFICIENCY: efficiency,
+                    **by_location,
                 },
             )
             await rows.record_estimates(conn, estimates)
