@@ -73,7 +73,12 @@ _MINIO = {
 # Two spot locations: a zone with its own replicas, and a whole region.
 _LOCATIONS = {
     "locations": [
-        {"name": "us-east-1a", "spot": {"replicas": 3, "autoscaling": {"maxReplicas": 7}}},
+        {
+            "name": "us-east-1a",
+            "spotPriceRatio": 0.25,
+            "bootSeconds": 180,
+            "spot": {"replicas": 3, "autoscaling": {"maxReplicas": 7}},
+        },
         {"name": "eu-west-1", "topologyKey": "topology.kubernetes.io/region"},
     ]
 }
@@ -536,6 +541,24 @@ def test_one_spot_deployment_per_location_pinned_to_its_nodes_and_told_its_locat
     assert "INFERBATCH_LOCATION" not in _worker_env(dedicated)
     services = {d["metadata"]["name"] for d in _kind(docs, "Service")}
     assert {f"{zone}-metrics", f"{region}-metrics"} <= services
+
+
+def test_the_scheduler_places_spot_on_the_configured_locations() -> None:
+    [scheduler] = [
+        d
+        for d in _kind(render(_LOCATIONS), "Deployment")
+        if d["metadata"]["name"].endswith("-scheduler")
+    ]
+    env = _worker_env(scheduler)
+    planned = Settings(spot_locations=json.loads(env["INFERBATCH_SPOT_LOCATIONS"])).spot_locations
+    assert [(z.name, z.spot_price_ratio, z.boot_seconds) for z in planned] == [
+        ("us-east-1a", 0.25, 180.0),
+        ("eu-west-1", None, 240.0),
+    ]
+    [plain] = [
+        d for d in _kind(render({}), "Deployment") if d["metadata"]["name"].endswith("-scheduler")
+    ]
+    assert "INFERBATCH_SPOT_LOCATIONS" not in _worker_env(plain)
 
 
 def test_a_location_adds_its_zone_to_every_required_term_of_the_pool() -> None:
