@@ -350,6 +350,26 @@ class SystemMetrics:
             ["location"],
             registry=registry,
         )
+        self.location_capacity = Gauge(
+            "inferbatch_spot_location_capacity",
+            "Spot workers the escalate duty believes a location can host now, inferred from "
+            "the workers asked for there and serving (the whole fleet: no shortage seen).",
+            ["location"],
+            registry=registry,
+        )
+        self.location_availability = Gauge(
+            "inferbatch_spot_location_availability",
+            "Smoothed share of recent time a location had spot capacity.",
+            ["location"],
+            registry=registry,
+        )
+        self.location_lifetime = Gauge(
+            "inferbatch_spot_location_mean_lifetime_seconds",
+            "Measured mean spot worker lifetime in a location (serving time over "
+            "preemptions); no series before a preemption was seen there.",
+            ["location"],
+            registry=registry,
+        )
         self.spot_enabled = Gauge(
             "inferbatch_spot_workers_enabled",
             "0 when the configured policy runs no spot workers (scale the spot pool to zero).",
@@ -410,3 +430,11 @@ class SystemMetrics:
             gauge.clear()
             for location, n in (state.get(published_key) or {}).items():
                 gauge.labels(location).set(float(n))
+        beliefs = state.get(locations.SPOT_LOCATIONS) or {}
+        for gauge in (self.location_capacity, self.location_availability, self.location_lifetime):
+            gauge.clear()
+        for location, belief in beliefs.items():
+            self.location_capacity.labels(location).set(float(belief["capacity"]))
+            self.location_availability.labels(location).set(float(belief["availability"]))
+            if belief.get("mean_lifetime_s") is not None:
+                self.location_lifetime.labels(location).set(float(belief["mean_lifetime_s"]))

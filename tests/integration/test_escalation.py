@@ -11,6 +11,7 @@ from inferbatch.blobstore import LocalBlobStore
 from inferbatch.config import Settings
 from inferbatch.db import escalation as rows
 from inferbatch.db import requests as queue
+from inferbatch.db import workers as registry
 from inferbatch.db.types import Pool
 from inferbatch.policy.escalation import policy_by_name
 from inferbatch.scheduler.escalate import MIN_SAMPLES, EscalationLoop
@@ -143,3 +144,42 @@ async def test_a_request_lost_twice_on_spot_moves_to_dedicated(
         row = await cur.fetchone()
     assert again.pool == "dedicated" and again.interruptions == 2
     assert row is not None and "interrupted on spot 2 times" in row["escalation_reason"]
+
+
+async def test_escalated_requests_go_back_to_spot_while_no_dedicated_worker_runs(
+    pool: Pool, tmp_path: Path
+) -> None:
+    """A request escalated on a relaxed batch is not left waiting for a dedicated worker
+    nobody starts: the next tick sends it back to spot, which a live spot worker serves;
+    while a dedicated worker is up it stays for that worker."""
+    batch_id = await _batch(pool, tmp_path, MIN_SAMPLES + 3, "7d")
+    await _finish_some(pool, 1.0)
+    reason = "retry after 1 failed attempts (limit 1)"
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT id FROM requests WHERE status = 'queued' ORDER BY id LIMIT 2"
+        )
+        retried = [queue.Requeue(r["id"], escalate=reason) for r in await cur.fetchall()]
+        assert (await queue.requeue(conn, ("queued",), retried)).escalated == {reason: 2}
+        for worker_id, kind in (("d", "dedicated"), ("s", "spot")):
+            await registry.register(conn, worker_id=worker_id, pool=kind, host="h", pid=1)
+            await registry.heartbeat(conn, worker_id, state="running", in_flight=0)
+    loop = _loop(pool)
+    decision = await loop.tick()
+    assert dict(decision.returns) == {} and await _pools(pool) == {
+        "spot": MIN_SAMPLES + 1,
+        "dedicated": 2,
+    }
+    async with pool.connection() as conn:
+        await conn.execute("UPDATE workers SET state = 'stopped' WHERE id = 'd'")
+    decision = await loop.tick()
+    assert dict(decision.returns) == {batch_id: 2}
+    assert await _pools(pool) == {"spot": MIN_SAMPLES + 3}
+    async with pool.connection() as conn:
+        claimed = await queue.claim(conn, pool="spot", owner="s", n=10)
+        cur = await conn.execute(
+            "SELECT count(*) AS n FROM requests WHERE escalation_reason = %s", (reason,)
+        )
+        remembered = await cur.fetchone()
+    assert len(claimed) == 3
+    assert remembered == {"n": 2}  # still on record as escalated once

@@ -218,13 +218,36 @@ async def test_workers_list_the_dashboard_and_metrics_show_locations(
         await users.add_key(conn, root.id, "k-root")
         await registry.register(conn, worker_id="e", pool="spot", host="h", pid=1, location=EU)
         await registry.register(conn, worker_id="n", pool="spot", host="h", pid=2)
-        await escalation.publish(conn, {location_sets.DESIRED_SPOT_BY_LOCATION: {EU: 3}})
+        beliefs = {
+            EU: {"capacity": 2, "serving": 1, "availability": 0.75, "mean_lifetime_s": 900.0},
+            "us-east-1a": {
+                "capacity": 8,
+                "serving": 0,
+                "availability": 1.0,
+                "mean_lifetime_s": None,
+            },
+        }
+        await escalation.publish(
+            conn,
+            {
+                location_sets.DESIRED_SPOT_BY_LOCATION: {EU: 3},
+                location_sets.SPOT_LOCATIONS: beliefs,
+            },
+        )
         exported = CollectorRegistry()
         await SystemMetrics(exported).refresh(conn)
     by_location = "inferbatch_workers_by_location"
     assert exported.get_sample_value(by_location, {"pool": "spot", "location": EU}) == 1
     assert exported.get_sample_value(by_location, {"pool": "spot", "location": "none"}) == 1
     assert exported.get_sample_value("inferbatch_desired_spot_workers", {"location": EU}) == 3
+    believed = {
+        name: [
+            exported.get_sample_value(f"inferbatch_spot_location_{what}", {"location": name})
+            for what in ("capacity", "availability", "mean_lifetime_seconds")
+        ]
+        for name in beliefs
+    }
+    assert believed == {EU: [2.0, 0.75, 900.0], "us-east-1a": [8.0, 1.0, None]}
     assert (
         exported.get_sample_value("inferbatch_desired_dedicated_workers", {"location": EU}) is None
     )

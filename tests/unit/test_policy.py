@@ -135,12 +135,21 @@ def test_deadline_aware_starts_workers_just_in_time() -> None:
     assert desired[-1] == planning_quota(CLUSTER)  # the spare is kept for emergencies
 
 
-def test_spare_worker_is_used_when_a_deadline_is_at_risk() -> None:
-    base = batch(requests=2000)
-    tight = seconds_to_finish_on_dedicated(base, CLUSTER) + CLUSTER.tick_s
-    decision = DeadlineAwarePolicy().decide(0.0, [batch(requests=2000, deadline_in=tight)], CLUSTER)
-    assert decision.dedicated_workers_desired == CLUSTER.max_dedicated_workers
-    assert "at risk" in decision.reasons["b"]
+def test_spare_worker_is_started_only_once_the_deadline_needs_it_now() -> None:
+    """Beyond the plan (the quota less the spare) the whole plan runs, and the spare joins
+    only when waiting a tick would be too late for the whole quota; past that the batch
+    is at risk."""
+    policy, quota = DeadlineAwarePolicy(), CLUSTER.max_dedicated_workers
+    tight = seconds_to_finish_on_dedicated(batch(requests=2000), CLUSTER) + CLUSTER.tick_s
+    now = policy.decide(0.0, [batch(requests=2000, deadline_in=tight)], CLUSTER)
+    assert now.dedicated_workers_desired == planning_quota(CLUSTER) == quota - 1
+    assert not now.at_risk
+    later = batch(requests=2000, deadline_in=tight - CLUSTER.tick_s)
+    assert policy.decide(0.0, [later], CLUSTER).dedicated_workers_desired == quota
+    late = batch(requests=2000, deadline_in=tight - 3 * CLUSTER.tick_s)
+    decision = policy.decide(0.0, [late], CLUSTER)
+    assert decision.dedicated_workers_desired == quota
+    assert decision.at_risk == ("b",) and "at risk" in decision.reasons["b"]
 
 
 def test_earliest_deadline_gets_dedicated_first() -> None:
@@ -184,12 +193,40 @@ def test_started_workers_are_kept_through_noise() -> None:
     assert policy.decide(0.0, snapshot, warm).dedicated_workers_desired == 7
 
 
-def test_escalated_requests_wait_for_a_needed_worker() -> None:
-    """One escalated request on a relaxed batch does not cost a cold start."""
-    decision = DeadlineAwarePolicy().decide(0.0, [batch(queued_dedicated=1)], CLUSTER)
+def test_escalated_requests_go_back_to_spot_when_no_dedicated_worker_serves() -> None:
+    """One escalated request on a relaxed batch does not cost a cold start: with no
+    dedicated worker running or wanted it goes back to spot, which serves it now."""
+    relaxed = [batch(queued_dedicated=3), batch("c", queued_dedicated=0)]
+    decision = DeadlineAwarePolicy().decide(0.0, relaxed, CLUSTER)
     assert decision.dedicated_workers_desired == 0
+    assert decision.returns == {"b": 3}
     greedy = GreedyPolicy().decide(0.0, [batch(queued_dedicated=1)], CLUSTER)
-    assert greedy.dedicated_workers_desired == 1
+    assert greedy.dedicated_workers_desired == 1 and not greedy.returns
+
+
+@pytest.mark.parametrize(
+    "fleet",
+    [
+        {"dedicated_workers_up": 1},
+        {"dedicated_boot_remaining_s": (120.0,)},
+        {"spot_workers_up": 0},
+    ],
+    ids=["a dedicated worker serves", "one is starting", "no spot serves"],
+)
+def test_escalated_requests_stay_while_dedicated_serves_them_or_spot_cannot(
+    fleet: dict[str, object],
+) -> None:
+    cluster = ClusterState(**{**_fields(CLUSTER), **fleet})  # type: ignore[arg-type]
+    decision = DeadlineAwarePolicy().decide(0.0, [batch(queued_dedicated=3)], cluster)
+    assert decision.returns == {}
+
+
+def test_queued_dedicated_work_needed_by_a_deadline_is_not_returned() -> None:
+    """A batch whose deadline needs dedicated workers now keeps its dedicated queue."""
+    urgent = batch(requests=2000, deadline_in=2 * HOUR, queued_dedicated=50)
+    decision = DeadlineAwarePolicy().decide(0.0, [urgent], CLUSTER)
+    assert decision.dedicated_workers_desired > 0
+    assert decision.returns == {}
 
 
 def test_uniform_progress_moves_only_what_is_behind_the_line() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from inferbatch.db.requests import Requeue, requeue
+from inferbatch.db.requests import Requeue, notify_queued, requeue
 from inferbatch.db.types import Conn
 
 DESIRED_DEDICATED = "dedicated_workers_desired"
@@ -127,6 +127,25 @@ async def move_to_dedicated(conn: Conn, batch_id: str, n: int, reason: str) -> i
     )
     rows = [Requeue(r["id"], escalate=reason) for r in await cur.fetchall()]
     return (await requeue(conn, ("queued",), rows)).n
+
+
+async def return_to_spot(conn: Conn, batch_id: str, n: int) -> int:
+    """Send up to ``n`` of a batch's queued dedicated requests (line order) back to the
+    spot pool, keeping their place in time; how many went. Their escalation stays on
+    record (the batch's count and the request's reason: it was escalated once)."""
+    cur = await conn.execute(
+        """
+        UPDATE requests SET pool = 'spot'
+        WHERE id IN (
+            SELECT id FROM requests
+            WHERE batch_id = %(batch)s AND status = 'queued' AND pool = 'dedicated'
+            ORDER BY id LIMIT %(n)s FOR UPDATE SKIP LOCKED)
+        """,
+        {"batch": batch_id, "n": n},
+    )
+    if cur.rowcount:
+        await notify_queued(conn)
+    return cur.rowcount
 
 
 async def record_estimates(conn: Conn, estimates: Mapping[str, datetime | None]) -> int:

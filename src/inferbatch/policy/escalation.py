@@ -151,6 +151,9 @@ class Decision:
     ``autoscale_target``): a restart would cost a cold start."""
     at_risk: tuple[str, ...] = ()
     """Batches expected to miss their deadline even with every dedicated worker allowed."""
+    returns: Mapping[str, int] = field(default_factory=dict)
+    """Queued dedicated requests of each batch to send back to the spot pool: no dedicated
+    worker runs, starts or is wanted to serve them (see ``stranded``)."""
 
 
 class Policy(Protocol):
@@ -235,6 +238,24 @@ def warm_workers_needed(
     return None
 
 
+def beyond_plan(
+    work: float,
+    requests: int,
+    horizon: float,
+    cluster: ClusterState,
+    plan: Sequence[float],
+    everything: Sequence[float],
+) -> int | None:
+    """Workers to run when the plan (``plan``: the quota less the spare) cannot finish a
+    prefix in time: all of the plan, and the spare too once the whole quota needs it now.
+    None when even the whole quota started now is too late."""
+    full = warm_workers_needed(work, requests, horizon, cluster, everything)
+    if full is None:
+        return None
+    planned = usable_workers(requests, cluster, plan)
+    return full if full > planned else planned
+
+
 def fill_dedicated_queue(
     ordered: Sequence[BatchState], desired: int, cluster: ClusterState, reason: str
 ) -> tuple[dict[str, int], dict[str, str]]:
@@ -257,6 +278,20 @@ def fill_dedicated_queue(
             reasons[b.batch_id] = reason
             queued += n
     return moves, reasons
+
+
+def stranded(ordered: Sequence[BatchState], desired: int, cluster: ClusterState) -> dict[str, int]:
+    """Queued dedicated requests no dedicated worker will serve soon: none serves or starts
+    and ``desired`` is none, while spot workers serve. Left where they are they would wait
+    for the next worker a deadline starts (a cold start for a few requests, the batch done
+    only then); on spot they run now. The invariant counts every queued request whatever
+    its pool, so sending them back changes no deadline: if they are needed on dedicated
+    again, the next decision moves them."""
+    if desired > 0 or cluster.spot_workers_up == 0:
+        return {}
+    if cluster.dedicated_workers_up > 0 or cluster.dedicated_boot_remaining_s:
+        return {}
+    return {b.batch_id: b.queued_dedicated for b in ordered if b.queued_dedicated > 0}
 
 
 def safety_net(
@@ -410,6 +445,8 @@ class DeadlineAwarePolicy:
             prefixes.append(prefix)
             n = warm_workers_needed(*prefix, cluster, ready)
             if n is None:
+                n = beyond_plan(*prefix, cluster, ready, everything)
+            if n is None:
                 n = usable_workers(prefix[1], cluster, everything)
                 at_risk.append(b.batch_id)
             if n > 0:
@@ -421,12 +458,14 @@ class DeadlineAwarePolicy:
         if started > need:
             for w, r, h in prefixes:
                 n = warm_workers_needed(w, r, h - restart, cluster, ready)
+                if n is None:
+                    n = beyond_plan(w, r, h - restart, cluster, ready, everything)
                 n = usable_workers(r, cluster, everything) if n is None else n
                 keep = n if n > keep else keep
         desired = max(need, min(started, keep))
-        # Requests escalated one by one (``escalate_request``) wait in the dedicated queue for
-        # the next worker the deadlines start: they are counted in the work above, so they
-        # finish in time, and a cold start for one request would cost more than it.
+        # Requests escalated one by one (``escalate_request``) are served by the dedicated
+        # workers that run; with none running or wanted they go back to spot (``stranded``)
+        # rather than wait for a cold start the deadlines would make for them.
         reason = f"{desired} warm dedicated workers keep deadlines safe without spot"
         # Only batches whose deadlines need the workers get moved: the rest stay on spot.
         # Kept workers with nothing moved take spot-pool work (dedicated_takes_spot).
@@ -434,7 +473,12 @@ class DeadlineAwarePolicy:
         for batch_id in at_risk:
             reasons[batch_id] = "at risk: the whole dedicated quota is too late"
         return Decision(
-            moves, desired, reasons, hold_for(prefixes, now, cluster, ready), tuple(at_risk)
+            moves,
+            desired,
+            reasons,
+            hold_for(prefixes, now, cluster, ready),
+            tuple(at_risk),
+            stranded(ordered, desired, cluster),
         )
 
 

@@ -213,6 +213,16 @@ class EscalationLoop:
                         )
                         if self.metrics:
                             self.metrics.escalated({reason: moved})
+            # only while no dedicated worker is held either (``autoscale_target``)
+            for batch_id, n in decision.returns.items() if desired == 0 else ():
+                returned = await rows.return_to_spot(conn, batch_id, n)
+                if returned:
+                    log.info(
+                        "batch %s: %d requests back to spot (no dedicated worker runs)",
+                        batch_id,
+                        returned,
+                        extra={"batch_id": batch_id},
+                    )
             await rows.publish(
                 conn,
                 {

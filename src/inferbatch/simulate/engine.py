@@ -170,6 +170,8 @@ class SimOutcome:
     interruptions: int = 0
     escalated_requests: int = 0
     moved_requests: int = 0
+    returned_requests: int = 0
+    """Queued dedicated requests sent back to spot (``Decision.returns``)."""
     dedicated_starts: int = 0
     end: float = 0.0
     zone_useful: dict[str, float] = field(default_factory=dict)
@@ -494,6 +496,14 @@ class Simulation:
             n = min(n, len(batch.spot))
             batch.dedicated.extend(batch.spot.popleft() for _ in range(n))
             self.out.moved_requests += n
+        for batch_id, n in decision.returns.items():
+            batch = by_id.get(batch_id)
+            if batch is None or n <= 0:
+                continue
+            n = min(n, len(batch.dedicated))
+            # back in line order, ahead of the batch's spot queue (they were claimable first)
+            batch.spot.extendleft(reversed([batch.dedicated.popleft() for _ in range(n)]))
+            self.out.returned_requests += n
         self._scale_dedicated(decision)
         self._fill_all()
 

@@ -77,6 +77,7 @@ class Report:
     interruptions: int
     escalated_requests: int
     moved_requests: int
+    returned_requests: int
     dedicated_starts: int
 
     def as_dict(self) -> dict[str, Any]:
@@ -247,6 +248,7 @@ def build_report(
         interruptions=outcome.interruptions,
         escalated_requests=outcome.escalated_requests,
         moved_requests=outcome.moved_requests,
+        returned_requests=outcome.returned_requests,
         dedicated_starts=outcome.dedicated_starts,
     )
 
