@@ -15,7 +15,7 @@ from inferbatch.blobstore import LocalBlobStore
 from inferbatch.db import browse, users
 from inferbatch.db.browse import BatchFilter, Sort
 from inferbatch.db.types import Conn, Pool
-from inferbatch.domain import User
+from inferbatch.domain import Principal
 from inferbatch.scheduler.ingest import ingest_next
 from tests.helpers import chat_file
 from tests.integration.fixtures import SETTLE_DIRECTLY, make_batch, make_user, utcnow
@@ -28,7 +28,7 @@ ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings")
 PRIORITIES = (1, 3, 5, 7, 10, 20)
 
 
-async def _insert_batch(conn: Conn, owner: User, i: int, **over: Any) -> dict[str, Any]:
+async def _insert_batch(conn: Conn, owner: Principal, i: int, **over: Any) -> dict[str, Any]:
     row: dict[str, Any] = {
         "id": f"batch_t{i:04d}",
         "owner": owner.id,

@@ -26,7 +26,7 @@ from inferbatch.config import Settings
 from inferbatch.db import batches
 from inferbatch.db import requests as queue
 from inferbatch.db.types import Pool
-from inferbatch.domain import BatchRecord, User
+from inferbatch.domain import BatchRecord, Principal
 from inferbatch.engines.client import HttpEngine
 from inferbatch.engines.registry import ANY_MODEL, EngineRegistry
 from inferbatch.errors import Conflict, NotFound
@@ -61,7 +61,7 @@ def _params(text: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-async def _create(pool: Pool, blobs: LocalBlobStore, user: User, **params: Any) -> BatchRecord:
+async def _create(pool: Pool, blobs: LocalBlobStore, user: Principal, **params: Any) -> BatchRecord:
     body = {"requests": [{"custom_id": cid, "params": p} for cid, p in params.items()]}
     return await service.create(
         pool, blobs, SETTINGS, user, io.BytesIO(orjson.dumps(body)), utcnow()
@@ -109,7 +109,9 @@ async def _settled(pool: Pool, batch_id: str, n: int) -> None:
     raise AssertionError(f"fewer than {n} requests settled: {statuses}")
 
 
-async def _results(pool: Pool, blobs: LocalBlobStore, user: User, batch_id: str) -> dict[str, Any]:
+async def _results(
+    pool: Pool, blobs: LocalBlobStore, user: Principal, batch_id: str
+) -> dict[str, Any]:
     lines = b"".join([chunk async for chunk in await service.results(pool, blobs, user, batch_id)])
     parsed = [MessageBatchIndividualResponse.model_validate_json(x) for x in lines.splitlines()]
     return {r.custom_id: r.result for r in parsed}
@@ -123,7 +125,7 @@ def _counts(batch: BatchRecord) -> dict[str, int]:
     return service.request_counts(batch).model_dump()
 
 
-async def _get(pool: Pool, user: User, batch_id: str) -> BatchRecord:
+async def _get(pool: Pool, user: Principal, batch_id: str) -> BatchRecord:
     return await service.get(pool, user, batch_id)
 
 
@@ -402,7 +404,8 @@ async def test_a_create_that_fails_in_the_database_leaves_no_blob(
     pool: Pool, tmp_path: Path
 ) -> None:
     blobs = LocalBlobStore(tmp_path)
-    ghost = User(id="u-ghost", name="ghost", is_admin=False)  # no such row: the insert fails
+    # no such project: the insert fails
+    ghost = Principal(id="u-ghost", name="ghost", is_admin=False, project_id="proj_ghost")
     with pytest.raises(psycopg.errors.ForeignKeyViolation):
         await _create(pool, blobs, ghost, a=_params("a"))
     assert not _blob_files(tmp_path)

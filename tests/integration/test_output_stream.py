@@ -13,7 +13,7 @@ from inferbatch.blobstore import LocalBlobStore
 from inferbatch.db import requests as queue
 from inferbatch.db.requests import Outcome
 from inferbatch.db.types import Pool
-from inferbatch.domain import ClaimedRequest, User
+from inferbatch.domain import ClaimedRequest, Principal
 from inferbatch.errors import InvalidRequest, NotFound
 from inferbatch.scheduler.finalize import finish_ready
 from inferbatch.scheduler.ingest import ingest_next
@@ -30,7 +30,9 @@ def _done(c: ClaimedRequest) -> Outcome:
     )
 
 
-async def _page(pool: Pool, user: User, batch_id: str, after: str | None, n: int) -> OutputPage:
+async def _page(
+    pool: Pool, user: Principal, batch_id: str, after: str | None, n: int
+) -> OutputPage:
     async with pool.connection() as conn:
         return await output_page(conn, user, batch_id, after, n)
 

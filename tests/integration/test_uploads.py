@@ -26,7 +26,7 @@ from inferbatch.config import Settings
 from inferbatch.db import uploads as upload_rows
 from inferbatch.db.connector import MIGRATIONS_DIR
 from inferbatch.db.types import Pool
-from inferbatch.domain import UploadPartRecord, UploadRecord, User
+from inferbatch.domain import Principal, UploadPartRecord, UploadRecord
 from inferbatch.errors import Conflict, InvalidRequest, NotFound, StorageUnavailable, TooLarge
 from inferbatch.protocol.uploads import UploadCompleteRequest, UploadCreateRequest
 from inferbatch.services import upload_sessions as uploads
@@ -87,7 +87,7 @@ def form(data: bytes, field: str = "data", chunk: int = 256 * 1024) -> AsyncIter
 
 
 async def new_upload(
-    pool: Pool, user: User, size: int, settings: Settings = SETTINGS, **fields: Any
+    pool: Pool, user: Principal, size: int, settings: Settings = SETTINGS, **fields: Any
 ) -> UploadRecord:
     """A new upload of ``size`` bytes (a batch file unless ``fields`` say otherwise)."""
     body = UploadCreateRequest.model_validate(
@@ -102,7 +102,7 @@ async def new_upload(
 async def add(
     pool: Pool,
     blobs: BlobStore,
-    user: User,
+    user: Principal,
     upload_id: str,
     data: bytes,
     settings: Settings = SETTINGS,
@@ -122,7 +122,12 @@ async def add(
 
 
 async def complete(
-    pool: Pool, blobs: BlobStore, user: User, upload_id: str, ids: list[str], md5: str | None = None
+    pool: Pool,
+    blobs: BlobStore,
+    user: Principal,
+    upload_id: str,
+    ids: list[str],
+    md5: str | None = None,
 ) -> tuple[Any, Any]:
     return await uploads.complete(
         pool, blobs, user, upload_id, UploadCompleteRequest(part_ids=ids, md5=md5), utcnow()
@@ -503,7 +508,7 @@ async def test_the_sweep_expires_uploads_past_their_hour_and_deletes_their_parts
 
 
 async def add_unchecked(
-    pool: Pool, blobs: BlobStore, user: User, upload_id: str, data: bytes
+    pool: Pool, blobs: BlobStore, user: Principal, upload_id: str, data: bytes
 ) -> UploadPartRecord:
     """A part as it would have been added before the upload's expiry."""
     async with pool.connection() as conn:

@@ -26,7 +26,7 @@ from inferbatch.db import webhooks as rows
 from inferbatch.db.connector import MIGRATIONS_DIR
 from inferbatch.db.requests import Outcome
 from inferbatch.db.types import Pool
-from inferbatch.domain import BatchRecord, User, WebhookDelivery
+from inferbatch.domain import BatchRecord, Principal, WebhookDelivery
 from inferbatch.engines.local import free_port
 from inferbatch.errors import BadGateway, InvalidRequest, NotFound
 from inferbatch.ids import new_id
@@ -69,7 +69,7 @@ def receiver() -> Iterator[Receiver]:
 async def _batch(
     pool: Pool,
     blobs: LocalBlobStore,
-    user: User,
+    user: Principal,
     content: bytes,
     *,
     callback_url: str | None = None,
@@ -123,7 +123,7 @@ async def _complete(pool: Pool, blobs: LocalBlobStore, n: int, status: int = 200
 
 async def _endpoint(
     pool: Pool,
-    user: User,
+    user: Principal,
     url: str,
     event_types: list[str] | None = None,
     now: datetime | None = None,
@@ -436,7 +436,9 @@ def _verifies(secret: str, got: Received) -> bool:
     return True
 
 
-async def _rotate(pool: Pool, user: User, endpoint_id: str, keep_old: bool, now: datetime) -> str:
+async def _rotate(
+    pool: Pool, user: Principal, endpoint_id: str, keep_old: bool, now: datetime
+) -> str:
     async with pool.connection() as conn:
         rotated = await webhook_service.rotate_secret(
             conn, user, endpoint_id, keep_old=keep_old, now=now
