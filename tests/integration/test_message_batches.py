@@ -35,7 +35,13 @@ from inferbatch.scheduler.ingest import ingest_next
 from inferbatch.services import message_batches as service
 from inferbatch.worker.worker import Worker, WorkerConfig
 from tests.helpers import chat_file
-from tests.integration.fixtures import fold_counters, make_batch, make_user, utcnow
+from tests.integration.fixtures import (
+    fold_counters,
+    make_batch,
+    make_project,
+    make_user,
+    utcnow,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -336,7 +342,7 @@ async def test_delete_removes_the_batch_its_requests_and_its_files(
 ) -> None:
     blobs = LocalBlobStore(tmp_path)
     user = await make_user(pool)
-    other = await make_user(pool, "bob")
+    other = await make_user(pool, "bob", project_id=await make_project(pool))
     batch = await _create(pool, blobs, user, a=_params("a"), b=_params("b"))
     with pytest.raises(Conflict):  # still processing
         await service.delete(pool, blobs, user, batch.id)
@@ -347,7 +353,7 @@ async def test_delete_removes_the_batch_its_requests_and_its_files(
     async with pool.connection() as conn:
         await queue.cancel_queued(conn)
     await finish_ready(pool, blobs, retention=timedelta(days=1), now=utcnow)
-    with pytest.raises(NotFound):  # another user's batch is not found
+    with pytest.raises(NotFound):  # another project's batch is not found
         await service.delete(pool, blobs, other, batch.id)
     assert _blob_files(tmp_path)
     await service.delete(pool, blobs, user, batch.id)
@@ -392,9 +398,12 @@ async def test_listing_pages_both_ways_and_shows_only_message_batches(
     assert [b.id for b in page] == newest[2:4] and more
     page, more = await service.list_page(pool, user, after_id=None, before_id=newest[2], limit=2)
     assert [b.id for b in page] == newest[:2] and not more
-    other = await make_user(pool, "bob")
+    other = await make_user(pool, "bob", project_id=await make_project(pool))
     page, more = await service.list_page(pool, other, after_id=None, before_id=None, limit=20)
     assert page == [] and not more
+    fellow = await make_user(pool, "carol")  # of the same project: sees them all
+    page, _ = await service.list_page(pool, fellow, after_id=None, before_id=None, limit=20)
+    assert [b.id for b in page] == newest
     admin = await make_user(pool, "root", admin=True)
     page, _ = await service.list_page(pool, admin, after_id=None, before_id=None, limit=20)
     assert [b.id for b in page] == newest

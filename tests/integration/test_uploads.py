@@ -31,7 +31,7 @@ from inferbatch.errors import Conflict, InvalidRequest, NotFound, StorageUnavail
 from inferbatch.protocol.uploads import UploadCompleteRequest, UploadCreateRequest
 from inferbatch.services import upload_sessions as uploads
 from tests.conftest import with_dbname
-from tests.integration.fixtures import make_user, utcnow
+from tests.integration.fixtures import make_project, make_user, utcnow
 from tests.s3server import S3Bucket, S3Server, TcpProxy, s3_server
 
 pytestmark = pytest.mark.integration
@@ -346,12 +346,14 @@ async def test_a_complete_left_by_a_dead_process_is_taken_over_after_the_lease(
     assert await count(pool, "SELECT count(*) FROM files") == 1
 
 
-async def test_another_users_upload_is_not_found(pool: Pool, blobs: BlobStore) -> None:
-    alice, bob = await make_user(pool, "alice"), await make_user(pool, "bob")
+async def test_another_projects_upload_is_not_found(pool: Pool, blobs: BlobStore) -> None:
+    alice = await make_user(pool, "alice")
+    bob = await make_user(pool, "bob", project_id=await make_project(pool))
     upload = await new_upload(pool, alice, 3)
     with pytest.raises(NotFound):
         await add(pool, blobs, bob, upload.id, b"abc")
-    part = await add(pool, blobs, alice, upload.id, b"abc")
+    # a fellow member of alice's project may add to her upload
+    part = await add(pool, blobs, await make_user(pool, "carol"), upload.id, b"abc")
     with pytest.raises(NotFound):
         await complete(pool, blobs, bob, upload.id, [part.id])
     with pytest.raises(NotFound):
