@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -528,3 +529,40 @@ async def test_last_used_at_is_written_on_use_but_not_on_every_request(api: Api)
     api.clock.at = T0 + projects.LAST_USED_EVERY + timedelta(seconds=1)
     _ok(await api.call("GET", "/v1/files", key))
     assert await last_used() == int(api.clock.at.timestamp())
+
+
+async def _sign_in(api: Api, key: str) -> str:
+    """Sign the client into the portal with ``key``; the session's CSRF token."""
+    form = await api.client.get("/login")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+    assert token is not None
+    signed_in = await api.client.post(
+        "/login", data={"api_key": key, "csrf_token": token.group(1), "next": "/batches"}
+    )
+    assert signed_in.status_code == 303
+    page = await api.client.get("/batches")
+    assert page.status_code == 200
+    found = re.search(r'"X-CSRF-Token": "([^"]+)"', page.text)
+    assert found is not None
+    return found.group(1)
+
+
+async def test_a_readers_portal_session_shows_the_project_and_refuses_actions(api: Api) -> None:
+    _, member = await api.key_of("mia", DEFAULT_PROJECT_ID, "member")
+    _, reader = await api.key_of("rita", DEFAULT_PROJECT_ID, "reader")
+    batch_id = await _batch(api, member)
+    csrf = await _sign_in(api, reader)
+    assert batch_id in (await api.client.get("/batches")).text
+    cancel = await api.client.post(f"/batches/{batch_id}/cancel", headers={"x-csrf-token": csrf})
+    assert cancel.status_code == 403
+    assert _ok(await api.call("GET", f"/v1/batches/{batch_id}", member))["status"] == "validating"
+    out = await api.client.post("/logout", headers={"x-csrf-token": csrf})
+    assert out.status_code == 303  # signing out is no change to the project
+
+    csrf = await _sign_in(api, member)
+    cancelled = await api.client.post(f"/batches/{batch_id}/cancel", headers={"x-csrf-token": csrf})
+    assert cancelled.status_code in (200, 303)
+    assert _ok(await api.call("GET", f"/v1/batches/{batch_id}", member))["status"] in (
+        "cancelling",
+        "cancelled",
+    )

@@ -8,7 +8,13 @@ from fastapi.responses import RedirectResponse, Response
 from inferbatch.api.deps import state
 from inferbatch.errors import Unauthorized
 from inferbatch.portal.session import CSRF_FIELD, SESSION_COOKIE, SessionCodec
-from inferbatch.portal.web import ActionDep, PortalRoute, portal_of, render, set_session_cookie
+from inferbatch.portal.web import (
+    PortalRoute,
+    SessionActionDep,
+    portal_of,
+    render,
+    set_session_cookie,
+)
 from inferbatch.services import projects
 
 router = APIRouter(route_class=PortalRoute, include_in_schema=False)
@@ -100,7 +106,7 @@ async def login(request: Request) -> Response:
 
 
 @router.post("/logout")
-async def logout(page: ActionDep) -> Response:
+async def logout(page: SessionActionDep) -> Response:
     response = RedirectResponse("/login?signed_out=1", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response

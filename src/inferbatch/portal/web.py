@@ -28,8 +28,8 @@ from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from inferbatch.api.deps import AppState, state
-from inferbatch.domain import Principal, project_filter
-from inferbatch.errors import InferbatchError
+from inferbatch.domain import Principal, may_change, project_filter
+from inferbatch.errors import InferbatchError, PermissionDenied
 from inferbatch.portal import formatting
 from inferbatch.portal.session import (
     CSRF_FIELD,
@@ -261,8 +261,19 @@ async def checked_action(request: Request) -> Page:
     return page
 
 
+async def checked_change(request: Request) -> Page:
+    """:func:`checked_action` for an action that creates, cancels, retries or deletes: a
+    reader's session is refused (403), by the same role rule as the API's routes."""
+    page = await checked_action(request)
+    if not may_change(page.user):
+        raise PermissionDenied()
+    return page
+
+
 PageDep = Annotated[Page, Depends(current_page)]
-ActionDep = Annotated[Page, Depends(checked_action)]
+SessionActionDep = Annotated[Page, Depends(checked_action)]
+"""A state-changing request of the session itself (signing out): any role may."""
+ActionDep = Annotated[Page, Depends(checked_change)]
 
 
 async def _error_page(request: Request, status_code: int, title: str, message: str) -> Response:
