@@ -20,6 +20,7 @@ from inferbatch.blobstore import LocalBlobStore, new_blob_key
 from inferbatch.config import Settings
 from inferbatch.db import files, users
 from inferbatch.db.connector import embedded_url, migrate, open_pool, stop_embedded
+from inferbatch.domain import Principal
 from inferbatch.ids import new_id
 from inferbatch.scheduler.ingest import ingest_next
 from inferbatch.services import batches as batch_service
@@ -122,7 +123,7 @@ async def create_batch(
         n = len(lines)
     now = datetime.now(UTC)
     async with open_pool(url, max_size=1) as pool, pool.connection() as conn:
-        user = await users.ensure_user(conn, "bench", is_admin=False)
+        user = Principal.of_user(await users.ensure_user(conn, "bench", is_admin=False))
         record = await files.insert(
             conn,
             file_id=new_id("file-"),

@@ -65,6 +65,7 @@ from inferbatch.config import Settings
 from inferbatch.db import batches as batch_rows
 from inferbatch.db import files, users
 from inferbatch.db.connector import open_pool
+from inferbatch.domain import Principal
 from inferbatch.engines.local import free_port
 from inferbatch.ids import new_id
 from inferbatch.scheduler.ingest import QUEUE_INPUTS, ingest_next
@@ -212,7 +213,7 @@ async def _queue(
             key, size = _write_input(blobs, lines, b) if real else (f"sql/{b}", lines * 1100)
             now = datetime.now(UTC)
             async with pool.connection() as conn:
-                user = await users.ensure_user(conn, "bench", is_admin=False)
+                user = Principal.of_user(await users.ensure_user(conn, "bench", is_admin=False))
                 record = await files.insert(
                     conn,
                     file_id=new_id("file-"),

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -27,3 +30,23 @@ def chat_file(n: int, prefix: str = "req", model: str = "sim-model") -> bytes:
 
 def parse_jsonl(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _cli(env: Mapping[str, str], *args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "inferbatch", *args],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+def tenant_key(env: Mapping[str, str], name: str) -> str:
+    """A key of user ``name`` in a project of the same name (made if new), through the CLI:
+    another tenant, as a second team on the deployment would be."""
+    listed = [line.split("\t") for line in _cli(env, "projects", "list").splitlines()]
+    if not any(fields[-1] == name for fields in listed):
+        _cli(env, "projects", "create", name)
+    return _cli(env, "keys", "create", "--user", name, "--project", name).splitlines()[-1]

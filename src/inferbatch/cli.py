@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from inferbatch.config import Settings
 
 if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+
     from inferbatch.blobstore import BlobStore
+
+T = TypeVar("T")
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys.")
 app.add_typer(keys_app, name="keys")
+projects_app = typer.Typer(no_args_is_help=True, help="Manage projects and their members.")
+app.add_typer(projects_app, name="projects")
 
 
 def _settings() -> Settings:
@@ -311,29 +318,174 @@ def simulate(
     )
 
 
+def _run_in_database(work: Callable[[AsyncConnection[dict[str, Any]]], Awaitable[T]]) -> T:
+    """Run ``work`` in one transaction on the configured database; a refusal (an unknown
+    project or user, a bad role) is printed and exits with status 1."""
+    from psycopg import AsyncConnection
+    from psycopg.rows import dict_row
+
+    from inferbatch.db.connector import database_url
+    from inferbatch.errors import InferbatchError
+
+    url = database_url(_settings())
+
+    async def main() -> T:
+        async with await AsyncConnection.connect(url, row_factory=dict_row) as conn:
+            return await work(conn)
+
+    try:
+        return asyncio.run(main())
+    except InferbatchError as exc:
+        typer.echo(exc.message, err=True)
+        raise typer.Exit(1) from exc
+
+
 @keys_app.command("create")
 def keys_create(
-    user: Annotated[str, typer.Option(help="User name (created if new).")],
+    user: Annotated[
+        str | None, typer.Option(help="User name (created if new); not with --service-account.")
+    ] = None,
     admin: Annotated[bool, typer.Option(help="Give the user admin rights.")] = False,
+    project: Annotated[
+        str | None, typer.Option(help="Project id or name (default: the default project).")
+    ] = None,
+    service_account: Annotated[
+        str | None,
+        typer.Option(help="A key of this service account of the project (created if new)."),
+    ] = None,
+    role: Annotated[
+        str, typer.Option(help="Role of a new member or service account: owner, member, reader.")
+    ] = "member",
+    expires_in: Annotated[
+        str | None, typer.Option(help="The key stops working after this long: 30d, 12h.")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="A name for the key.")] = None,
 ) -> None:
     """Create an API key and print it (it is stored hashed and cannot be shown again)."""
-    from inferbatch.db.connector import database_url
-    from inferbatch.db.users import add_key, ensure_user, generate_key
+    from datetime import UTC, datetime
 
-    settings = _settings()
-    url = database_url(settings)
+    from inferbatch.config import parse_duration
+    from inferbatch.db.users import ensure_user
+    from inferbatch.domain import DEFAULT_PROJECT_ID, ROLES
+    from inferbatch.services import projects
 
-    async def main() -> str:
-        from psycopg import AsyncConnection
-        from psycopg.rows import dict_row
+    if (user is None) == (service_account is None):
+        typer.echo("give exactly one of --user and --service-account", err=True)
+        raise typer.Exit(2)
+    if role not in ROLES:
+        typer.echo(f"--role must be one of {', '.join(ROLES)}", err=True)
+        raise typer.Exit(2)
+    now = datetime.now(UTC)
+    try:
+        expires_at = now + parse_duration(expires_in) if expires_in else None
+    except ValueError as exc:
+        typer.echo(f"--expires-in: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
-        key = generate_key()
-        async with await AsyncConnection.connect(url, row_factory=dict_row) as conn:
-            owner = await ensure_user(conn, user, is_admin=admin)
-            await add_key(conn, owner.id, key)
+    async def work(conn: AsyncConnection[dict[str, Any]]) -> str:
+        project_id = (
+            (await projects.resolve_project(conn, project)).id if project else DEFAULT_PROJECT_ID
+        )
+        if service_account is not None:
+            _, key = await projects.create_service_account_key(
+                conn, project_id, service_account, role=role, expires_at=expires_at, now=now
+            )
+            return key
+        assert user is not None
+        holder = await ensure_user(conn, user, is_admin=admin)
+        _, key = await projects.create_user_key(
+            conn,
+            project_id,
+            holder.id,
+            name=name,
+            expires_at=expires_at,
+            role="owner" if admin else role,
+        )
         return key
 
-    typer.echo(asyncio.run(main()))
+    typer.echo(_run_in_database(work))
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key: Annotated[str, typer.Argument(help="The key's id (key_...) or its prefix (ib-xxxx).")],
+) -> None:
+    """Revoke an API key: the next request with it is refused."""
+    from datetime import UTC, datetime
+
+    from inferbatch.db import projects as project_rows
+
+    async def work(conn: AsyncConnection[dict[str, Any]]) -> bool:
+        found = await project_rows.key_by_prefix_or_id(conn, key)
+        return found is not None and await project_rows.revoke_key(
+            conn, found.id, datetime.now(UTC)
+        )
+
+    if not _run_in_database(work):
+        typer.echo(f"no unrevoked key {key!r} (or the prefix names several)", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {key}")
+
+
+@projects_app.command("list")
+def projects_list(
+    archived: Annotated[bool, typer.Option(help="Include archived projects.")] = False,
+) -> None:
+    """List projects: id, status, name."""
+    from inferbatch.db import projects as project_rows
+
+    async def work(conn: AsyncConnection[dict[str, Any]]) -> list[project_rows.Project]:
+        return await project_rows.list_projects(
+            conn, after=None, limit=10_000, include_archived=archived
+        )
+
+    for p in _run_in_database(work):
+        status = "archived" if p.archived_at else "active"
+        typer.echo(f"{p.id}\t{status}\t{p.name}")
+
+
+@projects_app.command("create")
+def projects_create(name: Annotated[str, typer.Argument(help="The project's name.")]) -> None:
+    """Create a project and print its id."""
+    from datetime import UTC, datetime
+
+    from inferbatch.db import projects as project_rows
+    from inferbatch.ids import new_id
+
+    async def work(conn: AsyncConnection[dict[str, Any]]) -> str:
+        created = await project_rows.insert_project(conn, new_id("proj_"), name, datetime.now(UTC))
+        return created.id
+
+    typer.echo(_run_in_database(work))
+
+
+@projects_app.command("add-user")
+def projects_add_user(
+    project: Annotated[str, typer.Argument(help="Project id or name.")],
+    user: Annotated[str, typer.Argument(help="User name (created if new).")],
+    role: Annotated[str, typer.Option(help="owner, member or reader.")] = "member",
+) -> None:
+    """Add a user to a project with a role (or change the role of a member)."""
+    from datetime import UTC, datetime
+
+    from inferbatch.db import projects as project_rows
+    from inferbatch.db.users import ensure_user
+    from inferbatch.domain import ROLES
+
+    if role not in ROLES:
+        typer.echo(f"--role must be one of {', '.join(ROLES)}", err=True)
+        raise typer.Exit(2)
+
+    async def work(conn: AsyncConnection[dict[str, Any]]) -> str:
+        from inferbatch.services import projects
+
+        found = await projects.resolve_project(conn, project)
+        holder = await ensure_user(conn, user, is_admin=False)
+        if not await project_rows.add_member(conn, found.id, holder.id, role, datetime.now(UTC)):
+            await project_rows.set_role(conn, found.id, holder.id, role)
+        return f"{holder.id} is {role} of {found.id}"
+
+    typer.echo(_run_in_database(work))
 
 
 @app.command()

@@ -44,9 +44,57 @@ class User:
     is_admin: bool
 
 
-def owner_filter(user: User) -> str | None:
-    """The owner id a query filters by: None (everything) for admins."""
-    return None if user.is_admin else user.id
+Role = Literal["owner", "member", "reader"]
+"""A role in a project: owners and members may change its objects, readers only read them
+(owners also manage the project's users and keys)."""
+ROLES: tuple[Role, ...] = ("owner", "member", "reader")
+DEFAULT_PROJECT_ID = "proj_default"
+"""The project everything made before projects belongs to, and where keys made without
+naming one (``inferbatch up``, ``INFERBATCH_API_KEY``, ``inferbatch key``) land."""
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a request acts as: what its API key resolved to. ``id`` is the user's or the
+    service account's id, written as ``owner_id`` on what it makes; ``project_id`` is the
+    key's project, which scopes everything it sees and makes (admins see every project)."""
+
+    id: str
+    name: str
+    is_admin: bool
+    project_id: str = DEFAULT_PROJECT_ID
+    role: Role = "owner"
+    key_id: str | None = None
+    service_account: bool = False
+    """True when ``id`` is a service account's (then no user is behind the key)."""
+
+    @classmethod
+    def of_user(
+        cls,
+        user: User,
+        project_id: str = DEFAULT_PROJECT_ID,
+        role: Role = "owner",
+        key_id: str | None = None,
+    ) -> Principal:
+        return cls(user.id, user.name, user.is_admin, project_id, role, key_id)
+
+
+def project_filter(principal: Principal) -> str | None:
+    """The project id a query of objects filters by: None (every project) for admins. The
+    one visibility rule: an object outside it answers as if it did not exist."""
+    return None if principal.is_admin else principal.project_id
+
+
+def may_change(principal: Principal) -> bool:
+    """Whether the principal may create, cancel, retry or delete objects of its project:
+    admins, owners and members; not readers. The one role rule of the object routes."""
+    return principal.is_admin or principal.role != "reader"
+
+
+def may_manage(principal: Principal, project_id: str) -> bool:
+    """Whether the principal may manage ``project_id``'s users, keys and service accounts:
+    admins, and the project's owners (through a key of that project)."""
+    return principal.is_admin or (principal.project_id == project_id and principal.role == "owner")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +110,7 @@ class FileRecord:
     expires_at: datetime | None
     line_count: int | None = None
     """Lines counted at upload (blank ones too); None when not counted."""
+    project_id: str = DEFAULT_PROJECT_ID
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> FileRecord:
@@ -139,6 +188,7 @@ class BatchRecord:
     """What the spent and saved GPU time would have cost on dedicated GPUs alone."""
     cost_currency: str | None = None
     """None until GPU time was folded."""
+    project_id: str = DEFAULT_PROJECT_ID
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> BatchRecord:
@@ -183,6 +233,7 @@ class WebhookEndpoint:
     time once it has); None after a rotation that stopped it at once, or none."""
     created_at: datetime
     updated_at: datetime
+    project_id: str = DEFAULT_PROJECT_ID
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> WebhookEndpoint:
@@ -210,6 +261,7 @@ class WebhookDelivery:
     last_error: str | None
     created_at: datetime
     finished_at: datetime | None
+    project_id: str = DEFAULT_PROJECT_ID
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> WebhookDelivery:
@@ -254,6 +306,7 @@ class UploadRecord:
     completing_at: datetime | None
     """When a complete began composing it (a lease; None when none is underway)."""
     file_id: str | None
+    project_id: str = DEFAULT_PROJECT_ID
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> UploadRecord:

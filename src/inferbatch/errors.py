@@ -66,6 +66,14 @@ class Forbidden(InferbatchError):
     code = "permission_denied"
 
 
+class PermissionDenied(Forbidden):
+    """Your role in this project may only read; creating, changing, cancelling, retrying
+    or deleting needs the member or owner role."""
+
+    type = "permission_error"
+    code = "insufficient_permissions"
+
+
 class NotFound(InferbatchError):
     """No such object."""
 

@@ -33,7 +33,7 @@ async def _ensure_admin_key(url: str, key: str) -> None:
 
     async with await AsyncConnection.connect(url, row_factory=dict_row) as conn:
         admin = await ensure_user(conn, "admin", is_admin=True)
-        await add_key(conn, admin.id, key)
+        await add_key(conn, admin.id, key, role="owner")
 
 
 def admin_key(settings: Settings, url: str) -> str:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -28,6 +26,7 @@ from playwright.sync_api import (
 )
 
 from tests.conftest import with_dbname
+from tests.helpers import tenant_key
 from tests.stack import ADMIN_KEY, Stack
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -121,14 +120,8 @@ def screenshot(page: Page, name: str) -> None:
 
 
 def new_user_key(stack: Stack, name: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "inferbatch", "keys", "create", "--user", name],
-        env=stack.env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout.strip().splitlines()[-1]
+    """A key of user ``name`` in a project of its own."""
+    return tenant_key(stack.env, name)
 
 
 def create_batch(

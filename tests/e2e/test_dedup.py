@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -12,7 +10,7 @@ import openai
 import pytest
 
 from tests.e2e.test_sdk import wait_batch
-from tests.helpers import parse_jsonl
+from tests.helpers import parse_jsonl, tenant_key
 from tests.stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -58,14 +56,8 @@ def _engine_calls(s: Stack) -> int:
 
 
 def _key(s: Stack, name: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "inferbatch", "keys", "create", "--user", name],
-        env=s.env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout.strip().splitlines()[-1]
+    """A key of user ``name`` in a project of its own."""
+    return tenant_key(s.env, name)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import openai
 import pytest
 from openai.types.responses import Response
 
-from tests.helpers import chat_file, parse_jsonl
+from tests.helpers import chat_file, parse_jsonl, tenant_key
 from tests.stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -30,17 +30,8 @@ def wait_batch(client: openai.OpenAI, batch_id: str, timeout: float = 60) -> ope
 
 
 def new_user_key(stack: Stack, name: str) -> str:
-    import subprocess
-    import sys
-
-    out = subprocess.run(
-        [sys.executable, "-m", "inferbatch", "keys", "create", "--user", name],
-        env=stack.env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout.strip().splitlines()[-1]
+    """A key of user ``name`` in a project of its own."""
+    return tenant_key(stack.env, name)
 
 
 def test_chat_batch_round_trip_with_the_sdk(stack: Stack) -> None:

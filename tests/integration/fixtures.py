@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 from inferbatch.blobstore import LocalBlobStore, new_blob_key
 from inferbatch.config import Settings
 from inferbatch.db import counters, files, users
+from inferbatch.db import projects as project_rows
 from inferbatch.db.types import Pool
-from inferbatch.domain import BatchRecord, User
+from inferbatch.domain import DEFAULT_PROJECT_ID, BatchRecord, Principal
 from inferbatch.ids import new_id
 from inferbatch.services import batches as batch_service
 
@@ -17,12 +18,28 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-async def make_user(pool: Pool, name: str = "alice", admin: bool = False) -> User:
+async def make_user(
+    pool: Pool,
+    name: str = "alice",
+    admin: bool = False,
+    project_id: str = DEFAULT_PROJECT_ID,
+) -> Principal:
+    """The user called ``name`` (made if new), acting as a member of ``project_id`` (made
+    a member if not one), as a key of that project would."""
     async with pool.connection() as conn:
-        return await users.ensure_user(conn, name, is_admin=admin)
+        user = await users.ensure_user(conn, name, is_admin=admin)
+        await conn.execute(users.ADD_MEMBER, (project_id, user.id, "member"))
+    return Principal.of_user(user, project_id, role="member")
 
 
-async def make_file(pool: Pool, blobs: LocalBlobStore, user: User, content: bytes) -> str:
+async def make_project(pool: Pool, name: str = "other") -> str:
+    """A new project's id."""
+    async with pool.connection() as conn:
+        project = await project_rows.insert_project(conn, new_id("proj_"), name, utcnow())
+    return project.id
+
+
+async def make_file(pool: Pool, blobs: LocalBlobStore, user: Principal, content: bytes) -> str:
     key = new_blob_key("upload")
     with blobs.open_writer(key) as w:
         w.write(content)
@@ -31,6 +48,7 @@ async def make_file(pool: Pool, blobs: LocalBlobStore, user: User, content: byte
             conn,
             file_id=new_id("file-"),
             owner_id=user.id,
+            project_id=user.project_id,
             purpose="batch",
             filename="in.jsonl",
             size=len(content),
@@ -44,7 +62,7 @@ async def make_file(pool: Pool, blobs: LocalBlobStore, user: User, content: byte
 async def make_batch(
     pool: Pool,
     blobs: LocalBlobStore,
-    user: User,
+    user: Principal,
     content: bytes,
     *,
     endpoint: str = "/v1/chat/completions",

@@ -1,6 +1,7 @@
 """The portal's SQL (db/browse.py) on real PostgreSQL: the batch list's filters, sorts and
 keyset pages (and that they walk indexes at 100,000 batches), dashboard statistics,
-activity buckets, latency bins, deadline risk and session keys."""
+activity buckets, latency bins, deadline risk and session keys. Each read is scoped to a
+project: another project's batches never show, a fellow member's always do."""
 
 from __future__ import annotations
 
@@ -15,10 +16,18 @@ from inferbatch.blobstore import LocalBlobStore
 from inferbatch.db import browse, users
 from inferbatch.db.browse import BatchFilter, Sort
 from inferbatch.db.types import Conn, Pool
-from inferbatch.domain import User
+from inferbatch.domain import DEFAULT_PROJECT_ID, Principal
+from inferbatch.errors import Unauthorized
 from inferbatch.scheduler.ingest import ingest_next
+from inferbatch.services import projects
 from tests.helpers import chat_file
-from tests.integration.fixtures import SETTLE_DIRECTLY, make_batch, make_user, utcnow
+from tests.integration.fixtures import (
+    SETTLE_DIRECTLY,
+    make_batch,
+    make_project,
+    make_user,
+    utcnow,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -28,10 +37,11 @@ ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings")
 PRIORITIES = (1, 3, 5, 7, 10, 20)
 
 
-async def _insert_batch(conn: Conn, owner: User, i: int, **over: Any) -> dict[str, Any]:
+async def _insert_batch(conn: Conn, owner: Principal, i: int, **over: Any) -> dict[str, Any]:
     row: dict[str, Any] = {
         "id": f"batch_t{i:04d}",
         "owner": owner.id,
+        "project": owner.project_id,
         "endpoint": ENDPOINTS[i % 2],
         "created_at": T0 + timedelta(minutes=i),
         # deadlines run the other way, so sorting by deadline differs from creation
@@ -46,10 +56,10 @@ async def _insert_batch(conn: Conn, owner: User, i: int, **over: Any) -> dict[st
     row.update(over)
     await conn.execute(
         """
-        INSERT INTO batches (id, owner_id, input_file_id, endpoint, completion_window,
-            deadline_at, created_at, priority, status, in_progress_at, total_count,
-            completed_count, failed_count)
-        VALUES (%(id)s, %(owner)s, 'file-x', %(endpoint)s, '24h', %(deadline_at)s,
+        INSERT INTO batches (id, owner_id, project_id, input_file_id, endpoint,
+            completion_window, deadline_at, created_at, priority, status, in_progress_at,
+            total_count, completed_count, failed_count)
+        VALUES (%(id)s, %(owner)s, %(project)s, 'file-x', %(endpoint)s, '24h', %(deadline_at)s,
             %(created_at)s, %(priority)s, %(status)s, %(in_progress_at)s, %(total)s,
             %(completed)s, %(failed)s)
         """,
@@ -69,12 +79,14 @@ def _expected(rows: list[dict[str, Any]], sort: Sort) -> list[str]:
     return [r["id"] for r in sorted(rows, key=key, reverse=reverse)]  # type: ignore[no-untyped-call]
 
 
-async def _walk(conn: Conn, owner: str | None, f: BatchFilter, sort: Sort, size: int) -> list[str]:
+async def _walk(
+    conn: Conn, project: str | None, f: BatchFilter, sort: Sort, size: int
+) -> list[str]:
     """Every page forward, then every page backward from the last one; both must agree."""
     pages: list[list[str]] = []
     after: str | None = None
     while True:
-        rows, more = await browse.list_batches(conn, owner, f, sort=sort, after=after, limit=size)
+        rows, more = await browse.list_batches(conn, project, f, sort=sort, after=after, limit=size)
         pages.append([r["id"] for r in rows])
         if not more:
             break
@@ -82,7 +94,9 @@ async def _walk(conn: Conn, owner: str | None, f: BatchFilter, sort: Sort, size:
     back: list[list[str]] = [pages[-1]]
     before = pages[-1][0] if len(pages) > 1 else None
     while before is not None:
-        rows, more = await browse.list_batches(conn, owner, f, sort=sort, before=before, limit=size)
+        rows, more = await browse.list_batches(
+            conn, project, f, sort=sort, before=before, limit=size
+        )
         back.insert(0, [r["id"] for r in rows])
         before = rows[0]["id"] if more else None
     assert back == pages
@@ -91,13 +105,19 @@ async def _walk(conn: Conn, owner: str | None, f: BatchFilter, sort: Sort, size:
 
 async def test_batch_list_filters_sorts_and_pages_both_ways(pool: Pool) -> None:
     alice = await make_user(pool, "alice")
-    bob = await make_user(pool, "bob")
+    carol = await make_user(pool, "carol")  # alice's fellow member of the default project
+    bob = await make_user(pool, "bob", project_id=await make_project(pool))
     async with pool.connection() as conn:
-        mine = [await _insert_batch(conn, alice, i) for i in range(40)]
+        mine = [await _insert_batch(conn, alice if i % 4 else carol, i) for i in range(40)]
         theirs = [await _insert_batch(conn, bob, 100 + i) for i in range(5)]
         everyone = mine + theirs
         for sort in browse.SORTS:
-            assert await _walk(conn, alice.id, BatchFilter(), sort, 7) == _expected(mine, sort)
+            assert await _walk(conn, alice.project_id, BatchFilter(), sort, 7) == _expected(
+                mine, sort
+            )
+            assert await _walk(conn, bob.project_id, BatchFilter(), sort, 2) == _expected(
+                theirs, sort
+            )
             assert await _walk(conn, None, BatchFilter(), sort, 9) == _expected(everyone, sort)
         cases: list[tuple[BatchFilter, Any]] = [
             (BatchFilter(status="failed"), lambda r: r["status"] == "failed"),
@@ -126,26 +146,29 @@ async def test_batch_list_filters_sorts_and_pages_both_ways(pool: Pool) -> None:
         for f, keep in cases:
             wanted = [r for r in mine if keep(r)]
             assert wanted, f
-            assert await _walk(conn, alice.id, f, "priority", 3) == _expected(wanted, "priority")
-            assert await browse.count_batches(conn, alice.id, f) == len(wanted)
+            assert await _walk(conn, alice.project_id, f, "priority", 3) == _expected(
+                wanted, "priority"
+            )
+            assert await browse.count_batches(conn, alice.project_id, f) == len(wanted)
         assert await browse.count_batches(conn, None, BatchFilter(), cap=10) == 11
         first, _ = await browse.list_batches(conn, None, BatchFilter(), limit=1)
         assert first[0]["owner_name"] == "bob" and first[0]["total_count"] == 0
-        assert await browse.batch_status_counts(conn, bob.id) == {
+        assert await browse.batch_status_counts(conn, bob.project_id) == {
             s: sum(1 for r in theirs if r["status"] == s) for s in {r["status"] for r in theirs}
         }
 
 
 async def test_batch_list_pages_walk_indexes_at_100k_batches(pool: Pool) -> None:
     alice = await make_user(pool, "alice")
-    bob = await make_user(pool, "bob")
+    bob = await make_user(pool, "bob", project_id=await make_project(pool))
     async with pool.connection() as conn:
         await conn.execute(
             """
-            INSERT INTO batches (id, owner_id, input_file_id, endpoint, completion_window,
-                deadline_at, created_at, priority, status)
+            INSERT INTO batches (id, owner_id, project_id, input_file_id, endpoint,
+                completion_window, deadline_at, created_at, priority, status)
             SELECT 'batch_bulk_' || lpad(i::text, 6, '0'),
-                CASE WHEN i %% 10 = 0 THEN %(bob)s ELSE %(alice)s END, 'file-x',
+                CASE WHEN i %% 10 = 0 THEN %(bob)s ELSE %(alice)s END,
+                CASE WHEN i %% 10 = 0 THEN %(bob_project)s ELSE %(alice_project)s END, 'file-x',
                 (ARRAY['/v1/chat/completions', '/v1/completions', '/v1/embeddings'])[1 + i %% 3],
                 '24h', %(t0)s + i * interval '1 second' + interval '1 day' - (i %% 97) * interval
                 '1 minute', %(t0)s + i * interval '1 second', (ARRAY[1, 1, 1, 5, 10])[1 + i %% 5],
@@ -153,7 +176,13 @@ async def test_batch_list_pages_walk_indexes_at_100k_batches(pool: Pool) -> None
                        'cancelled', 'expired'])[1 + i %% 7]
             FROM generate_series(1, 100000) i
             """,
-            {"alice": alice.id, "bob": bob.id, "t0": T0},
+            {
+                "alice": alice.id,
+                "bob": bob.id,
+                "alice_project": alice.project_id,
+                "bob_project": bob.project_id,
+                "t0": T0,
+            },
         )
         await conn.execute("ANALYZE batches")
         probes: list[tuple[str | None, BatchFilter, Sort]] = [
@@ -162,23 +191,25 @@ async def test_batch_list_pages_walk_indexes_at_100k_batches(pool: Pool) -> None
             (None, BatchFilter(), "deadline"),
             (None, BatchFilter(), "priority"),
             (None, BatchFilter(status="cancelled"), "newest"),
-            (alice.id, BatchFilter(), "newest"),
-            (bob.id, BatchFilter(status="failed"), "newest"),
+            (alice.project_id, BatchFilter(), "newest"),
+            (bob.project_id, BatchFilter(status="failed"), "newest"),
             (None, BatchFilter(priority="high"), "priority"),
         ]
-        for owner, f, sort in probes:
-            rows, more = await browse.list_batches(conn, owner, f, sort=sort, limit=50)
+        # every batch of a project here is its one user's
+        makers = {alice.project_id: alice.id, bob.project_id: bob.id}
+        for project, f, sort in probes:
+            rows, more = await browse.list_batches(conn, project, f, sort=sort, limit=50)
             assert len(rows) == 50 and more
-            nxt, _ = await browse.list_batches(conn, owner, f, sort=sort, after=rows[-1]["id"])
+            nxt, _ = await browse.list_batches(conn, project, f, sort=sort, after=rows[-1]["id"])
             assert not {r["id"] for r in rows} & {r["id"] for r in nxt}
             if f.status:
                 assert {r["status"] for r in rows + nxt} == {f.status}
-            if owner:
-                assert {r["owner_id"] for r in rows + nxt} == {owner}
-            query, params = browse.batch_page_query(owner, f, sort=sort, after=rows[-1]["id"])
+            if project:
+                assert {r["owner_id"] for r in rows + nxt} == {makers[project]}
+            query, params = browse.batch_page_query(project, f, sort=sort, after=rows[-1]["id"])
             cur = await conn.execute("EXPLAIN " + query, params)
             plan = "\n".join(str(r["QUERY PLAN"]) for r in await cur.fetchall())
-            assert "Seq Scan on batches" not in plan, (owner, f, sort, plan)
+            assert "Seq Scan on batches" not in plan, (project, f, sort, plan)
         assert await browse.count_batches(conn, None, BatchFilter(status="failed")) == 10_001
 
 
@@ -220,7 +251,7 @@ async def test_activity_statistics_count_by_status_pool_bucket_and_latency(
 ) -> None:
     blobs = LocalBlobStore(tmp_path)
     alice = await make_user(pool, "alice")
-    bob = await make_user(pool, "bob")
+    bob = await make_user(pool, "bob", project_id=await make_project(pool))
     mine = await make_batch(pool, blobs, alice, chat_file(8, prefix="a"))
     theirs = await make_batch(pool, blobs, bob, chat_file(3, prefix="b"))
     for _ in range(2):
@@ -281,7 +312,8 @@ async def test_activity_statistics_count_by_status_pool_bucket_and_latency(
         )
 
         live = {
-            (r["status"], r["pool"]): r["n"] for r in await browse.live_requests(conn, alice.id)
+            (r["status"], r["pool"]): r["n"]
+            for r in await browse.live_requests(conn, alice.project_id)
         }
         assert live == {("queued", "spot"): 1, ("running", "dedicated"): 1}
         everyone_live = await browse.live_requests(conn, None)
@@ -291,7 +323,8 @@ async def test_activity_statistics_count_by_status_pool_bucket_and_latency(
         ]
 
         done = {
-            (r["status"], r["pool"]): r for r in await browse.finished_since(conn, alice.id, since)
+            (r["status"], r["pool"]): r
+            for r in await browse.finished_since(conn, alice.project_id, since)
         }
         assert {k: v["n"] for k, v in done.items()} == {
             ("completed", "spot"): 3,
@@ -303,7 +336,7 @@ async def test_activity_statistics_count_by_status_pool_bucket_and_latency(
         assert done[("completed", "spot")]["tokens"] == 10 + 5 + 7
         assert sum(r["n"] for r in await browse.finished_since(conn, None, since)) == 6
 
-        series = await browse.activity_series(conn, alice.id, since, 60)
+        series = await browse.activity_series(conn, alice.project_id, since, 60)
         got = {(r["bucket"], r["pool"]): (r["completed"], r["failed"]) for r in series}
         last = since + timedelta(minutes=9)
         assert got == {
@@ -318,7 +351,7 @@ async def test_activity_statistics_count_by_status_pool_bucket_and_latency(
 
         edges = (0.1, 1.0, 2.5)
         # 0.02 s -> bin 0, 0.3 s -> bin 1, 3 s -> bin 3; the deduplicated one ran nothing
-        assert await browse.latency_histogram(conn, alice.id, since, edges) == [1, 1, 0, 1]
+        assert await browse.latency_histogram(conn, alice.project_id, since, edges) == [1, 1, 0, 1]
         assert await browse.latency_histogram(conn, None, since, edges) == [1, 1, 1, 1]
 
         breakdown = {
@@ -330,7 +363,7 @@ async def test_activity_statistics_count_by_status_pool_bucket_and_latency(
 
 async def test_deadline_risk_and_predicted_finish(pool: Pool) -> None:
     alice = await make_user(pool, "alice")
-    bob = await make_user(pool, "bob")
+    bob = await make_user(pool, "bob", project_id=await make_project(pool))
     now = datetime(2025, 3, 2, 12, 0, tzinfo=UTC)
     hour = timedelta(hours=1)
     async with pool.connection() as conn:
@@ -367,7 +400,7 @@ async def test_deadline_risk_and_predicted_finish(pool: Pool) -> None:
 
         risky = await browse.at_risk(conn, None, now)
         assert [r["id"] for r in risky] == [late["id"], stalled["id"], slow["id"]]
-        assert [r["id"] for r in await browse.at_risk(conn, alice.id, now)] == [
+        assert [r["id"] for r in await browse.at_risk(conn, alice.project_id, now)] == [
             stalled["id"],
             slow["id"],
         ]
@@ -377,15 +410,26 @@ async def test_deadline_risk_and_predicted_finish(pool: Pool) -> None:
 
 
 async def test_session_keys_follow_revocation_and_the_secret_is_shared(pool: Pool) -> None:
+    now = utcnow()
     async with pool.connection() as conn:
         carol = await users.ensure_user(conn, "carol", is_admin=False)
         await users.add_key(conn, carol.id, "ib-carols-key")
-        key_id = await browse.session_key_for(conn, "ib-carols-key")
-        assert key_id is not None and await browse.session_key_for(conn, "ib-wrong") is None
-        assert await browse.session_user(conn, key_id) == carol
+        key_id = (await projects.authenticate(conn, "ib-carols-key", now)).key_id
+        assert key_id is not None
+        with pytest.raises(Unauthorized):
+            await projects.authenticate(conn, "ib-wrong", now)
+        signed_in = await projects.session_principal(conn, key_id, now)
+        assert signed_in is not None
+        assert (signed_in.id, signed_in.project_id, signed_in.role) == (
+            carol.id,
+            DEFAULT_PROJECT_ID,
+            "member",
+        )
         await conn.execute("UPDATE api_keys SET revoked_at = now() WHERE id = %s", (key_id,))
-        assert await browse.session_user(conn, key_id) is None
-        assert await browse.session_key_for(conn, "ib-carols-key") is None
+        assert await projects.session_principal(conn, key_id, now) is None
+        with pytest.raises(Unauthorized) as refused:
+            await projects.authenticate(conn, "ib-carols-key", now)
+        assert refused.value.code == "api_key_revoked"
 
         first = await browse.signing_secret(conn, "session", b"a" * 32)
         assert first == b"a" * 32

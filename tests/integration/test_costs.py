@@ -25,13 +25,13 @@ from inferbatch.db import batches, costs, counters, users, workers
 from inferbatch.db import requests as queue
 from inferbatch.db.requests import Outcome
 from inferbatch.db.types import Pool
-from inferbatch.domain import BatchRecord, ClaimedRequest
+from inferbatch.domain import DEFAULT_PROJECT_ID, BatchRecord, ClaimedRequest
 from inferbatch.engines.registry import EngineRegistry
 from inferbatch.pricing import GpuPrice, PriceTable
 from inferbatch.scheduler.ingest import ingest_next
 from inferbatch.services.serialize import batch_object
 from tests.helpers import chat_line
-from tests.integration.fixtures import make_batch, make_user, utcnow
+from tests.integration.fixtures import make_batch, make_project, make_user, utcnow
 
 pytestmark = pytest.mark.integration
 
@@ -251,24 +251,27 @@ def _unix(day: date) -> int:
 
 
 USAGE = """
-INSERT INTO usage_daily (day, owner_id, model, pool, currency, requests, input_tokens,
-    output_tokens, gpu_seconds, dedup_saved_gpu_seconds, cost, dedup_saved_cost,
+INSERT INTO usage_daily (day, project_id, owner_id, model, pool, currency, requests,
+    input_tokens, output_tokens, gpu_seconds, dedup_saved_gpu_seconds, cost, dedup_saved_cost,
     all_dedicated_cost)
-VALUES (%(day)s, %(owner)s, %(model)s, %(pool)s, 'usd', %(requests)s, 10, 20, %(gpu)s,
-    %(dedup_gpu)s, %(cost)s, %(dedup_cost)s, %(all)s)
+VALUES (%(day)s, %(project)s, %(owner)s, %(model)s, %(pool)s, 'usd', %(requests)s, 10, 20,
+    %(gpu)s, %(dedup_gpu)s, %(cost)s, %(dedup_cost)s, %(all)s)
 """
 
 
 @pytest.fixture
 async def api(pool: Pool, db_url: str, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     """The api app in process over a rollup of three days: alice on the 1st (two pools)
-    and the 3rd, bob on the 1st; a key for each and for an admin."""
-    keys = {"alice": "k-alice", "bob": "k-bob", "root": "k-root"}
+    and the 3rd, bob (of another project) on the 1st; a key for each, for dave (alice's
+    fellow member, who spent nothing) and for an admin."""
+    keys = {"alice": "k-alice", "bob": "k-bob", "dave": "k-dave", "root": "k-root"}
+    other = await make_project(pool)
+    projects = {name: other if name == "bob" else DEFAULT_PROJECT_ID for name in keys}
     ids: dict[str, str] = {}
     async with pool.connection() as conn:
         for name, key in keys.items():
             user = await users.ensure_user(conn, name, is_admin=name == "root")
-            await users.add_key(conn, user.id, key)
+            await users.add_key(conn, user.id, key, project_id=projects[name])
             ids[name] = user.id
         rows = [
             (D1, "alice", "m-a", "spot", 2, 360.0, 0.0, "1.0", "0", "4.0"),
@@ -281,6 +284,7 @@ async def api(pool: Pool, db_url: str, tmp_path: Path) -> AsyncIterator[dict[str
                 USAGE,
                 {
                     "day": day,
+                    "project": projects[who],
                     "owner": ids[who],
                     "model": model,
                     "pool": pool_name,
@@ -299,7 +303,7 @@ async def api(pool: Pool, db_url: str, tmp_path: Path) -> AsyncIterator[dict[str
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-            yield {"client": client, "keys": keys, "ids": ids}
+            yield {"client": client, "keys": keys, "ids": ids, "projects": projects}
 
 
 async def _costs(api: dict[str, Any], who: str, **params: Any) -> httpx.Response:
@@ -315,7 +319,7 @@ def _amounts(page: dict[str, Any]) -> list[list[float]]:
     return [[r["amount"]["value"] for r in b["results"]] for b in page["data"]]
 
 
-async def test_costs_come_in_day_buckets_and_a_user_sees_only_their_own(
+async def test_costs_come_in_day_buckets_and_a_key_sees_only_its_project_s(
     api: dict[str, Any],
 ) -> None:
     period = {"start_time": _unix(D1) + 3600, "end_time": _unix(D3) + 60}
@@ -334,6 +338,9 @@ async def test_costs_come_in_day_buckets_and_a_user_sees_only_their_own(
     # grouping by user never shows her anyone else
     by_user = (await _costs(api, "alice", group_by="user_id", **period)).json()
     assert {r["user_id"] for b in by_user["data"] for r in b["results"]} == {api["ids"]["alice"]}
+    # a fellow member of her project sees the project's costs, hers included
+    assert _amounts((await _costs(api, "dave", **period)).json()) == [[3.0], [], [3.0]]
+    assert _amounts((await _costs(api, "bob", **period)).json()) == [[5.0], [], []]
 
     everyone = (await _costs(api, "root", **period)).json()
     assert _amounts(everyone) == [[8.0], [], [3.0]]
@@ -424,13 +431,14 @@ async def test_the_csv_has_a_row_per_day_user_model_and_pool(api: dict[str, Any]
             ("2025-03-01", "bob", "m-b", "spot"),
             ("2025-03-03", "alice", "'=m-b", "dedicated"),  # never a formula
         ],
-        key=lambda r: (r[0], api["ids"][r[1]], r[2].lstrip("'"), r[3]),
+        key=lambda r: (r[0], api["projects"][r[1]], api["ids"][r[1]], r[2].lstrip("'"), r[3]),
     )
     bob = next(r for r in every if r["user_name"] == "bob")
     assert (bob["gpu_seconds"], bob["cost"], bob["dedup_saved"]) == ("720.0", "5", "0.5")
     assert (bob["spot_saved"], bob["all_dedicated_cost"]) == ("3.5", "9")
     assert (bob["requests"], bob["input_tokens"], bob["output_tokens"]) == ("5", "10", "20")
     assert {r["user_name"] for r in await read("k-alice")} == {"alice"}
+    assert {r["user_name"] for r in await read("k-bob")} == {"bob"}
     answer = await client.get("/v1/organization/costs.csv", params=period)
     assert answer.status_code == 401
 

@@ -15,7 +15,7 @@ from inferbatch.db import files
 from inferbatch.db.types import Pool
 from inferbatch.errors import InvalidRequest, NotFound
 from inferbatch.services import batches as batch_service
-from tests.integration.fixtures import make_file, make_user, utcnow
+from tests.integration.fixtures import make_file, make_project, make_user, utcnow
 
 pytestmark = pytest.mark.integration
 
@@ -45,17 +45,19 @@ async def test_an_output_file_cannot_be_a_batch_input(pool: Pool) -> None:
     assert exc.value.param == "input_file_id"
 
 
-async def test_another_users_file_is_not_found_but_an_admin_may_use_it(
+async def test_another_projects_file_is_not_found_but_an_admin_may_use_it(
     pool: Pool, tmp_path: Path
 ) -> None:
-    alice, bob = await make_user(pool, "alice"), await make_user(pool, "bob")
-    admin = await make_user(pool, "root", admin=True)
+    other = await make_project(pool)
+    alice, bob = await make_user(pool, "alice"), await make_user(pool, "bob", project_id=other)
+    admin = await make_user(pool, "root", admin=True, project_id=other)
     file_id = await make_file(pool, LocalBlobStore(tmp_path), alice, b"{}\n")
     async with pool.connection() as conn:
         with pytest.raises(NotFound):
             await batch_service.create(conn, bob, _new(file_id), utcnow())
         batch = await batch_service.create(conn, admin, _new(file_id), utcnow())
-    assert batch.owner_id == alice.id  # the batch belongs to the file's owner
+    # the batch belongs to the file's project; its owner is who made it
+    assert (batch.project_id, batch.owner_id) == (alice.project_id, admin.id)
 
 
 async def test_deadline_follows_the_completion_window(pool: Pool, tmp_path: Path) -> None:

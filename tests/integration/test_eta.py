@@ -17,7 +17,7 @@ from inferbatch.config import Settings
 from inferbatch.db import escalation as rows
 from inferbatch.db import files, workers
 from inferbatch.db.types import Pool
-from inferbatch.domain import BatchRecord, User
+from inferbatch.domain import BatchRecord, Principal
 from inferbatch.errors import InvalidRequest
 from inferbatch.ids import new_id
 from inferbatch.policy import policy_by_name
@@ -48,7 +48,7 @@ def _loop(pool: Pool, settings: Settings) -> EscalationLoop:
     return EscalationLoop(settings, pool, policy_by_name("default", settings.escalation))
 
 
-async def _running_batch(pool: Pool, blobs: LocalBlobStore, user: User, n: int) -> str:
+async def _running_batch(pool: Pool, blobs: LocalBlobStore, user: Principal, n: int) -> str:
     batch = await make_batch(pool, blobs, user, chat_file(n), window="7d", settings=_settings())
     await ingest_next(pool, blobs, max_requests=10_000, now=utcnow)
     return batch.id
@@ -112,7 +112,7 @@ async def test_with_no_worker_up_or_asked_for_the_estimate_is_unknown(
     assert (await _stored(pool, batch_id))[0] is None
 
 
-async def _upload(pool: Pool, blobs: LocalBlobStore, user: User, content: bytes) -> str:
+async def _upload(pool: Pool, blobs: LocalBlobStore, user: Principal, content: bytes) -> str:
     """Upload ``content`` as a batch file through the file service, a few bytes at a time
     (so lines straddle the chunks), as ``POST /v1/files`` streams it."""
     boundary = "b0undary"
@@ -152,7 +152,7 @@ async def test_an_upload_counts_its_lines_on_the_way_in(pool: Pool, tmp_path: Pa
     assert [f.line_count if f else None for f in counted] == [25, 3]
 
 
-async def _counted_file(pool: Pool, user: User, lines: int) -> str:
+async def _counted_file(pool: Pool, user: Principal, lines: int) -> str:
     """A batch input whose upload counted ``lines`` lines (its content is not read here)."""
     async with pool.connection() as conn:
         record = await files.insert(
@@ -170,7 +170,9 @@ async def _counted_file(pool: Pool, user: User, lines: int) -> str:
     return record.id
 
 
-async def _create(pool: Pool, user: User, file_id: str, window: str, **extra: Any) -> BatchRecord:
+async def _create(
+    pool: Pool, user: Principal, file_id: str, window: str, **extra: Any
+) -> BatchRecord:
     new = batch_service.new_batch(
         _settings(**extra),
         input_file_id=file_id,
@@ -181,7 +183,7 @@ async def _create(pool: Pool, user: User, file_id: str, window: str, **extra: An
         return await batch_service.create(conn, user, new, utcnow())
 
 
-async def _measured_fleet(pool: Pool, tmp_path: Path, user: User) -> None:
+async def _measured_fleet(pool: Pool, tmp_path: Path, user: Principal) -> None:
     """A deployment that has measured 60 s a request, with one spot worker of one slot
     (and a dedicated quota of one more, after 60 s)."""
     blobs = LocalBlobStore(tmp_path)

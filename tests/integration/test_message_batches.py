@@ -26,7 +26,7 @@ from inferbatch.config import Settings
 from inferbatch.db import batches
 from inferbatch.db import requests as queue
 from inferbatch.db.types import Pool
-from inferbatch.domain import BatchRecord, User
+from inferbatch.domain import BatchRecord, Principal
 from inferbatch.engines.client import HttpEngine
 from inferbatch.engines.registry import ANY_MODEL, EngineRegistry
 from inferbatch.errors import Conflict, NotFound
@@ -35,7 +35,13 @@ from inferbatch.scheduler.ingest import ingest_next
 from inferbatch.services import message_batches as service
 from inferbatch.worker.worker import Worker, WorkerConfig
 from tests.helpers import chat_file
-from tests.integration.fixtures import fold_counters, make_batch, make_user, utcnow
+from tests.integration.fixtures import (
+    fold_counters,
+    make_batch,
+    make_project,
+    make_user,
+    utcnow,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +67,7 @@ def _params(text: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-async def _create(pool: Pool, blobs: LocalBlobStore, user: User, **params: Any) -> BatchRecord:
+async def _create(pool: Pool, blobs: LocalBlobStore, user: Principal, **params: Any) -> BatchRecord:
     body = {"requests": [{"custom_id": cid, "params": p} for cid, p in params.items()]}
     return await service.create(
         pool, blobs, SETTINGS, user, io.BytesIO(orjson.dumps(body)), utcnow()
@@ -109,7 +115,9 @@ async def _settled(pool: Pool, batch_id: str, n: int) -> None:
     raise AssertionError(f"fewer than {n} requests settled: {statuses}")
 
 
-async def _results(pool: Pool, blobs: LocalBlobStore, user: User, batch_id: str) -> dict[str, Any]:
+async def _results(
+    pool: Pool, blobs: LocalBlobStore, user: Principal, batch_id: str
+) -> dict[str, Any]:
     lines = b"".join([chunk async for chunk in await service.results(pool, blobs, user, batch_id)])
     parsed = [MessageBatchIndividualResponse.model_validate_json(x) for x in lines.splitlines()]
     return {r.custom_id: r.result for r in parsed}
@@ -123,7 +131,7 @@ def _counts(batch: BatchRecord) -> dict[str, int]:
     return service.request_counts(batch).model_dump()
 
 
-async def _get(pool: Pool, user: User, batch_id: str) -> BatchRecord:
+async def _get(pool: Pool, user: Principal, batch_id: str) -> BatchRecord:
     return await service.get(pool, user, batch_id)
 
 
@@ -334,7 +342,7 @@ async def test_delete_removes_the_batch_its_requests_and_its_files(
 ) -> None:
     blobs = LocalBlobStore(tmp_path)
     user = await make_user(pool)
-    other = await make_user(pool, "bob")
+    other = await make_user(pool, "bob", project_id=await make_project(pool))
     batch = await _create(pool, blobs, user, a=_params("a"), b=_params("b"))
     with pytest.raises(Conflict):  # still processing
         await service.delete(pool, blobs, user, batch.id)
@@ -345,7 +353,7 @@ async def test_delete_removes_the_batch_its_requests_and_its_files(
     async with pool.connection() as conn:
         await queue.cancel_queued(conn)
     await finish_ready(pool, blobs, retention=timedelta(days=1), now=utcnow)
-    with pytest.raises(NotFound):  # another user's batch is not found
+    with pytest.raises(NotFound):  # another project's batch is not found
         await service.delete(pool, blobs, other, batch.id)
     assert _blob_files(tmp_path)
     await service.delete(pool, blobs, user, batch.id)
@@ -390,9 +398,12 @@ async def test_listing_pages_both_ways_and_shows_only_message_batches(
     assert [b.id for b in page] == newest[2:4] and more
     page, more = await service.list_page(pool, user, after_id=None, before_id=newest[2], limit=2)
     assert [b.id for b in page] == newest[:2] and not more
-    other = await make_user(pool, "bob")
+    other = await make_user(pool, "bob", project_id=await make_project(pool))
     page, more = await service.list_page(pool, other, after_id=None, before_id=None, limit=20)
     assert page == [] and not more
+    fellow = await make_user(pool, "carol")  # of the same project: sees them all
+    page, _ = await service.list_page(pool, fellow, after_id=None, before_id=None, limit=20)
+    assert [b.id for b in page] == newest
     admin = await make_user(pool, "root", admin=True)
     page, _ = await service.list_page(pool, admin, after_id=None, before_id=None, limit=20)
     assert [b.id for b in page] == newest
@@ -402,7 +413,8 @@ async def test_a_create_that_fails_in_the_database_leaves_no_blob(
     pool: Pool, tmp_path: Path
 ) -> None:
     blobs = LocalBlobStore(tmp_path)
-    ghost = User(id="u-ghost", name="ghost", is_admin=False)  # no such row: the insert fails
+    # no such project: the insert fails
+    ghost = Principal(id="u-ghost", name="ghost", is_admin=False, project_id="proj_ghost")
     with pytest.raises(psycopg.errors.ForeignKeyViolation):
         await _create(pool, blobs, ghost, a=_params("a"))
     assert not _blob_files(tmp_path)

@@ -1,18 +1,22 @@
 """Migrations move existing data: the narrow queue split keeps every request, its body and
 its result, and its downgrade puts them back; 0012 counts the cancelled and expired
-requests of existing batches once; every migration goes down and up again."""
+requests of existing batches once; 0017 moves users, keys and objects into the default
+project; every migration goes down and up again."""
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
 from alembic import command
 from alembic.config import Config
 
+from inferbatch.db import users
 from inferbatch.db.connector import MIGRATIONS_DIR
+from inferbatch.services import projects
 from tests.conftest import with_dbname
 
 pytestmark = pytest.mark.integration
@@ -226,3 +230,51 @@ def test_gpu_cost_columns_start_at_zero_and_go_again(empty_url: str) -> None:
         }
     assert not {"usage_daily", "usage_deltas"} & tables
     assert not {"gpu_seconds", "gpu_cost", "spot_gpu_seconds"} & columns
+
+
+PRE_PROJECT_ROWS = """
+INSERT INTO users (id, name, is_admin) VALUES ('u1', 'alice', false), ('u2', 'root', true);
+INSERT INTO api_keys (id, user_id, key_hash, prefix)
+VALUES ('k1', 'u1', sha256('ib-alice'::bytea), 'ib-alic'),
+    ('k2', 'u2', sha256('ib-root'::bytea), 'ib-root');
+INSERT INTO files (id, owner_id, purpose, filename, bytes, sha256, blob_key)
+VALUES ('f1', 'u1', 'batch', 'in.jsonl', 1, 'x', 'blob-1');
+INSERT INTO batches (id, owner_id, input_file_id, endpoint, completion_window, deadline_at,
+    status) VALUES ('b1', 'u1', 'f1', '/v1/chat/completions', '24h', now(), 'in_progress');
+"""
+
+
+def test_existing_users_and_keys_move_into_the_default_project(empty_url: str) -> None:
+    """0017: every user becomes an owner of ``proj_default``, every key and object is its;
+    the keys still authenticate; the downgrade keeps the users, keys and objects."""
+    cfg = _alembic(empty_url)
+    command.upgrade(cfg, "0016")
+    with psycopg.connect(empty_url, autocommit=True) as conn:
+        conn.execute(PRE_PROJECT_ROWS)
+    command.upgrade(cfg, "0017")
+    with psycopg.connect(empty_url, autocommit=True) as conn:
+        members = conn.execute(
+            "SELECT project_id, user_id, role FROM project_members ORDER BY user_id"
+        ).fetchall()
+        keys = conn.execute("SELECT id, project_id FROM api_keys ORDER BY id").fetchall()
+        owned = conn.execute(
+            "SELECT project_id FROM files UNION ALL SELECT project_id FROM batches"
+        ).fetchall()
+        project = conn.execute("SELECT id, archived_at FROM projects").fetchall()
+        holder = conn.execute(
+            users.KEY_HOLDER, (users.hash_key("ib-alice"),), prepare=False
+        ).fetchone()
+    assert members == [("proj_default", "u1", "owner"), ("proj_default", "u2", "owner")]
+    assert keys == [("k1", "proj_default"), ("k2", "proj_default")]
+    assert owned == [("proj_default",), ("proj_default",)]
+    assert project == [("proj_default", None)]
+    assert holder is not None
+    principal = projects.principal_of(users.KeyHolder(*holder), datetime.now(UTC))
+    assert (principal.id, principal.project_id, principal.role) == ("u1", "proj_default", "owner")
+    command.downgrade(cfg, "0016")
+    with psycopg.connect(empty_url, autocommit=True) as conn:
+        assert conn.execute("SELECT id, user_id FROM api_keys ORDER BY id").fetchall() == [
+            ("k1", "u1"),
+            ("k2", "u2"),
+        ]
+        assert conn.execute("SELECT id, owner_id FROM batches").fetchall() == [("b1", "u1")]

@@ -13,13 +13,13 @@ from inferbatch.blobstore import LocalBlobStore
 from inferbatch.db import requests as queue
 from inferbatch.db.requests import Outcome
 from inferbatch.db.types import Pool
-from inferbatch.domain import ClaimedRequest, User
+from inferbatch.domain import ClaimedRequest, Principal
 from inferbatch.errors import InvalidRequest, NotFound
 from inferbatch.scheduler.finalize import finish_ready
 from inferbatch.scheduler.ingest import ingest_next
 from inferbatch.services.output import OutputPage, output_page
 from tests.helpers import chat_file
-from tests.integration.fixtures import make_batch, make_user, utcnow
+from tests.integration.fixtures import make_batch, make_project, make_user, utcnow
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,9 @@ def _done(c: ClaimedRequest) -> Outcome:
     )
 
 
-async def _page(pool: Pool, user: User, batch_id: str, after: str | None, n: int) -> OutputPage:
+async def _page(
+    pool: Pool, user: Principal, batch_id: str, after: str | None, n: int
+) -> OutputPage:
     async with pool.connection() as conn:
         return await output_page(conn, user, batch_id, after, n)
 
@@ -82,14 +84,17 @@ async def test_the_cursor_reads_every_result_once_even_when_an_older_transaction
     assert len(whole.lines) == 3 and not whole.complete  # ended, but more lines follow
 
 
-async def test_another_users_batch_and_a_forged_cursor_are_refused(
+async def test_another_projects_batch_and_a_forged_cursor_are_refused(
     pool: Pool, tmp_path: Path
 ) -> None:
     blobs = LocalBlobStore(tmp_path)
-    alice, bob = await make_user(pool, "alice"), await make_user(pool, "bob")
+    alice = await make_user(pool, "alice")
+    bob = await make_user(pool, "bob", project_id=await make_project(pool))
     batch = await make_batch(pool, blobs, alice, chat_file(1))
     with pytest.raises(NotFound):
         await _page(pool, bob, batch.id, None, 10)
+    # a fellow member of alice's project reads it (nothing settled yet)
+    assert (await _page(pool, await make_user(pool, "carol"), batch.id, None, 10)).lines == []
     with pytest.raises(InvalidRequest) as exc:
         await _page(pool, alice, batch.id, "batch_req_0001", 10)
     assert exc.value.param == "after"

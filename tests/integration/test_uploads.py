@@ -26,12 +26,12 @@ from inferbatch.config import Settings
 from inferbatch.db import uploads as upload_rows
 from inferbatch.db.connector import MIGRATIONS_DIR
 from inferbatch.db.types import Pool
-from inferbatch.domain import UploadPartRecord, UploadRecord, User
+from inferbatch.domain import Principal, UploadPartRecord, UploadRecord
 from inferbatch.errors import Conflict, InvalidRequest, NotFound, StorageUnavailable, TooLarge
 from inferbatch.protocol.uploads import UploadCompleteRequest, UploadCreateRequest
 from inferbatch.services import upload_sessions as uploads
 from tests.conftest import with_dbname
-from tests.integration.fixtures import make_user, utcnow
+from tests.integration.fixtures import make_project, make_user, utcnow
 from tests.s3server import S3Bucket, S3Server, TcpProxy, s3_server
 
 pytestmark = pytest.mark.integration
@@ -87,7 +87,7 @@ def form(data: bytes, field: str = "data", chunk: int = 256 * 1024) -> AsyncIter
 
 
 async def new_upload(
-    pool: Pool, user: User, size: int, settings: Settings = SETTINGS, **fields: Any
+    pool: Pool, user: Principal, size: int, settings: Settings = SETTINGS, **fields: Any
 ) -> UploadRecord:
     """A new upload of ``size`` bytes (a batch file unless ``fields`` say otherwise)."""
     body = UploadCreateRequest.model_validate(
@@ -102,7 +102,7 @@ async def new_upload(
 async def add(
     pool: Pool,
     blobs: BlobStore,
-    user: User,
+    user: Principal,
     upload_id: str,
     data: bytes,
     settings: Settings = SETTINGS,
@@ -122,7 +122,12 @@ async def add(
 
 
 async def complete(
-    pool: Pool, blobs: BlobStore, user: User, upload_id: str, ids: list[str], md5: str | None = None
+    pool: Pool,
+    blobs: BlobStore,
+    user: Principal,
+    upload_id: str,
+    ids: list[str],
+    md5: str | None = None,
 ) -> tuple[Any, Any]:
     return await uploads.complete(
         pool, blobs, user, upload_id, UploadCompleteRequest(part_ids=ids, md5=md5), utcnow()
@@ -341,12 +346,14 @@ async def test_a_complete_left_by_a_dead_process_is_taken_over_after_the_lease(
     assert await count(pool, "SELECT count(*) FROM files") == 1
 
 
-async def test_another_users_upload_is_not_found(pool: Pool, blobs: BlobStore) -> None:
-    alice, bob = await make_user(pool, "alice"), await make_user(pool, "bob")
+async def test_another_projects_upload_is_not_found(pool: Pool, blobs: BlobStore) -> None:
+    alice = await make_user(pool, "alice")
+    bob = await make_user(pool, "bob", project_id=await make_project(pool))
     upload = await new_upload(pool, alice, 3)
     with pytest.raises(NotFound):
         await add(pool, blobs, bob, upload.id, b"abc")
-    part = await add(pool, blobs, alice, upload.id, b"abc")
+    # a fellow member of alice's project may add to her upload
+    part = await add(pool, blobs, await make_user(pool, "carol"), upload.id, b"abc")
     with pytest.raises(NotFound):
         await complete(pool, blobs, bob, upload.id, [part.id])
     with pytest.raises(NotFound):
@@ -503,7 +510,7 @@ async def test_the_sweep_expires_uploads_past_their_hour_and_deletes_their_parts
 
 
 async def add_unchecked(
-    pool: Pool, blobs: BlobStore, user: User, upload_id: str, data: bytes
+    pool: Pool, blobs: BlobStore, user: Principal, upload_id: str, data: bytes
 ) -> UploadPartRecord:
     """A part as it would have been added before the upload's expiry."""
     async with pool.connection() as conn:

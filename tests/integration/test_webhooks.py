@@ -26,7 +26,7 @@ from inferbatch.db import webhooks as rows
 from inferbatch.db.connector import MIGRATIONS_DIR
 from inferbatch.db.requests import Outcome
 from inferbatch.db.types import Pool
-from inferbatch.domain import BatchRecord, User, WebhookDelivery
+from inferbatch.domain import BatchRecord, Principal, WebhookDelivery
 from inferbatch.engines.local import free_port
 from inferbatch.errors import BadGateway, InvalidRequest, NotFound
 from inferbatch.ids import new_id
@@ -42,7 +42,7 @@ from inferbatch.scheduler.ingest import ingest_next
 from inferbatch.services import requests as request_service
 from inferbatch.services import webhooks as webhook_service
 from tests.helpers import chat_file
-from tests.integration.fixtures import make_file, make_user, utcnow
+from tests.integration.fixtures import make_file, make_project, make_user, utcnow
 from tests.webhook_receiver import Received, Receiver, receiving
 
 pytestmark = pytest.mark.integration
@@ -69,7 +69,7 @@ def receiver() -> Iterator[Receiver]:
 async def _batch(
     pool: Pool,
     blobs: LocalBlobStore,
-    user: User,
+    user: Principal,
     content: bytes,
     *,
     callback_url: str | None = None,
@@ -83,6 +83,7 @@ async def _batch(
             conn,
             batch_id=new_id("batch_"),
             owner_id=user.id,
+            project_id=user.project_id,
             input_file_id=file_id,
             endpoint="/v1/chat/completions",
             completion_window="24h",
@@ -123,7 +124,7 @@ async def _complete(pool: Pool, blobs: LocalBlobStore, n: int, status: int = 200
 
 async def _endpoint(
     pool: Pool,
-    user: User,
+    user: Principal,
     url: str,
     event_types: list[str] | None = None,
     now: datetime | None = None,
@@ -151,8 +152,9 @@ async def test_finishing_a_batch_queues_one_delivery_per_matching_endpoint_and_c
 ) -> None:
     blobs = LocalBlobStore(tmp_path)
     alice = await make_user(pool, "alice")
-    bob = await make_user(pool, "bob")
-    everything, _ = await _endpoint(pool, alice, receiver.url + "/all")
+    carol = await make_user(pool, "carol")  # alice's fellow member: her endpoints count
+    bob = await make_user(pool, "bob", project_id=await make_project(pool))
+    everything, _ = await _endpoint(pool, carol, receiver.url + "/all")
     completed_only, _ = await _endpoint(pool, alice, receiver.url + "/c", ["batch.completed"])
     await _endpoint(pool, alice, receiver.url + "/f", ["batch.failed"])
     await _endpoint(pool, bob, receiver.url + "/bob")
@@ -436,7 +438,9 @@ def _verifies(secret: str, got: Received) -> bool:
     return True
 
 
-async def _rotate(pool: Pool, user: User, endpoint_id: str, keep_old: bool, now: datetime) -> str:
+async def _rotate(
+    pool: Pool, user: Principal, endpoint_id: str, keep_old: bool, now: datetime
+) -> str:
     async with pool.connection() as conn:
         rotated = await webhook_service.rotate_secret(
             conn, user, endpoint_id, keep_old=keep_old, now=now
@@ -582,8 +586,8 @@ async def test_a_test_event_is_sent_now_signed_and_answers_the_receivers_status(
         after = await webhook_service.get(conn, alice, endpoint_id)
         assert await rows.recent_deliveries(conn, None, limit=10) == []  # nothing recorded
     assert after.updated_at == before.updated_at
-    bob = await make_user(pool, "bob")
-    with pytest.raises(NotFound):
+    bob = await make_user(pool, "bob", project_id=await make_project(pool))
+    with pytest.raises(NotFound):  # another project's endpoint
         await webhook_service.send_test(pool, bob, endpoint_id, "batch.failed", ALLOW, utcnow())
 
 
@@ -604,25 +608,36 @@ async def test_a_test_event_to_a_refused_or_silent_address_is_an_error(
     assert "Could not connect" in silent.value.message
 
 
-async def test_endpoints_list_newest_first_in_pages_of_their_owner_only(
+async def test_endpoints_list_newest_first_in_pages_of_their_project_only(
     pool: Pool, receiver: Receiver
 ) -> None:
     alice = await make_user(pool)
-    bob = await make_user(pool, "bob")
+    carol = await make_user(pool, "carol")
+    bob = await make_user(pool, "bob", project_id=await make_project(pool))
     t0 = utcnow()
     ids = [
-        (await _endpoint(pool, alice, f"{receiver.url}/{i}", now=t0 + timedelta(seconds=i)))[0]
+        (
+            await _endpoint(
+                pool,
+                carol if i == 1 else alice,
+                f"{receiver.url}/{i}",
+                now=t0 + timedelta(seconds=i),
+            )
+        )[0]
         for i in range(3)
     ]
     bobs, _ = await _endpoint(pool, bob, receiver.url + "/bob", now=t0 + timedelta(seconds=9))
     async with pool.connection() as conn:
-        first = await rows.list_endpoints(conn, alice.id, after=None, limit=2)
-        second = await rows.list_endpoints(conn, alice.id, after=first[1].id, limit=2)
-        across = await rows.list_endpoints(conn, alice.id, after=bobs, limit=2)
+        first = await rows.list_endpoints(conn, alice.project_id, after=None, limit=2)
+        second = await rows.list_endpoints(conn, alice.project_id, after=first[1].id, limit=2)
+        across = await rows.list_endpoints(conn, alice.project_id, after=bobs, limit=2)
+        theirs = await rows.list_endpoints(conn, bob.project_id, after=None, limit=10)
         everyone = await rows.list_endpoints(conn, None, after=None, limit=10)
+    # carol's endpoint is one of the project's, listed with alice's
     assert [e.id for e in first] == [ids[2], ids[1], ids[0]]  # limit + 1: more follow
     assert [e.id for e in second] == [ids[0]]
-    assert across == []  # another owner's id is no cursor
+    assert across == []  # another project's id is no cursor
+    assert [e.id for e in theirs] == [bobs]
     assert [e.id for e in everyone] == [bobs, ids[2], ids[1], ids[0]]
 
 

@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 
 from inferbatch.api.deps import AppState, current_user, state
-from inferbatch.domain import User
+from inferbatch.domain import Principal
 from inferbatch.errors import (
     BadValue,
     InferbatchError,
@@ -104,7 +104,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 router = APIRouter(prefix="/v1/messages/batches", route_class=_AnthropicRoute, responses=ERRORS)
 
-UserDep = Annotated[User, Depends(current_user)]
+UserDep = Annotated[Principal, Depends(current_user)]
 StateDep = Annotated[AppState, Depends(state)]
 
 

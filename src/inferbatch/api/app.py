@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from inferbatch.api.admin import router as admin_router
 from inferbatch.api.anthropic import router as anthropic_router
 from inferbatch.api.costs import router as costs_router
 from inferbatch.api.deps import AppState
@@ -85,7 +86,7 @@ async def _register_admin_key(pool: Pool, key: str) -> None:
         try:
             async with pool.connection() as conn:
                 admin = await users.ensure_user(conn, "admin", is_admin=True)
-                await users.add_key(conn, admin.id, key)
+                await users.add_key(conn, admin.id, key, role="owner")
             return
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             log.warning("registering the admin key failed (%s); retrying", exc)
@@ -151,6 +152,7 @@ def create_app(
     app.include_router(uploads_router)
     app.include_router(anthropic_router)
     app.include_router(costs_router)
+    app.include_router(admin_router)
     install_portal(app)
     _document_validation_as_400(app)
     app.add_middleware(RequestMetrics, metrics=api_metrics)

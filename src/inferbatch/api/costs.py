@@ -12,14 +12,14 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response, StreamingResponse
 
 from inferbatch.api.deps import AppState, current_user, state
-from inferbatch.domain import User
+from inferbatch.domain import Principal
 from inferbatch.errors import InvalidRequest
 from inferbatch.protocol.costs import CostsPage
 from inferbatch.services import costs as cost_service
 
 router = APIRouter(prefix="/v1", tags=["costs"])
 
-UserDep = Annotated[User, Depends(current_user)]
+UserDep = Annotated[Principal, Depends(current_user)]
 StateDep = Annotated[AppState, Depends(state)]
 StartTime = Annotated[
     int,

@@ -11,13 +11,12 @@ from fastapi import Header, Request
 
 from inferbatch.blobstore import BlobStore
 from inferbatch.config import Settings
-from inferbatch.db import users
 from inferbatch.db.types import Pool
-from inferbatch.domain import User
+from inferbatch.domain import Principal, may_change
 from inferbatch.engines.registry import EngineRegistry
-from inferbatch.errors import Unauthorized
+from inferbatch.errors import PermissionDenied, Unauthorized
 from inferbatch.metrics import SystemMetrics
-from inferbatch.services import idempotency
+from inferbatch.services import idempotency, projects
 
 IdempotencyHeader = Annotated[
     str | None,
@@ -45,17 +44,34 @@ def state(request: Request) -> AppState:
     return s
 
 
-async def current_user(request: Request) -> User:
-    """The key's user: from ``Authorization: Bearer <key>`` (OpenAI's header) or
-    ``x-api-key: <key>`` (Anthropic's)."""
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+"""Methods that only read: every other one creates, changes, cancels, retries or deletes."""
+
+
+def presented_key(request: Request) -> str:
+    """The key of ``Authorization: Bearer <key>`` (OpenAI's header) or ``x-api-key: <key>``
+    (Anthropic's); Unauthorized when there is none."""
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         key = request.headers.get("x-api-key", "")
     if not key.strip():
         raise Unauthorized()
-    async with state(request).db.connection() as conn:
-        user = await users.user_for_key(conn, key.strip())
-    if user is None:
-        raise Unauthorized("Incorrect API key provided.")
-    return user
+    return key.strip()
+
+
+async def authenticated(request: Request) -> Principal:
+    """The principal of the request's key, whatever the method."""
+    st = state(request)
+    async with st.db.connection() as conn:
+        return await projects.authenticate(conn, presented_key(request), st.now())
+
+
+async def current_user(request: Request) -> Principal:
+    """The principal of the request's key, allowed to do what the request's method does:
+    the role rule of every object route, in one place. A reader's key may read (GET);
+    anything else it sends is refused with 403 before the route runs."""
+    principal = await authenticated(request)
+    if request.method not in READ_METHODS and not may_change(principal):
+        raise PermissionDenied()
+    return principal

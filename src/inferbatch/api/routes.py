@@ -11,7 +11,7 @@ from inferbatch.api.deps import AppState, IdempotencyHeader, current_user, state
 from inferbatch.db import batches as batch_rows
 from inferbatch.db import files as file_rows
 from inferbatch.db import workers as worker_rows
-from inferbatch.domain import User, owner_filter
+from inferbatch.domain import Principal, project_filter
 from inferbatch.errors import Forbidden
 from inferbatch.protocol.openai import (
     Batch,
@@ -35,7 +35,7 @@ from inferbatch.services.serialize import batch_fields, batch_object, file_objec
 
 router = APIRouter(prefix="/v1")
 
-UserDep = Annotated[User, Depends(current_user)]
+UserDep = Annotated[Principal, Depends(current_user)]
 StateDep = Annotated[AppState, Depends(state)]
 After = Annotated[str | None, Query(description="The id of the last object of the page before.")]
 
@@ -103,7 +103,7 @@ async def list_files(
     async with st.db.connection() as conn:
         rows = await file_rows.list_page(
             conn,
-            owner_filter(user),
+            project_filter(user),
             purpose=purpose,
             after=after,
             limit=limit,
@@ -187,7 +187,7 @@ async def list_batches(
 ) -> ListPage[Any]:
     async with st.db.connection() as conn:
         rows = await batch_rows.list_page(
-            conn, owner_filter(user), after=after, limit=limit, priority=priority
+            conn, project_filter(user), after=after, limit=limit, priority=priority
         )
     return page([batch_object(b) for b in rows[:limit]], len(rows) > limit)
 

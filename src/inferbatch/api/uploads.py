@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 
 from inferbatch.api.deps import AppState, IdempotencyHeader, current_user, state
-from inferbatch.domain import FileRecord, UploadPartRecord, UploadRecord, User
+from inferbatch.domain import FileRecord, Principal, UploadPartRecord, UploadRecord
 from inferbatch.protocol.uploads import (
     Upload,
     UploadCompleteRequest,
@@ -21,7 +21,7 @@ from inferbatch.services.serialize import file_object
 
 router = APIRouter(prefix="/v1")
 
-UserDep = Annotated[User, Depends(current_user)]
+UserDep = Annotated[Principal, Depends(current_user)]
 StateDep = Annotated[AppState, Depends(state)]
 
 PART_BODY: dict[str, Any] = {

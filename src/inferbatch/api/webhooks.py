@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body, Depends, Query
 
 from inferbatch.api.deps import AppState, current_user, state
 from inferbatch.db import webhooks as webhook_rows
-from inferbatch.domain import User, owner_filter
+from inferbatch.domain import Principal, project_filter
 from inferbatch.protocol.openai import ErrorResponse, ListPage
 from inferbatch.protocol.webhooks import (
     EVENT_TYPES,
@@ -30,7 +30,7 @@ from inferbatch.services.serialize import page
 
 router = APIRouter(prefix="/v1", tags=["webhooks"])
 
-UserDep = Annotated[User, Depends(current_user)]
+UserDep = Annotated[Principal, Depends(current_user)]
 StateDep = Annotated[AppState, Depends(state)]
 After = Annotated[str | None, Query(description="The id of the last object of the page before.")]
 Limit = Annotated[int, Query(ge=1, le=100, description="Page size, 1 to 100.")]
@@ -52,7 +52,7 @@ async def list_webhook_endpoints(
     """The caller's endpoints (every user's for admins), newest first."""
     async with st.db.connection() as conn:
         found = await webhook_rows.list_endpoints(
-            conn, owner_filter(user), after=after, limit=limit
+            conn, project_filter(user), after=after, limit=limit
         )
     data = [webhook_service.endpoint_object(e) for e in found[:limit]]
     return page(data, len(found) > limit)

@@ -10,9 +10,11 @@ from psycopg.types.json import Jsonb
 
 from inferbatch.db import webhooks
 from inferbatch.db.types import Conn
-from inferbatch.domain import BatchRecord
+from inferbatch.domain import DEFAULT_PROJECT_ID, BatchRecord
 
 _COLUMNS = ", ".join(BatchRecord.__slots__)
+_VISIBLE = "(%(project)s::text IS NULL OR project_id = %(project)s)"
+"""The row is of the project (any project's when it is None: admins)."""
 
 
 async def insert(
@@ -33,13 +35,15 @@ async def insert(
     callback_secret: str | None = None,
     estimated_completion_at: datetime | None = None,
     warnings: list[dict[str, Any]] | None = None,
+    project_id: str = DEFAULT_PROJECT_ID,
 ) -> BatchRecord:
     cur = await conn.execute(
         f"""
         INSERT INTO batches (id, owner_id, input_file_id, endpoint, completion_window,
             deadline_at, created_at, priority, dedup_scope, metadata, output_expires_seconds,
-            callback_url, callback_secret, estimated_completion_at, warnings, status)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'validating')
+            callback_url, callback_secret, estimated_completion_at, warnings, project_id,
+            status)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'validating')
         RETURNING {_COLUMNS}
         """,
         (
@@ -58,6 +62,7 @@ async def insert(
             callback_secret,
             estimated_completion_at,
             Jsonb(warnings) if warnings else None,
+            project_id,
         ),
     )
     row = await cur.fetchone()
@@ -66,13 +71,11 @@ async def insert(
     return BatchRecord.from_row(row)
 
 
-async def get(conn: Conn, batch_id: str, owner_id: str | None) -> BatchRecord | None:
+async def get(conn: Conn, batch_id: str, project_id: str | None) -> BatchRecord | None:
+    """The batch, if it exists and (unless ``project_id`` is None) is of ``project_id``."""
     cur = await conn.execute(
-        f"""
-        SELECT {_COLUMNS} FROM batches
-        WHERE id = %(id)s AND (%(owner)s::text IS NULL OR owner_id = %(owner)s)
-        """,
-        {"id": batch_id, "owner": owner_id},
+        f"SELECT {_COLUMNS} FROM batches WHERE id = %(id)s AND {_VISIBLE}",
+        {"id": batch_id, "project": project_id},
     )
     row = await cur.fetchone()
     return BatchRecord.from_row(row) if row else None
@@ -80,7 +83,7 @@ async def get(conn: Conn, batch_id: str, owner_id: str | None) -> BatchRecord | 
 
 async def list_page(
     conn: Conn,
-    owner_id: str | None,
+    project_id: str | None,
     *,
     after: str | None,
     limit: int,
@@ -91,14 +94,14 @@ async def list_page(
     cur = await conn.execute(
         f"""
         SELECT {_COLUMNS} FROM batches
-        WHERE (%(owner)s::text IS NULL OR owner_id = %(owner)s)
+        WHERE {_VISIBLE}
           AND (%(priority)s::int IS NULL OR priority = %(priority)s)
           AND (%(after)s::text IS NULL OR (created_at, id) <
                (SELECT created_at, id FROM batches WHERE id = %(after)s))
         ORDER BY created_at DESC, id DESC
         LIMIT %(limit)s
         """,
-        {"owner": owner_id, "after": after, "limit": limit + 1, "priority": priority},
+        {"project": project_id, "after": after, "limit": limit + 1, "priority": priority},
     )
     return [BatchRecord.from_row(r) for r in await cur.fetchall()]
 

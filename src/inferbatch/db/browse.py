@@ -1,8 +1,8 @@
 """What the portal reads: the batch list (filtered, sorted, keyset-paginated), dashboard
 statistics, activity over time and latency histograms, and its sessions' keys and secret.
 
-Every function takes an open connection and never commits. ``owner`` is the user id to
-restrict to, or None for everything (admins). Statements are assembled only from the
+Every function takes an open connection and never commits. ``project`` is the project id
+to restrict to, or None for everything (admins). Statements are assembled only from the
 fixed fragments below; user input only ever travels as parameters.
 """
 
@@ -15,15 +15,13 @@ from typing import Any, Literal
 
 from inferbatch.db import counters
 from inferbatch.db.types import Conn
-from inferbatch.db.users import hash_key
-from inferbatch.domain import User
 
 PriorityClass = Literal["normal", "medium", "high"]
 Sort = Literal["newest", "oldest", "deadline", "priority"]
 SORTS: tuple[Sort, ...] = ("newest", "oldest", "deadline", "priority")
 
 # Sort -> (columns of the keyset, direction). Each has an index with the same order
-# (batches_created, batches_deadline, batches_priority_created; status and owner variants).
+# (batches_created, batches_deadline, batches_priority_created; status and project variants).
 _SORT_KEYS: dict[Sort, tuple[tuple[str, ...], str]] = {
     "newest": (("created_at", "id"), "DESC"),
     "oldest": (("created_at", "id"), "ASC"),
@@ -37,6 +35,9 @@ _PRIORITY_RANGES: dict[PriorityClass, tuple[int | None, int | None]] = {
     "high": (10, None),
 }
 _ACTIVE = "('validating', 'in_progress', 'finalizing', 'cancelling')"
+_OWNER_JOIN = """LEFT JOIN users u ON u.id = b.owner_id
+    LEFT JOIN service_accounts sa ON sa.id = b.owner_id"""
+"""Who made batch ``b``: a user or a service account."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +51,12 @@ class BatchFilter:
     created_before: datetime | None = None
 
 
-def _batch_where(owner: str | None, f: BatchFilter) -> tuple[list[str], dict[str, Any]]:
+def _batch_where(project: str | None, f: BatchFilter) -> tuple[list[str], dict[str, Any]]:
     conds: list[str] = []
     params: dict[str, Any] = {}
-    if owner is not None:
-        conds.append("b.owner_id = %(owner)s")
-        params["owner"] = owner
+    if project is not None:
+        conds.append("b.project_id = %(project)s")
+        params["project"] = project
     if f.status is not None:
         conds.append("b.status = %(status)s")
         params["status"] = f.status
@@ -80,14 +81,14 @@ def _batch_where(owner: str | None, f: BatchFilter) -> tuple[list[str], dict[str
 
 
 _LIST_COLUMNS = """
-    b.id, b.owner_id, u.name AS owner_name, b.status, b.endpoint, b.model, b.priority,
-    b.dedup_scope, b.completion_window, b.created_at, b.deadline_at, b.total_count,
+    b.id, b.owner_id, coalesce(u.name, sa.name) AS owner_name, b.status, b.endpoint, b.model,
+    b.priority, b.dedup_scope, b.completion_window, b.created_at, b.deadline_at, b.total_count,
     b.completed_count, b.failed_count, b.metadata, b.input_file_id, b.estimated_completion_at
 """
 
 
 def batch_page_query(
-    owner: str | None,
+    project: str | None,
     f: BatchFilter,
     *,
     sort: Sort = "newest",
@@ -102,7 +103,7 @@ def batch_page_query(
     directions walk the same index and stop after ``limit`` + 1 rows.
     """
     columns, direction = _SORT_KEYS[sort]
-    conds, params = _batch_where(owner, f)
+    conds, params = _batch_where(project, f)
     backward = before is not None
     cursor = before if backward else after
     descending = (direction == "DESC") != backward
@@ -117,7 +118,7 @@ def batch_page_query(
     order = ", ".join(f"b.{c} {scan}" for c in columns)
     params["limit"] = limit + 1
     query = f"""
-        SELECT {_LIST_COLUMNS} FROM batches b JOIN users u ON u.id = b.owner_id
+        SELECT {_LIST_COLUMNS} FROM batches b {_OWNER_JOIN}
         WHERE {where} ORDER BY {order} LIMIT %(limit)s
     """
     return query, params
@@ -125,7 +126,7 @@ def batch_page_query(
 
 async def list_batches(
     conn: Conn,
-    owner: str | None,
+    project: str | None,
     f: BatchFilter,
     *,
     sort: Sort = "newest",
@@ -138,7 +139,7 @@ async def list_batches(
     Returns the rows in display order and whether more rows lie beyond the page in the
     direction of travel (forward with ``after``, backward with ``before``).
     """
-    query, params = batch_page_query(owner, f, sort=sort, after=after, before=before, limit=limit)
+    query, params = batch_page_query(project, f, sort=sort, after=after, before=before, limit=limit)
     cur = await conn.execute(query, params, prepare=False)
     rows = await cur.fetchall()
     more = len(rows) > limit
@@ -148,9 +149,9 @@ async def list_batches(
     return rows, more
 
 
-async def count_batches(conn: Conn, owner: str | None, f: BatchFilter, cap: int = 10_000) -> int:
+async def count_batches(conn: Conn, project: str | None, f: BatchFilter, cap: int = 10_000) -> int:
     """How many batches match, counting no further than ``cap`` + 1 (shown as "cap+")."""
-    conds, params = _batch_where(owner, f)
+    conds, params = _batch_where(project, f)
     params["cap"] = cap + 1
     cur = await conn.execute(
         f"""
@@ -165,12 +166,12 @@ async def count_batches(conn: Conn, owner: str | None, f: BatchFilter, cap: int 
     return int(row["n"]) if row else 0
 
 
-async def batch_status_counts(conn: Conn, owner: str | None) -> dict[str, int]:
-    """Batches by status (all of them, from the kept totals; or one owner's, counted)."""
-    if owner is None:
+async def batch_status_counts(conn: Conn, project: str | None) -> dict[str, int]:
+    """Batches by status (all of them, from the kept totals; or one project's, counted)."""
+    if project is None:
         by_status, _ = await counters.batch_totals(conn)
         return by_status
-    conds, params = _batch_where(owner, BatchFilter())
+    conds, params = _batch_where(project, BatchFilter())
     cur = await conn.execute(
         f"SELECT status, count(*) AS n FROM batches b WHERE {' AND '.join(conds) or 'true'}"
         " GROUP BY status",
@@ -180,15 +181,15 @@ async def batch_status_counts(conn: Conn, owner: str | None) -> dict[str, int]:
     return {r["status"]: int(r["n"]) for r in await cur.fetchall()}
 
 
-def _request_scope(owner: str | None, batch_id: str | None) -> tuple[str, dict[str, Any]]:
+def _request_scope(project: str | None, batch_id: str | None) -> tuple[str, dict[str, Any]]:
     conds = ["true"]
     params: dict[str, Any] = {}
     if batch_id is not None:
         conds.append("r.batch_id = %(batch)s")
         params["batch"] = batch_id
-    if owner is not None:
-        conds.append("r.batch_id IN (SELECT id FROM batches WHERE owner_id = %(owner)s)")
-        params["owner"] = owner
+    if project is not None:
+        conds.append("r.batch_id IN (SELECT id FROM batches WHERE project_id = %(project)s)")
+        params["project"] = project
     return " AND ".join(conds), params
 
 
@@ -201,11 +202,11 @@ def _finished_after(batch_id: str | None) -> str:
 
 
 async def live_requests(
-    conn: Conn, owner: str | None, batch_id: str | None = None
+    conn: Conn, project: str | None, batch_id: str | None = None
 ) -> list[dict[str, Any]]:
     """Unsettled requests (queued, running, and waiting on an identical request) by
     status and pool; reads only unsettled rows (the requests_unsettled index)."""
-    scope, params = _request_scope(owner, batch_id)
+    scope, params = _request_scope(project, batch_id)
     cur = await conn.execute(
         f"""
         SELECT r.status, r.pool, count(*) AS n FROM requests r
@@ -219,11 +220,11 @@ async def live_requests(
 
 
 async def finished_since(
-    conn: Conn, owner: str | None, since: datetime, batch_id: str | None = None
+    conn: Conn, project: str | None, since: datetime, batch_id: str | None = None
 ) -> list[dict[str, Any]]:
     """Requests that finished at or after ``since``, by status and pool, with their tokens
     and how many of them were answered by deduplication (and those answers' tokens)."""
-    scope, params = _request_scope(owner, batch_id)
+    scope, params = _request_scope(project, batch_id)
     params["since"] = since
     cur = await conn.execute(
         f"""
@@ -245,7 +246,7 @@ async def finished_since(
 
 async def activity_series(
     conn: Conn,
-    owner: str | None,
+    project: str | None,
     since: datetime,
     bucket_seconds: int,
     batch_id: str | None = None,
@@ -253,7 +254,7 @@ async def activity_series(
     """Finished requests per time bucket (aligned on ``since``) and pool: completed,
     failed, and completed tokens. Empty buckets are absent. With ``batch_id``, all the
     batch's results (``since`` at or before its start)."""
-    scope, params = _request_scope(owner, batch_id)
+    scope, params = _request_scope(project, batch_id)
     params.update(since=since, bucket=bucket_seconds)
     cur = await conn.execute(
         f"""
@@ -277,7 +278,7 @@ async def activity_series(
 
 async def latency_histogram(
     conn: Conn,
-    owner: str | None,
+    project: str | None,
     since: datetime,
     edges: Sequence[float],
     batch_id: str | None = None,
@@ -287,7 +288,7 @@ async def latency_histogram(
     ``edges[0]`` seconds, the last at or above ``edges[-1]``. Deduplicated answers,
     which ran no attempt, are left out. With ``batch_id``, all the batch's results
     (``since`` at or before its start)."""
-    scope, params = _request_scope(owner, batch_id)
+    scope, params = _request_scope(project, batch_id)
     params.update(since=since, edges=[float(e) for e in edges])
     cur = await conn.execute(
         f"""
@@ -319,21 +320,21 @@ _PREDICTED_FINISH = """
 
 
 async def at_risk(
-    conn: Conn, owner: str | None, now: datetime, limit: int = 20
+    conn: Conn, project: str | None, now: datetime, limit: int = 20
 ) -> list[dict[str, Any]]:
     """Unfinished batches likely to miss their deadline: past it already, predicted (at
     their pace so far) to finish after it, or without any finished request when half of
     their window has gone. Soonest deadline first."""
-    conds, params = _batch_where(owner, BatchFilter())
+    conds, params = _batch_where(project, BatchFilter())
     conds.append(f"b.status IN {_ACTIVE}")
     params.update(now=now, limit=limit)
     cur = await conn.execute(
         f"""
         SELECT * FROM (
             SELECT b.id, b.status, b.created_at, b.deadline_at, b.total_count,
-                b.completed_count, b.failed_count, u.name AS owner_name,
+                b.completed_count, b.failed_count, coalesce(u.name, sa.name) AS owner_name,
                 {_PREDICTED_FINISH} AS predicted_finish_at
-            FROM batches b JOIN users u ON u.id = b.owner_id
+            FROM batches b {_OWNER_JOIN}
             WHERE {" AND ".join(conds)}
         ) x
         WHERE x.deadline_at <= %(now)s
@@ -385,28 +386,6 @@ async def pool_breakdown(conn: Conn, batch_id: str) -> list[dict[str, Any]]:
 # -- sessions ---------------------------------------------------------------------------------
 
 
-async def session_key_for(conn: Conn, key: str) -> str | None:
-    """The id of the unrevoked API key ``key`` (a session remembers this id, not the key)."""
-    cur = await conn.execute(
-        "SELECT id FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL", (hash_key(key),)
-    )
-    row = await cur.fetchone()
-    return str(row["id"]) if row else None
-
-
-async def session_user(conn: Conn, key_id: str) -> User | None:
-    """The owner of key ``key_id`` while that key is not revoked."""
-    cur = await conn.execute(
-        """
-        SELECT u.id, u.name, u.is_admin FROM api_keys k JOIN users u ON u.id = k.user_id
-        WHERE k.id = %s AND k.revoked_at IS NULL
-        """,
-        (key_id,),
-    )
-    row = await cur.fetchone()
-    return User(**row) if row else None
-
-
 async def signing_secret(conn: Conn, name: str, candidate: bytes) -> bytes:
     """The stored secret called ``name``; ``candidate`` becomes it if none is stored yet
     (the first replica to ask wins, the others read its secret)."""
@@ -421,8 +400,12 @@ async def signing_secret(conn: Conn, name: str, candidate: bytes) -> bytes:
 
 
 async def user_name(conn: Conn, user_id: str) -> str | None:
-    """A user's name (shown to admins as a batch's owner)."""
-    cur = await conn.execute("SELECT name FROM users WHERE id = %s", (user_id,))
+    """The name of a user or service account (shown to admins as a batch's owner)."""
+    cur = await conn.execute(
+        "SELECT name FROM users WHERE id = %(id)s "
+        "UNION ALL SELECT name FROM service_accounts WHERE id = %(id)s LIMIT 1",
+        {"id": user_id},
+    )
     row = await cur.fetchone()
     return str(row["name"]) if row else None
 

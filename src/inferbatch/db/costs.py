@@ -1,14 +1,11 @@
 """What a period cost: reads of ``usage_daily``, the rollup the counter fold keeps per UTC
-day, owner, model, pool and currency (see :mod:`inferbatch.db.counters`).
+day, project, owner, model, pool and currency (see :mod:`inferbatch.db.counters`).
 
 A period's figures read only these rows (a few per user and day), never the requests,
 so a read's cost follows the days and users asked for, not the work done in them.
-Figures are as of the leader's last fold (each scheduler tick). ``owner`` is the user id
-to restrict to, or None for everyone (admins). Statements are assembled only from the
-fixed fragments below; user input only ever travels as parameters.
-
-Objects belong to users today; when projects come, ``project_id`` is one more key column
-of ``usage_daily`` and one more grouping here, beside ``owner_id``.
+Figures are as of the leader's last fold (each scheduler tick). ``project`` is the project
+id to restrict to, or None for every project (admins). Statements are assembled only from
+the fixed fragments below; user input only ever travels as parameters.
 """
 
 from __future__ import annotations
@@ -31,6 +28,7 @@ class UsageFigures:
     currency: str
     owner_id: str | None
     """Set when grouped by user (or reading rows one by one)."""
+    project_id: str | None
     user_name: str | None
     model: str | None
     """Set with ``pool`` when grouped by line item."""
@@ -56,6 +54,7 @@ class UsageFigures:
             day=row["day"],
             currency=row["currency"],
             owner_id=row.get("owner_id"),
+            project_id=row.get("project_id"),
             user_name=row.get("user_name"),
             model=row.get("model"),
             pool=row.get("pool"),
@@ -77,12 +76,12 @@ _SUMS = """sum(u.requests)::bigint AS requests, sum(u.deduplicated)::bigint AS d
     sum(u.cost) AS cost, sum(u.dedup_saved_cost) AS dedup_saved_cost,
     sum(u.all_dedicated_cost) AS all_dedicated_cost"""
 _PERIOD = """u.day >= %(since)s AND u.day < %(until)s
-    AND (%(owner)s::text IS NULL OR u.owner_id = %(owner)s)"""
+    AND (%(project)s::text IS NULL OR u.project_id = %(project)s)"""
 
 
 async def by_day(
     conn: Conn,
-    owner: str | None,
+    project: str | None,
     since: date,
     until: date,
     *,
@@ -106,18 +105,19 @@ async def by_day(
         WHERE {_PERIOD}
         GROUP BY {group} ORDER BY {group}
         """,
-        {"since": since, "until": until, "owner": owner},
+        {"since": since, "until": until, "project": project},
     )
     return [UsageFigures.from_row(r) for r in await cur.fetchall()]
 
 
-UsageKey = tuple[date, str, str, str, str]
-"""A row's key in ``usage_daily`` order: (day, owner_id, model, pool, currency)."""
+UsageKey = tuple[date, str, str, str, str, str]
+"""A row's key in ``usage_daily`` order: (day, project_id, owner_id, model, pool,
+currency)."""
 
 
 async def rows(
     conn: Conn,
-    owner: str | None,
+    project: str | None,
     since: date,
     until: date,
     *,
@@ -128,22 +128,31 @@ async def rows(
     currency), in key order after ``after``: the CSV export reads them page by page."""
     cur = await conn.execute(
         f"""
-        SELECT u.day, u.owner_id, us.name AS user_name, u.model, u.pool, u.currency,
-            u.requests, u.deduplicated, u.input_tokens, u.output_tokens, u.gpu_seconds,
-            u.dedup_saved_gpu_seconds, u.cost, u.dedup_saved_cost, u.all_dedicated_cost
+        SELECT u.day, u.project_id, u.owner_id, us.name AS user_name, u.model, u.pool,
+            u.currency, u.requests, u.deduplicated, u.input_tokens, u.output_tokens,
+            u.gpu_seconds, u.dedup_saved_gpu_seconds, u.cost, u.dedup_saved_cost,
+            u.all_dedicated_cost
         FROM usage_daily u LEFT JOIN users us ON us.id = u.owner_id
         WHERE {_PERIOD}
-          AND (%(after_day)s::date IS NULL OR (u.day, u.owner_id, u.model, u.pool, u.currency)
-              > (%(after_day)s, %(after_owner)s, %(after_model)s, %(after_pool)s,
-                 %(after_currency)s))
-        ORDER BY u.day, u.owner_id, u.model, u.pool, u.currency
+          AND (%(after_day)s::date IS NULL
+              OR (u.day, u.project_id, u.owner_id, u.model, u.pool, u.currency)
+              > (%(after_day)s, %(after_project)s, %(after_owner)s, %(after_model)s,
+                 %(after_pool)s, %(after_currency)s))
+        ORDER BY u.day, u.project_id, u.owner_id, u.model, u.pool, u.currency
         LIMIT %(limit)s
         """,
-        _key_params(after) | {"since": since, "until": until, "owner": owner, "limit": limit},
+        _key_params(after) | {"since": since, "until": until, "project": project, "limit": limit},
     )
     return [UsageFigures.from_row(r) for r in await cur.fetchall()]
 
 
 def _key_params(after: Sequence[Any] | None) -> dict[str, Any]:
-    names = ("after_day", "after_owner", "after_model", "after_pool", "after_currency")
+    names = (
+        "after_day",
+        "after_project",
+        "after_owner",
+        "after_model",
+        "after_pool",
+        "after_currency",
+    )
     return dict(zip(names, after or (None,) * len(names), strict=True))

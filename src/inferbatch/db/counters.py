@@ -5,7 +5,7 @@ Every statement that settles, re-queues or escalates requests appends its change
 pool, status) it touched. :func:`fold` adds them to the batch rows (request counts,
 cancelled and expired counts, tokens, dedup and escalation counts, GPU time and its cost)
 and to ``request_totals`` (requests ever settled by status and pool), appends them per day,
-owner, model and pool to ``usage_deltas``, then deletes them; :func:`fold_usage` adds
+project, owner, model and pool to ``usage_deltas``, then deletes them; :func:`fold_usage` adds
 those to ``usage_daily``. A fold reads only the deltas written since the last one, so its
 cost follows the work done meanwhile, not the history.
 
@@ -117,7 +117,7 @@ WITH locked AS (
     -- each delta's GPU time at the prices in force now (per GPU-hour): fixed from here on.
     -- The owner by key from the batch row (a join of two CTEs has no estimate and may
     -- become a nested loop over both).
-    SELECT d.*, b.owner_id,
+    SELECT d.*, b.owner_id, b.project_id,
         (d.spot_gpu_seconds * coalesce(pm.spot, pd.spot) / 3600)::numeric AS spot_cost,
         (d.dedicated_gpu_seconds * coalesce(pm.dedicated, pd.dedicated) / 3600)::numeric
             AS dedicated_cost,
@@ -175,14 +175,15 @@ WITH locked AS (
     -- requests and tokens count on the pool the request settled in. Only deltas of
     -- settling statements carry a model: a failed request run again does not take the
     -- day's usage back (its first run was work done, as the GPU time it spent was).
-    INSERT INTO usage_deltas (day, owner_id, model, pool, currency, requests, deduplicated,
-        input_tokens, output_tokens, gpu_seconds, dedup_saved_gpu_seconds, cost,
+    INSERT INTO usage_deltas (day, project_id, owner_id, model, pool, currency, requests,
+        deduplicated, input_tokens, output_tokens, gpu_seconds, dedup_saved_gpu_seconds, cost,
         dedup_saved_cost, all_dedicated_cost)
-    SELECT day, owner_id, model, pool, %(currency)s, sum(requests), sum(deduplicated),
+    SELECT day, project_id, owner_id, model, pool, %(currency)s, sum(requests), sum(deduplicated),
         sum(input_tokens), sum(output_tokens), sum(gpu), sum(dedup_gpu), sum(cost),
         sum(dedup_cost), sum(((gpu + dedup_gpu) * dedicated_rate)::numeric)
     FROM (
-        SELECT (p.at AT TIME ZONE 'UTC')::date AS day, p.owner_id, p.model, g.pool,
+        SELECT (p.at AT TIME ZONE 'UTC')::date AS day, p.project_id, p.owner_id, p.model,
+            g.pool,
             CASE WHEN p.pool = g.pool AND p.status IN ('completed', 'failed')
                 THEN p.n ELSE 0 END AS requests,
             CASE WHEN p.pool = g.pool THEN p.deduplicated ELSE 0 END AS deduplicated,
@@ -196,7 +197,7 @@ WITH locked AS (
             ('dedicated', p.dedicated_gpu_seconds, p.dedicated_cost)) AS g(pool, gpu, cost)
         WHERE p.model IS NOT NULL
     ) u
-    GROUP BY day, owner_id, model, pool
+    GROUP BY day, project_id, owner_id, model, pool
     HAVING sum(requests) <> 0 OR sum(deduplicated) <> 0 OR sum(input_tokens) <> 0
         OR sum(output_tokens) <> 0 OR sum(gpu) <> 0 OR sum(dedup_gpu) <> 0
 )
@@ -235,20 +236,20 @@ async def fold(conn: Conn, batch_ids: Sequence[str], prices: PriceTable | None =
 _FOLD_USAGE = """
 WITH d AS (
     DELETE FROM usage_deltas
-    RETURNING day, owner_id, model, pool, currency, requests, deduplicated, input_tokens,
-        output_tokens, gpu_seconds, dedup_saved_gpu_seconds, cost, dedup_saved_cost,
-        all_dedicated_cost
+    RETURNING day, project_id, owner_id, model, pool, currency, requests, deduplicated,
+        input_tokens, output_tokens, gpu_seconds, dedup_saved_gpu_seconds, cost,
+        dedup_saved_cost, all_dedicated_cost
 ), folded AS (
-    INSERT INTO usage_daily AS u (day, owner_id, model, pool, currency, requests,
+    INSERT INTO usage_daily AS u (day, project_id, owner_id, model, pool, currency, requests,
         deduplicated, input_tokens, output_tokens, gpu_seconds, dedup_saved_gpu_seconds, cost,
         dedup_saved_cost, all_dedicated_cost)
-    SELECT day, owner_id, model, pool, currency, sum(requests), sum(deduplicated),
+    SELECT day, project_id, owner_id, model, pool, currency, sum(requests), sum(deduplicated),
         sum(input_tokens), sum(output_tokens), sum(gpu_seconds), sum(dedup_saved_gpu_seconds),
         sum(cost), sum(dedup_saved_cost), sum(all_dedicated_cost)
-    FROM d GROUP BY day, owner_id, model, pool, currency
+    FROM d GROUP BY day, project_id, owner_id, model, pool, currency
     -- in key order: two folders (a leader handing over) never wait on each other in a cycle
-    ORDER BY day, owner_id, model, pool, currency
-    ON CONFLICT (day, owner_id, model, pool, currency) DO UPDATE SET
+    ORDER BY day, project_id, owner_id, model, pool, currency
+    ON CONFLICT (day, project_id, owner_id, model, pool, currency) DO UPDATE SET
         requests = u.requests + EXCLUDED.requests,
         deduplicated = u.deduplicated + EXCLUDED.deduplicated,
         input_tokens = u.input_tokens + EXCLUDED.input_tokens,

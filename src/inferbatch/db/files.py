@@ -5,11 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 
 from inferbatch.db.types import Conn
-from inferbatch.domain import FileRecord
+from inferbatch.domain import DEFAULT_PROJECT_ID, FileRecord
 
 _COLUMNS = (
-    "id, owner_id, purpose, filename, bytes, sha256, blob_key, created_at, expires_at, line_count"
+    "id, owner_id, purpose, filename, bytes, sha256, blob_key, created_at, expires_at, "
+    "line_count, project_id"
 )
+_VISIBLE = "(%(project)s::text IS NULL OR project_id = %(project)s)"
+"""The row is of the project (any project's when it is None: admins)."""
 
 
 async def insert(
@@ -24,29 +27,39 @@ async def insert(
     blob_key: str,
     expires_at: datetime | None,
     line_count: int | None = None,
+    project_id: str = DEFAULT_PROJECT_ID,
 ) -> FileRecord:
-    """Record a stored file; ``line_count`` when its lines were counted on the way in."""
+    """Record a stored file of ``project_id``, made by ``owner_id``; ``line_count`` when its
+    lines were counted on the way in."""
     cur = await conn.execute(
         f"""
         INSERT INTO files (id, owner_id, purpose, filename, bytes, sha256, blob_key, expires_at,
-            line_count)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}
+            line_count, project_id)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}
         """,
-        (file_id, owner_id, purpose, filename, size, sha256, blob_key, expires_at, line_count),
+        (
+            file_id,
+            owner_id,
+            purpose,
+            filename,
+            size,
+            sha256,
+            blob_key,
+            expires_at,
+            line_count,
+            project_id,
+        ),
     )
     row = await cur.fetchone()
     assert row is not None
     return FileRecord.from_row(row)
 
 
-async def get(conn: Conn, file_id: str, owner_id: str | None) -> FileRecord | None:
-    """The file, if it exists and (unless ``owner_id`` is None) belongs to ``owner_id``."""
+async def get(conn: Conn, file_id: str, project_id: str | None) -> FileRecord | None:
+    """The file, if it exists and (unless ``project_id`` is None) is of ``project_id``."""
     cur = await conn.execute(
-        f"""
-        SELECT {_COLUMNS} FROM files
-        WHERE id = %(id)s AND (%(owner)s::text IS NULL OR owner_id = %(owner)s)
-        """,
-        {"id": file_id, "owner": owner_id},
+        f"SELECT {_COLUMNS} FROM files WHERE id = %(id)s AND {_VISIBLE}",
+        {"id": file_id, "project": project_id},
     )
     row = await cur.fetchone()
     return FileRecord.from_row(row) if row else None
@@ -54,7 +67,7 @@ async def get(conn: Conn, file_id: str, owner_id: str | None) -> FileRecord | No
 
 async def list_page(
     conn: Conn,
-    owner_id: str | None,
+    project_id: str | None,
     *,
     purpose: str | None,
     after: str | None,
@@ -66,27 +79,24 @@ async def list_page(
     cur = await conn.execute(
         f"""
         SELECT {_COLUMNS} FROM files
-        WHERE (%(owner)s::text IS NULL OR owner_id = %(owner)s)
+        WHERE {_VISIBLE}
           AND (%(purpose)s::text IS NULL OR purpose = %(purpose)s)
           AND (%(after)s::text IS NULL OR (created_at, id) {op}
                (SELECT created_at, id FROM files WHERE id = %(after)s))
         ORDER BY created_at {direction}, id {direction}
         LIMIT %(limit)s
         """,
-        {"owner": owner_id, "purpose": purpose, "after": after, "limit": limit + 1},
+        {"project": project_id, "purpose": purpose, "after": after, "limit": limit + 1},
     )
     return [FileRecord.from_row(r) for r in await cur.fetchall()]
 
 
-async def delete(conn: Conn, file_id: str, owner_id: str | None) -> FileRecord | None:
-    """Delete the row; returns what was deleted (for the blob) or None."""
+async def delete(conn: Conn, file_id: str, project_id: str | None) -> FileRecord | None:
+    """Delete the row (if of ``project_id``, unless None); returns what was deleted (for
+    the blob) or None."""
     cur = await conn.execute(
-        f"""
-        DELETE FROM files
-        WHERE id = %(id)s AND (%(owner)s::text IS NULL OR owner_id = %(owner)s)
-        RETURNING {_COLUMNS}
-        """,
-        {"id": file_id, "owner": owner_id},
+        f"DELETE FROM files WHERE id = %(id)s AND {_VISIBLE} RETURNING {_COLUMNS}",
+        {"id": file_id, "project": project_id},
     )
     row = await cur.fetchone()
     return FileRecord.from_row(row) if row else None

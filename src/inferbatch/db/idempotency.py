@@ -25,6 +25,7 @@ class Earlier:
 
 async def claim(
     conn: Conn,
+    project_id: str,
     owner_id: str,
     key: str,
     *,
@@ -37,24 +38,26 @@ async def claim(
     first with it, else what the earlier one recorded (this one then makes nothing)."""
     cur = await conn.execute(
         """
-        INSERT INTO idempotency_keys (owner_id, key, route, fingerprint, object_id, expires_at)
-        VALUES (%s, %s, %s, %s, %s, %s)
-        ON CONFLICT (owner_id, key) DO NOTHING
+        INSERT INTO idempotency_keys (project_id, owner_id, key, route, fingerprint, object_id,
+            expires_at)
+        VALUES (%s, %s, %s, %s, %s, %s, %s)
+        ON CONFLICT (project_id, owner_id, key) DO NOTHING
         RETURNING 1
         """,
-        (owner_id, key, route, fingerprint, object_id, expires_at),
+        (project_id, owner_id, key, route, fingerprint, object_id, expires_at),
     )
     if await cur.fetchone() is not None:
         return None
     cur = await conn.execute(
-        "SELECT route, fingerprint, object_id FROM idempotency_keys WHERE owner_id = %s "
-        "AND key = %s",
-        (owner_id, key),
+        "SELECT route, fingerprint, object_id FROM idempotency_keys WHERE project_id = %s "
+        "AND owner_id = %s AND key = %s",
+        (project_id, owner_id, key),
     )
     row = await cur.fetchone()
     if row is None:  # expired and cleaned in between: the key is free again
         return await claim(
             conn,
+            project_id,
             owner_id,
             key,
             route=route,
@@ -69,8 +72,9 @@ async def forget_expired(conn: Conn, now: datetime, limit: int = 1000) -> int:
     """Delete up to ``limit`` keys past their expiry (reads the expiry index)."""
     cur = await conn.execute(
         """
-        DELETE FROM idempotency_keys WHERE (owner_id, key) IN (
-            SELECT owner_id, key FROM idempotency_keys WHERE expires_at < %s LIMIT %s)
+        DELETE FROM idempotency_keys WHERE (project_id, owner_id, key) IN (
+            SELECT project_id, owner_id, key FROM idempotency_keys WHERE expires_at < %s
+            LIMIT %s)
         """,
         (now, limit),
     )

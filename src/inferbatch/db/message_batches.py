@@ -2,7 +2,7 @@
 table: its batches are the rows of endpoint ``/v1/messages``.
 
 The endpoint is written into each statement as a literal, not a parameter, so that the
-planner uses the partial indexes on those rows (``batches_messages_owner_created``,
+planner uses the partial indexes on those rows (``batches_messages_project_created``,
 ``batches_messages_created``) for every plan, generic ones included.
 """
 
@@ -29,15 +29,16 @@ async def set_total(conn: Conn, batch_id: str, total: int) -> BatchRecord:
     return BatchRecord.from_row(row)
 
 
-async def get(conn: Conn, batch_id: str, owner_id: str | None) -> BatchRecord | None:
-    """The Message Batch, if it exists and (unless ``owner_id`` is None) is the owner's."""
+async def get(conn: Conn, batch_id: str, project_id: str | None) -> BatchRecord | None:
+    """The Message Batch, if it exists and (unless ``project_id`` is None) is of
+    ``project_id``."""
     cur = await conn.execute(
         f"""
         SELECT {_COLUMNS} FROM batches
         WHERE id = %(id)s AND {_MESSAGES}
-          AND (%(owner)s::text IS NULL OR owner_id = %(owner)s)
+          AND (%(project)s::text IS NULL OR project_id = %(project)s)
         """,
-        {"id": batch_id, "owner": owner_id},
+        {"id": batch_id, "project": project_id},
     )
     row = await cur.fetchone()
     return BatchRecord.from_row(row) if row else None
@@ -45,7 +46,7 @@ async def get(conn: Conn, batch_id: str, owner_id: str | None) -> BatchRecord | 
 
 async def list_page(
     conn: Conn,
-    owner_id: str | None,
+    project_id: str | None,
     *,
     after_id: str | None,
     before_id: str | None,
@@ -54,8 +55,8 @@ async def list_page(
     """Up to ``limit`` + 1 Message Batches, newest first: those created just before the
     batch ``after_id`` (older), or just after the batch ``before_id`` (newer, the ones
     nearest to it), or the newest. An unknown cursor id gives an empty page."""
-    params = {"owner": owner_id, "limit": limit + 1, "cursor": before_id or after_id}
-    owner = "(%(owner)s::text IS NULL OR owner_id = %(owner)s)"
+    params = {"project": project_id, "limit": limit + 1, "cursor": before_id or after_id}
+    owner = "(%(project)s::text IS NULL OR project_id = %(project)s)"
     cursor = "(SELECT created_at, id FROM batches WHERE id = %(cursor)s)"
     if before_id is not None:
         cur = await conn.execute(

@@ -21,26 +21,26 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from inferbatch.db.types import Conn
-from inferbatch.domain import UploadPartRecord, UploadRecord
+from inferbatch.domain import DEFAULT_PROJECT_ID, UploadPartRecord, UploadRecord
 
 _COLUMNS = """id, owner_id, filename, purpose, bytes, mime_type, file_expires_seconds,
-    status, created_at, expires_at, completing_at, file_id"""
+    status, created_at, expires_at, completing_at, file_id, project_id"""
 _PART_COLUMNS = "id, upload_id, blob_key, bytes, created_at"
 
 INSERT = f"""
 INSERT INTO uploads (id, owner_id, filename, purpose, bytes, mime_type, file_expires_seconds,
-    created_at, expires_at)
+    created_at, expires_at, project_id)
 VALUES (%(id)s, %(owner)s, %(filename)s, %(purpose)s, %(bytes)s, %(mime_type)s,
-    %(file_expires)s, %(created)s, %(expires)s)
+    %(file_expires)s, %(created)s, %(expires)s, %(project)s)
 RETURNING {_COLUMNS}
 """
 """A new pending upload."""
 
 GET = f"""
 SELECT {_COLUMNS} FROM uploads
-WHERE id = %(id)s AND (%(owner)s::text IS NULL OR owner_id = %(owner)s)
+WHERE id = %(id)s AND (%(project)s::text IS NULL OR project_id = %(project)s)
 """
-"""The upload, if it exists and (unless the owner is NULL) belongs to the owner."""
+"""The upload, if it exists and (unless the project is NULL) is of the project."""
 
 RECEIVED_BYTES = """
 SELECT coalesce(sum(bytes), 0)::bigint AS n FROM upload_parts
@@ -148,12 +148,14 @@ async def insert(
     file_expires_seconds: int,
     created_at: datetime,
     expires_at: datetime,
+    project_id: str = DEFAULT_PROJECT_ID,
 ) -> UploadRecord:
     cur = await conn.execute(
         INSERT,
         {
             "id": upload_id,
             "owner": owner_id,
+            "project": project_id,
             "filename": filename,
             "purpose": purpose,
             "bytes": size,
@@ -169,12 +171,12 @@ async def insert(
 
 
 async def get(
-    conn: Conn, upload_id: str, owner_id: str | None, *, lock: bool = False
+    conn: Conn, upload_id: str, project_id: str | None, *, lock: bool = False
 ) -> UploadRecord | None:
     """The upload (see :data:`GET`); with ``lock``, its row is locked ``FOR NO KEY
     UPDATE`` until the transaction ends, so no status change races the caller."""
     cur = await conn.execute(
-        GET + (" FOR NO KEY UPDATE" if lock else ""), {"id": upload_id, "owner": owner_id}
+        GET + (" FOR NO KEY UPDATE" if lock else ""), {"id": upload_id, "project": project_id}
     )
     row = await cur.fetchone()
     return UploadRecord.from_row(row) if row else None

@@ -2,7 +2,7 @@
 
 An event is queued by :func:`enqueue_batch_event` inside the transaction that moves its
 batch to a terminal status (``db.batches.mark_finished``, ``mark_invalid``): one
-``webhook_deliveries`` row per endpoint of the batch's owner that wants the event type, and
+``webhook_deliveries`` row per endpoint of the batch's project that wants the event type, and
 one for the batch's own ``callback_url``. A crash therefore neither loses an event
 (the rows commit with the status) nor invents one (they roll back with it).
 
@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Literal
 
 from inferbatch.db.types import Conn
-from inferbatch.domain import ClaimedDelivery, WebhookDelivery, WebhookEndpoint
+from inferbatch.domain import DEFAULT_PROJECT_ID, ClaimedDelivery, WebhookDelivery, WebhookEndpoint
 from inferbatch.ids import new_id
 from inferbatch.protocol.webhooks import BATCH_EVENTS, event_body
 
@@ -35,11 +35,12 @@ SECRET_HINT = "'whsec_...' || right(rtrim(secret, '='), 4)"
 left out)."""
 _ENDPOINT_COLUMNS = (
     "id, owner_id, name, url, event_types, "
-    f"{SECRET_HINT} AS signing_secret_hint, previous_secret_expires_at, created_at, updated_at"
+    f"{SECRET_HINT} AS signing_secret_hint, previous_secret_expires_at, created_at, updated_at, "
+    "project_id"
 )
 _DELIVERY_COLUMNS = ", ".join(WebhookDelivery.__slots__)
-_MINE = "(%(owner)s::text IS NULL OR owner_id = %(owner)s)"
-"""The row belongs to ``owner`` (any owner's when it is None: admins)."""
+_MINE = "(%(project)s::text IS NULL OR project_id = %(project)s)"
+"""The row is of ``project`` (any project's when it is None: admins)."""
 
 # -- endpoints ------------------------------------------------------------------------------
 
@@ -54,45 +55,47 @@ async def insert_endpoint(
     event_types: Sequence[str],
     secret: str,
     now: datetime,
+    project_id: str = DEFAULT_PROJECT_ID,
 ) -> WebhookEndpoint:
     cur = await conn.execute(
         f"""
         INSERT INTO webhook_endpoints (id, owner_id, name, url, event_types, secret,
-            created_at, updated_at)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_ENDPOINT_COLUMNS}
+            created_at, updated_at, project_id)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_ENDPOINT_COLUMNS}
         """,
-        (endpoint_id, owner_id, name, url, list(event_types), secret, now, now),
+        (endpoint_id, owner_id, name, url, list(event_types), secret, now, now, project_id),
     )
     row = await cur.fetchone()
     assert row is not None
     return WebhookEndpoint.from_row(row)
 
 
-async def count_endpoints(conn: Conn, owner_id: str) -> int:
+async def count_endpoints(conn: Conn, project_id: str) -> int:
+    """The project's endpoints."""
     cur = await conn.execute(
-        "SELECT count(*)::int AS n FROM webhook_endpoints WHERE owner_id = %s", (owner_id,)
+        "SELECT count(*)::int AS n FROM webhook_endpoints WHERE project_id = %s", (project_id,)
     )
     row = await cur.fetchone()
     return int(row["n"]) if row else 0
 
 
 async def get_endpoint(
-    conn: Conn, endpoint_id: str, owner_id: str | None
+    conn: Conn, endpoint_id: str, project_id: str | None
 ) -> WebhookEndpoint | None:
-    """The endpoint, if it exists and (unless ``owner_id`` is None) belongs to ``owner_id``."""
+    """The endpoint, if it exists and (unless ``project_id`` is None) is of ``project_id``."""
     cur = await conn.execute(
         f"SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = %(id)s AND {_MINE}",
-        {"id": endpoint_id, "owner": owner_id},
+        {"id": endpoint_id, "project": project_id},
     )
     row = await cur.fetchone()
     return WebhookEndpoint.from_row(row) if row else None
 
 
 async def list_endpoints(
-    conn: Conn, owner_id: str | None, *, after: str | None, limit: int
+    conn: Conn, project_id: str | None, *, after: str | None, limit: int
 ) -> list[WebhookEndpoint]:
     """Up to ``limit`` + 1 endpoints, newest first, starting after the cursor id (one of
-    ``owner_id``'s; another's, or none, starts nowhere: an empty page)."""
+    ``project_id``'s; another's, or none, starts nowhere: an empty page)."""
     cur = await conn.execute(
         f"""
         SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints
@@ -102,7 +105,7 @@ async def list_endpoints(
         ORDER BY created_at DESC, id DESC
         LIMIT %(limit)s
         """,
-        {"owner": owner_id, "after": after, "limit": limit + 1},
+        {"project": project_id, "after": after, "limit": limit + 1},
     )
     return [WebhookEndpoint.from_row(r) for r in await cur.fetchall()]
 
@@ -110,7 +113,7 @@ async def list_endpoints(
 async def update_endpoint(
     conn: Conn,
     endpoint_id: str,
-    owner_id: str | None,
+    project_id: str | None,
     *,
     now: datetime,
     name: str | None = None,
@@ -118,7 +121,7 @@ async def update_endpoint(
     event_types: Sequence[str] | None = None,
 ) -> WebhookEndpoint | None:
     """Change the fields given (None: unchanged); ``updated_at`` moves to ``now`` only when
-    a value changed. None if there is no such endpoint for ``owner_id``."""
+    a value changed. None if there is no such endpoint in ``project_id``."""
     cur = await conn.execute(
         f"""
         UPDATE webhook_endpoints SET
@@ -135,7 +138,7 @@ async def update_endpoint(
         """,
         {
             "id": endpoint_id,
-            "owner": owner_id,
+            "project": project_id,
             "name": name,
             "url": url,
             "types": list(event_types) if event_types is not None else None,
@@ -149,7 +152,7 @@ async def update_endpoint(
 async def rotate_secret(
     conn: Conn,
     endpoint_id: str,
-    owner_id: str | None,
+    project_id: str | None,
     *,
     secret: str,
     keep_old_until: datetime | None,
@@ -157,7 +160,7 @@ async def rotate_secret(
 ) -> WebhookEndpoint | None:
     """Make ``secret`` the endpoint's secret. With ``keep_old_until`` the replaced one
     signs deliveries too until then (a secret kept from an earlier rotation is dropped);
-    without, it stops at once. None if there is no such endpoint for ``owner_id``."""
+    without, it stops at once. None if there is no such endpoint in ``project_id``."""
     cur = await conn.execute(
         f"""
         UPDATE webhook_endpoints SET
@@ -170,7 +173,7 @@ async def rotate_secret(
         """,
         {
             "id": endpoint_id,
-            "owner": owner_id,
+            "project": project_id,
             "secret": secret,
             "until": keep_old_until,
             "now": now,
@@ -197,25 +200,25 @@ rotated from while that is kept active."""
 
 
 async def get_target(
-    conn: Conn, endpoint_id: str, owner_id: str | None, now: datetime
+    conn: Conn, endpoint_id: str, project_id: str | None, now: datetime
 ) -> Target | None:
     """The endpoint's URL and its active secrets at ``now`` (for a test event)."""
     cur = await conn.execute(
         f"""
         SELECT e.url, {ACTIVE_SECRETS} AS secrets FROM webhook_endpoints e
-        WHERE e.id = %(id)s AND (%(owner)s::text IS NULL OR e.owner_id = %(owner)s)
+        WHERE e.id = %(id)s AND (%(project)s::text IS NULL OR e.project_id = %(project)s)
         """,
-        {"id": endpoint_id, "owner": owner_id, "now": now},
+        {"id": endpoint_id, "project": project_id, "now": now},
     )
     row = await cur.fetchone()
     return Target(row["url"], tuple(row["secrets"])) if row else None
 
 
-async def delete_endpoint(conn: Conn, endpoint_id: str, owner_id: str | None) -> bool:
+async def delete_endpoint(conn: Conn, endpoint_id: str, project_id: str | None) -> bool:
     """Delete the endpoint and, with it, its deliveries (pending ones are never sent)."""
     cur = await conn.execute(
         f"DELETE FROM webhook_endpoints WHERE id = %(id)s AND {_MINE}",
-        {"id": endpoint_id, "owner": owner_id},
+        {"id": endpoint_id, "project": project_id},
     )
     return cur.rowcount == 1
 
@@ -224,16 +227,17 @@ async def delete_endpoint(conn: Conn, endpoint_id: str, owner_id: str | None) ->
 
 ENQUEUE = """
 WITH b AS (
-    SELECT id, owner_id, callback_url FROM batches WHERE id = %(batch)s
+    SELECT id, owner_id, project_id, callback_url FROM batches WHERE id = %(batch)s
 ), targets AS (
-    SELECT e.id AS endpoint_id FROM webhook_endpoints e JOIN b ON e.owner_id = b.owner_id
+    SELECT e.id AS endpoint_id FROM webhook_endpoints e JOIN b ON e.project_id = b.project_id
     WHERE %(type)s = ANY(e.event_types)
     UNION ALL
     SELECT NULL FROM b WHERE b.callback_url IS NOT NULL
 )
-INSERT INTO webhook_deliveries (event_id, event_type, batch_id, owner_id, endpoint_id,
-    payload, next_attempt_at, created_at)
-SELECT %(event)s, %(type)s, b.id, b.owner_id, t.endpoint_id, %(payload)s, %(now)s, %(now)s
+INSERT INTO webhook_deliveries (event_id, event_type, batch_id, owner_id, project_id,
+    endpoint_id, payload, next_attempt_at, created_at)
+SELECT %(event)s, %(type)s, b.id, b.owner_id, b.project_id, t.endpoint_id, %(payload)s,
+    %(now)s, %(now)s
 FROM targets t CROSS JOIN b
 """
 """One delivery of a new event per target (see the module docstring); due at once."""
@@ -362,17 +366,17 @@ async def list_deliveries(
 
 
 async def recent_deliveries(
-    conn: Conn, owner_id: str | None, *, limit: int
+    conn: Conn, project_id: str | None, *, limit: int
 ) -> list[WebhookDelivery]:
-    """The newest ``limit`` deliveries of ``owner_id``'s events (every owner's for None),
-    to endpoints and to callback URLs."""
+    """The newest ``limit`` deliveries of ``project_id``'s events (every project's for
+    None), to endpoints and to callback URLs."""
     cur = await conn.execute(
         f"""
         SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries
-        WHERE (%(owner)s::text IS NULL OR owner_id = %(owner)s)
+        WHERE (%(project)s::text IS NULL OR project_id = %(project)s)
         ORDER BY id DESC LIMIT %(limit)s
         """,
-        {"owner": owner_id, "limit": limit},
+        {"project": project_id, "limit": limit},
     )
     return [WebhookDelivery.from_row(r) for r in await cur.fetchall()]
 

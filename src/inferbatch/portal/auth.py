@@ -6,9 +6,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
 from inferbatch.api.deps import state
-from inferbatch.db import browse
+from inferbatch.errors import Unauthorized
 from inferbatch.portal.session import CSRF_FIELD, SESSION_COOKIE, SessionCodec
-from inferbatch.portal.web import ActionDep, PortalRoute, portal_of, render, set_session_cookie
+from inferbatch.portal.web import (
+    PortalRoute,
+    SessionActionDep,
+    portal_of,
+    render,
+    set_session_cookie,
+)
+from inferbatch.services import projects
 
 router = APIRouter(route_class=PortalRoute, include_in_schema=False)
 
@@ -24,8 +31,9 @@ async def _signed_in_key(request: Request, codec: SessionCodec) -> bool:
     session = codec.load(request.cookies.get(SESSION_COOKIE))
     if session is None or session.key_id is None:
         return False
-    async with state(request).db.connection() as conn:
-        return await browse.session_user(conn, session.key_id) is not None
+    st = state(request)
+    async with st.db.connection() as conn:
+        return await projects.session_principal(conn, session.key_id, st.now()) is not None
 
 
 @router.get("/login")
@@ -68,15 +76,20 @@ async def login(request: Request) -> Response:
         key = form.get("api_key")
         key = key.strip() if isinstance(key, str) else ""
         key_id = None
+        refused = "That API key is not valid."
         if key:
-            async with st.db.connection() as conn:
-                key_id = await browse.session_key_for(conn, key)
+            try:
+                async with st.db.connection() as conn:
+                    key_id = (await projects.authenticate(conn, key, st.now())).key_id
+            except Unauthorized as exc:
+                if exc.code != "invalid_api_key":  # revoked, expired: say which
+                    refused = exc.message
         if key_id is not None:
             # A fresh nonce on sign-in: a session fixed before it is worth nothing after.
             signed_in = RedirectResponse(target, status_code=303)
             set_session_cookie(signed_in, request, st, codec, codec.new(key_id))
             return signed_in
-        error = "That API key is not valid." if key else "Enter an API key."
+        error = refused if key else "Enter an API key."
         status = 401
     response = render(
         request,
@@ -93,7 +106,7 @@ async def login(request: Request) -> Response:
 
 
 @router.post("/logout")
-async def logout(page: ActionDep) -> Response:
+async def logout(page: SessionActionDep) -> Response:
     response = RedirectResponse("/login?signed_out=1", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response

@@ -91,14 +91,14 @@ async def batch_list(request: Request, page: PageDep) -> HTMLResponse:
     async with page.st.db.connection() as conn:
         rows, more = await browse.list_batches(
             conn,
-            page.owner,
+            page.project,
             f,
             sort=cast(browse.Sort, sort),
             after=after,
             before=before,
             limit=size,
         )
-        total = await browse.count_batches(conn, page.owner, f)
+        total = await browse.count_batches(conn, page.project, f)
     # Keyset pages: "older" continues after the last row; "newer" goes back before the
     # first. A page reached from a cursor always has something on the side it came from.
     has_next = more if before is None else True

@@ -33,7 +33,7 @@ RESERVED_METADATA = ("priority", "dedup")
 async def _recent_files(page: Page) -> list[Any]:
     async with page.st.db.connection() as conn:
         return await file_rows.list_page(
-            conn, page.user.id, purpose="batch", after=None, limit=50, ascending=False
+            conn, page.project, purpose="batch", after=None, limit=50, ascending=False
         )
 
 

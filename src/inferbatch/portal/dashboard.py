@@ -29,7 +29,7 @@ ENGINE_PROBE_TIMEOUT = 3.0
 async def stats(page: Page) -> dict[str, Any]:
     """Numbers of the statistics cards, the at-risk list and the recent batches."""
     now = page.st.now()
-    owner = page.owner
+    owner = page.project
     async with page.st.db.connection() as conn:
         by_status = await browse.batch_status_counts(conn, owner)
         live = await browse.live_requests(conn, owner)
@@ -123,8 +123,8 @@ async def activity(page: Page, range_name: str) -> dict[str, Any]:
     until = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
     since = until - timedelta(seconds=span)
     async with page.st.db.connection() as conn:
-        rows = await browse.activity_series(conn, page.owner, since, bucket)
-        counts = await browse.latency_histogram(conn, page.owner, since, LATENCY_BUCKETS)
+        rows = await browse.activity_series(conn, page.project, since, bucket)
+        counts = await browse.latency_histogram(conn, page.project, since, LATENCY_BUCKETS)
     throughput, pools = charts.activity_charts(rows, since, until, bucket, width=420)
     latency = charts.latency_chart("Latency (last attempt)", LATENCY_BUCKETS, counts, width=420)
     return {

@@ -28,9 +28,8 @@ from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from inferbatch.api.deps import AppState, state
-from inferbatch.db import browse
-from inferbatch.domain import User
-from inferbatch.errors import InferbatchError
+from inferbatch.domain import Principal, may_change, project_filter
+from inferbatch.errors import InferbatchError, PermissionDenied
 from inferbatch.portal import formatting
 from inferbatch.portal.session import (
     CSRF_FIELD,
@@ -44,6 +43,7 @@ from inferbatch.portal.session import (
     SessionCodec,
     load_secret,
 )
+from inferbatch.services import projects
 
 log = logging.getLogger(__name__)
 
@@ -160,16 +160,16 @@ class Page:
     portal: Portal
     codec: SessionCodec
     session: Session
-    user: User
+    user: Principal
 
     @property
     def csrf_token(self) -> str:
         return self.codec.csrf_token(self.session)
 
     @property
-    def owner(self) -> str | None:
-        """The owner filter for this user's reads: None (everything) for admins."""
-        return None if self.user.is_admin else self.user.id
+    def project(self) -> str | None:
+        """The project filter of this user's reads: None (everything) for admins."""
+        return project_filter(self.user)
 
     def render(self, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         return render(self.request, self.portal, template, status_code, page=self, **context)
@@ -239,7 +239,7 @@ async def current_page(request: Request) -> Page:
     if session is None or session.key_id is None:
         raise SignInRequired()
     async with st.db.connection() as conn:
-        user = await browse.session_user(conn, session.key_id)
+        user = await projects.session_principal(conn, session.key_id, st.now())
     if user is None:
         raise SignInRequired()
     return Page(request, st, portal, codec, session, user)
@@ -261,8 +261,19 @@ async def checked_action(request: Request) -> Page:
     return page
 
 
+async def checked_change(request: Request) -> Page:
+    """:func:`checked_action` for an action that creates, cancels, retries or deletes: a
+    reader's session is refused (403), by the same role rule as the API's routes."""
+    page = await checked_action(request)
+    if not may_change(page.user):
+        raise PermissionDenied()
+    return page
+
+
 PageDep = Annotated[Page, Depends(current_page)]
-ActionDep = Annotated[Page, Depends(checked_action)]
+SessionActionDep = Annotated[Page, Depends(checked_action)]
+"""A state-changing request of the session itself (signing out): any role may."""
+ActionDep = Annotated[Page, Depends(checked_change)]
 
 
 async def _error_page(request: Request, status_code: int, title: str, message: str) -> Response:

@@ -22,9 +22,9 @@ DELIVERY_CLASS = {"pending": "warning", "delivered": "success", "failed": "dange
 async def webhooks_page(page: PageDep) -> HTMLResponse:
     async with page.st.db.connection() as conn:
         endpoints = await webhook_rows.list_endpoints(
-            conn, page.owner, after=None, limit=MAX_ENDPOINTS
+            conn, page.project, after=None, limit=MAX_ENDPOINTS
         )
-        recent = await webhook_rows.recent_deliveries(conn, page.owner, limit=RECENT_DELIVERIES)
+        recent = await webhook_rows.recent_deliveries(conn, page.project, limit=RECENT_DELIVERIES)
     by_endpoint: dict[str | None, list[WebhookDelivery]] = {}
     for d in recent:
         by_endpoint.setdefault(d.endpoint_id, []).append(d)

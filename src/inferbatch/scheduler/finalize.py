@@ -150,6 +150,7 @@ async def _register(
         conn,
         file_id=new_id("file-"),
         owner_id=batch.owner_id,
+        project_id=batch.project_id,
         purpose="batch_output",
         filename=f"{batch.id}_{suffix}.jsonl",
         size=output.writer.size,

@@ -9,7 +9,7 @@ from inferbatch import residency
 from inferbatch.config import Settings, parse_duration
 from inferbatch.db import batches, files
 from inferbatch.db.types import Conn
-from inferbatch.domain import ENDPOINTS, BatchRecord, User, owner_filter
+from inferbatch.domain import ENDPOINTS, BatchRecord, Principal, project_filter
 from inferbatch.errors import Conflict, InvalidRequest, NotFound
 from inferbatch.ids import new_id
 from inferbatch.services import admission
@@ -200,7 +200,7 @@ def new_batch(
 
 async def create(
     conn: Conn,
-    user: User,
+    user: Principal,
     new: NewBatch,
     now: datetime,
     idempotency: IdempotencyKey | None = None,
@@ -209,10 +209,10 @@ async def create(
     validates the input file's lines. Refused (``window_too_short``) when admission says so.
     Under an idempotency key already used for the same request, the batch made then."""
     batch_id = new_id("batch_")
-    earlier = await idempotency_service.claim(conn, user.id, idempotency, batch_id, now)
+    earlier = await idempotency_service.claim(conn, user, idempotency, batch_id, now)
     if earlier is not None:
         return await get(conn, user, earlier)
-    record = await files.get(conn, new.input_file_id, owner_filter(user))
+    record = await files.get(conn, new.input_file_id, project_filter(user))
     if record is None:
         raise NotFound(f"No file with id {new.input_file_id!r}.", param="input_file_id")
     if record.purpose != "batch":
@@ -233,7 +233,8 @@ async def create(
     return await batches.insert(
         conn,
         batch_id=batch_id,
-        owner_id=record.owner_id if user.is_admin else user.id,
+        owner_id=user.id,
+        project_id=record.project_id,
         input_file_id=new.input_file_id,
         endpoint=new.endpoint,
         completion_window=new.completion_window,
@@ -250,14 +251,14 @@ async def create(
     )
 
 
-async def get(conn: Conn, user: User, batch_id: str) -> BatchRecord:
-    batch = await batches.get(conn, batch_id, owner_filter(user))
+async def get(conn: Conn, user: Principal, batch_id: str) -> BatchRecord:
+    batch = await batches.get(conn, batch_id, project_filter(user))
     if batch is None:
         raise NotFound(f"No batch with id {batch_id!r}.")
     return batch
 
 
-async def cancel(conn: Conn, user: User, batch_id: str, now: datetime) -> BatchRecord:
+async def cancel(conn: Conn, user: Principal, batch_id: str, now: datetime) -> BatchRecord:
     batch = await get(conn, user, batch_id)
     if batch.status in ("cancelling", "cancelled"):
         return batch

@@ -2,9 +2,9 @@
 ``GET /v1/organization/costs``) and as CSV, shared by the API and the portal.
 
 Amounts were fixed when the work was folded, at the prices then in force (see
-:mod:`inferbatch.pricing`); here they are only added up. A user sees their own costs;
-an admin sees everyone's, per user when grouped by ``user_id`` (what ``project_id`` will
-group once projects exist). Days are UTC days.
+:mod:`inferbatch.pricing`); here they are only added up. A key sees its project's costs;
+an admin's sees every project's; either may group them per user (``user_id``). Days are
+UTC days.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from decimal import Decimal
 from inferbatch.db import costs as cost_rows
 from inferbatch.db.costs import UsageFigures
 from inferbatch.db.types import Pool
-from inferbatch.domain import BatchRecord, User, owner_filter
+from inferbatch.domain import BatchRecord, Principal, project_filter
 from inferbatch.errors import InvalidRequest
 from inferbatch.protocol.costs import (
     GROUP_BY,
@@ -128,7 +128,7 @@ def parse_group_by(values: Sequence[str]) -> frozenset[GroupBy]:
             continue
         if value == "project_id":
             raise InvalidRequest(
-                "group_by project_id: objects belong to users; group by user_id.",
+                "group_by project_id is not supported; group by user_id or line_item.",
                 param="group_by",
             )
         if value not in GROUP_BY:
@@ -165,7 +165,7 @@ def _result(f: UsageFigures, group_by: frozenset[GroupBy]) -> CostsResult:
 
 async def costs_page(
     pool: Pool,
-    user: User,
+    user: Principal,
     period: Period,
     *,
     group_by: frozenset[GroupBy] = frozenset(),
@@ -189,7 +189,7 @@ async def costs_page(
     async with pool.connection() as conn:
         figures = await cost_rows.by_day(
             conn,
-            owner_filter(user),
+            project_filter(user),
             first,
             last,
             by_user="user_id" in group_by,
@@ -207,12 +207,12 @@ async def costs_page(
 
 
 async def period_totals(
-    pool: Pool, user: User, period: Period, *, by_user: bool
+    pool: Pool, user: Principal, period: Period, *, by_user: bool
 ) -> list[UsageFigures]:
     """The period's figures per day (and per user when ``by_user``), for the portal."""
     async with pool.connection() as conn:
         return await cost_rows.by_day(
-            conn, owner_filter(user), period.since, period.until, by_user=by_user
+            conn, project_filter(user), period.since, period.until, by_user=by_user
         )
 
 
@@ -229,7 +229,7 @@ def _amount(value: Decimal) -> str:
     return format(value.normalize(), "f")
 
 
-async def csv_lines(pool: Pool, user: User, period: Period) -> AsyncIterator[str]:
+async def csv_lines(pool: Pool, user: Principal, period: Period) -> AsyncIterator[str]:
     """The period as CSV, one row per day x user x model x pool x currency: the header
     first, then rows in that order, read :data:`CSV_PAGE` at a time (a connection is
     held only while a page is read, never while the client reads)."""
@@ -248,7 +248,7 @@ async def csv_lines(pool: Pool, user: User, period: Period) -> AsyncIterator[str
     while True:
         async with pool.connection() as conn:
             page = await cost_rows.rows(
-                conn, owner_filter(user), period.since, period.until, after=after, limit=CSV_PAGE
+                conn, project_filter(user), period.since, period.until, after=after, limit=CSV_PAGE
             )
         for f in page:
             writer.writerow(
@@ -276,8 +276,8 @@ async def csv_lines(pool: Pool, user: User, period: Period) -> AsyncIterator[str
         if len(page) < CSV_PAGE:
             return
         last = page[-1]
-        assert last.owner_id and last.model and last.pool
-        after = (last.day, last.owner_id, last.model, last.pool, last.currency)
+        assert last.project_id and last.owner_id and last.model and last.pool
+        after = (last.day, last.project_id, last.owner_id, last.model, last.pool, last.currency)
 
 
 def csv_filename(period: Period) -> str:

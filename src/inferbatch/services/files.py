@@ -11,7 +11,7 @@ from inferbatch.blobstore import BlobStore, open_stream
 from inferbatch.config import Settings
 from inferbatch.db import files as file_rows
 from inferbatch.db.types import Pool
-from inferbatch.domain import FileRecord, User, owner_filter
+from inferbatch.domain import FileRecord, Principal, project_filter
 from inferbatch.errors import InvalidRequest, NotFound, StorageUnavailable, TooLarge
 from inferbatch.ids import new_id
 from inferbatch.scheduler.validation import FileCheck, check_file
@@ -50,7 +50,7 @@ async def upload(
     db: Pool,
     blobs: BlobStore,
     settings: Settings,
-    user: User,
+    user: Principal,
     *,
     content_type: str,
     content_length: str | None,
@@ -91,12 +91,13 @@ async def upload(
         )
         file_id = new_id("file-")
         async with db.connection() as conn:
-            earlier = await idempotency_service.claim(conn, user.id, key, file_id, now)
+            earlier = await idempotency_service.claim(conn, user, key, file_id, now)
             if earlier is None:
                 return await file_rows.insert(
                     conn,
                     file_id=file_id,
                     owner_id=user.id,
+                    project_id=user.project_id,
                     purpose=purpose,
                     filename=received.filename or "upload.jsonl",
                     size=received.size,
@@ -105,7 +106,7 @@ async def upload(
                     expires_at=now + timedelta(seconds=seconds),
                     line_count=received.lines if purpose == "batch" else None,
                 )
-            record = await file_rows.get(conn, earlier, user.id)
+            record = await file_rows.get(conn, earlier, user.project_id)
         if record is None:
             raise NotFound(f"The file made under this key, {earlier!r}, is deleted.")
         await _forget(blobs, received.blob_key)
@@ -144,26 +145,26 @@ async def _check_lines(blobs: BlobStore, key: str, max_requests: int) -> None:
         )
 
 
-async def get(db: Pool, user: User, file_id: str) -> FileRecord:
+async def get(db: Pool, user: Principal, file_id: str) -> FileRecord:
     async with db.connection() as conn:
-        record = await file_rows.get(conn, file_id, owner_filter(user))
+        record = await file_rows.get(conn, file_id, project_filter(user))
     if record is None:
         raise NotFound(f"No file with id {file_id!r}.")
     return record
 
 
-async def delete(db: Pool, blobs: BlobStore, user: User, file_id: str) -> FileRecord:
+async def delete(db: Pool, blobs: BlobStore, user: Principal, file_id: str) -> FileRecord:
     """Delete the file's bytes, then its row: while the blob store is down this answers
     503 and changes nothing (the other order would leave bytes no row points to)."""
     await asyncio.to_thread(blobs.delete, (await get(db, user, file_id)).blob_key)
     async with db.connection() as conn:
-        record = await file_rows.delete(conn, file_id, owner_filter(user))
+        record = await file_rows.delete(conn, file_id, project_filter(user))
     if record is None:
         raise NotFound(f"No file with id {file_id!r}.")
     return record
 
 
-async def content(db: Pool, blobs: BlobStore, user: User, file_id: str) -> FileRecord:
+async def content(db: Pool, blobs: BlobStore, user: Principal, file_id: str) -> FileRecord:
     """The file's record, after checking its bytes are still there (read them in a thread,
     or with :func:`open_content`)."""
     record = await get(db, user, file_id)
@@ -173,7 +174,7 @@ async def content(db: Pool, blobs: BlobStore, user: User, file_id: str) -> FileR
 
 
 async def open_content(
-    db: Pool, blobs: BlobStore, user: User, file_id: str
+    db: Pool, blobs: BlobStore, user: Principal, file_id: str
 ) -> tuple[FileRecord, AsyncIterator[bytes]]:
     """The file's record and its bytes as chunks read in a thread. The blob is opened
     here, so a missing blob (404) or an unavailable store (503) is raised before a

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 from inferbatch.db import idempotency as key_rows
 from inferbatch.db.types import Conn
+from inferbatch.domain import Principal
 from inferbatch.errors import Conflict, InvalidRequest
 
 HEADER = "Idempotency-Key"
@@ -50,16 +51,17 @@ def fingerprint(*parts: bytes | str) -> str:
 
 
 async def claim(
-    conn: Conn, owner_id: str, key: IdempotencyKey | None, object_id: str, now: datetime
+    conn: Conn, caller: Principal, key: IdempotencyKey | None, object_id: str, now: datetime
 ) -> str | None:
     """In the transaction that makes ``object_id``: None when it is to be made, or the id
-    an earlier request under the same key made (then make nothing). Conflict when the key
-    was used for another request."""
+    an earlier request of the same caller in the same project under the same key made
+    (then make nothing). Conflict when the key was used for another request."""
     if key is None:
         return None
     earlier = await key_rows.claim(
         conn,
-        owner_id,
+        caller.project_id,
+        caller.id,
         key.key,
         route=key.route,
         fingerprint=key.fingerprint,

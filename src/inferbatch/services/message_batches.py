@@ -43,8 +43,8 @@ from inferbatch.domain import (
     MESSAGES_ENDPOINT,
     TERMINAL_BATCH_STATUSES,
     BatchRecord,
-    User,
-    owner_filter,
+    Principal,
+    project_filter,
 )
 from inferbatch.errors import Conflict, InvalidRequest, NotFound, StorageUnavailable
 from inferbatch.ids import new_id
@@ -189,7 +189,7 @@ def write_input(
 
 
 async def create(
-    db: Pool, blobs: BlobStore, settings: Settings, user: User, raw: IO[bytes], now: datetime
+    db: Pool, blobs: BlobStore, settings: Settings, user: Principal, raw: IO[bytes], now: datetime
 ) -> BatchRecord:
     """Check the body, store its requests as the batch's input file and create the batch
     (its file row and its batch row in one transaction). Nothing is kept on error."""
@@ -205,6 +205,7 @@ async def create(
                 conn,
                 file_id=new_id("file-"),
                 owner_id=user.id,
+                project_id=user.project_id,
                 purpose="batch",
                 filename=f"{batch_id}_requests.jsonl",
                 size=size,
@@ -216,6 +217,7 @@ async def create(
                 conn,
                 batch_id=batch_id,
                 owner_id=user.id,
+                project_id=user.project_id,
                 input_file_id=record.id,
                 endpoint=MESSAGES_ENDPOINT,
                 completion_window=WINDOW,
@@ -291,16 +293,16 @@ def message_batch(b: BatchRecord, base_url: str) -> MessageBatch:
     )
 
 
-async def get(db: Pool, user: User, batch_id: str) -> BatchRecord:
+async def get(db: Pool, user: Principal, batch_id: str) -> BatchRecord:
     async with db.connection() as conn:
-        batch = await rows.get(conn, batch_id, owner_filter(user))
+        batch = await rows.get(conn, batch_id, project_filter(user))
     if batch is None:
         raise NotFound(f"No Message Batch with id {batch_id!r}.")
     return batch
 
 
 async def list_page(
-    db: Pool, user: User, *, after_id: str | None, before_id: str | None, limit: int
+    db: Pool, user: Principal, *, after_id: str | None, before_id: str | None, limit: int
 ) -> tuple[list[BatchRecord], bool]:
     """A page of the user's Message Batches, newest first, and whether there are more in
     the direction asked for (older after ``after_id``, newer before ``before_id``)."""
@@ -308,7 +310,7 @@ async def list_page(
         raise InvalidRequest("Give after_id or before_id, not both.", param="before_id")
     async with db.connection() as conn:
         found = await rows.list_page(
-            conn, owner_filter(user), after_id=after_id, before_id=before_id, limit=limit
+            conn, project_filter(user), after_id=after_id, before_id=before_id, limit=limit
         )
     if len(found) <= limit:
         return found, False
@@ -319,12 +321,12 @@ async def list_page(
 # -- changing -------------------------------------------------------------------------------
 
 
-async def cancel(db: Pool, user: User, batch_id: str, now: datetime) -> BatchRecord:
+async def cancel(db: Pool, user: Principal, batch_id: str, now: datetime) -> BatchRecord:
     """Start cancelling: queued requests are cancelled, running ones finish. A batch
     already canceling, or finalizing (it ends on its own in a moment), is returned as it
     is; an ended one cannot be cancelled."""
     async with db.connection() as conn, conn.transaction():
-        batch = await rows.get(conn, batch_id, owner_filter(user))
+        batch = await rows.get(conn, batch_id, project_filter(user))
         if batch is None:
             raise NotFound(f"No Message Batch with id {batch_id!r}.")
         if batch.status in TERMINAL_BATCH_STATUSES:
@@ -336,7 +338,7 @@ async def cancel(db: Pool, user: User, batch_id: str, now: datetime) -> BatchRec
     return changed
 
 
-async def delete(db: Pool, blobs: BlobStore, user: User, batch_id: str) -> None:
+async def delete(db: Pool, blobs: BlobStore, user: Principal, batch_id: str) -> None:
     """Delete an ended batch: the bytes of its files first (while the blob store is down
     this answers 503 and changes nothing), then its files, requests and the batch itself,
     in one transaction."""
@@ -357,7 +359,9 @@ async def delete(db: Pool, blobs: BlobStore, user: User, batch_id: str) -> None:
         await files.delete_many(conn, ids)
 
 
-async def results(db: Pool, blobs: BlobStore, user: User, batch_id: str) -> AsyncIterator[bytes]:
+async def results(
+    db: Pool, blobs: BlobStore, user: Principal, batch_id: str
+) -> AsyncIterator[bytes]:
     """The batch's result lines (JSONL), once it has ended. Its files are opened here, so
     a missing one (404) or an unavailable store (503) is raised before a response starts."""
     batch = await get(db, user, batch_id)

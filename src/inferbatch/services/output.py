@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from inferbatch.db import requests as request_rows
 from inferbatch.db.types import Conn
-from inferbatch.domain import TERMINAL_BATCH_STATUSES, User
+from inferbatch.domain import TERMINAL_BATCH_STATUSES, Principal
 from inferbatch.errors import InvalidRequest
 from inferbatch.scheduler.finalize import result_line
 from inferbatch.services.batches import get as get_batch
@@ -43,7 +43,7 @@ def parse_cursor(after: str | None) -> tuple[int, int] | None:
 
 
 async def output_page(
-    conn: Conn, user: User, batch_id: str, after: str | None, limit: int
+    conn: Conn, user: Principal, batch_id: str, after: str | None, limit: int
 ) -> OutputPage:
     """The next ``limit`` settled lines of a batch after the cursor ``after``."""
     cursor = parse_cursor(after)

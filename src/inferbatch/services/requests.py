@@ -11,7 +11,7 @@ from inferbatch.db import batches as batch_rows
 from inferbatch.db import files as file_rows
 from inferbatch.db import requests as request_rows
 from inferbatch.db.types import Conn
-from inferbatch.domain import BatchRecord, User, owner_filter
+from inferbatch.domain import BatchRecord, Principal, project_filter
 from inferbatch.errors import Conflict, InvalidRequest, NotFound
 from inferbatch.ids import new_id, parse_request_public_id, request_public_id
 from inferbatch.protocol.openai import BatchRequest
@@ -64,7 +64,7 @@ def request_object(row: dict[str, Any], *, detail: bool = False) -> BatchRequest
 
 async def list_requests(
     conn: Conn,
-    user: User,
+    user: Principal,
     batch_id: str,
     *,
     status: str | None,
@@ -90,10 +90,10 @@ async def list_requests(
     return [request_object(r) for r in rows[:limit]], len(rows) > limit
 
 
-async def get_request(conn: Conn, user: User, public_id: str) -> dict[str, Any]:
+async def get_request(conn: Conn, user: Principal, public_id: str) -> dict[str, Any]:
     request_id = parse_request_public_id(public_id)
     row = await request_rows.get_detail(conn, request_id) if request_id is not None else None
-    if row is None or await batch_rows.get(conn, row["batch_id"], owner_filter(user)) is None:
+    if row is None or await batch_rows.get(conn, row["batch_id"], project_filter(user)) is None:
         raise NotFound(f"No request with id {public_id!r}.")
     return row
 
@@ -115,7 +115,7 @@ async def _requeue(conn: Conn, batch: BatchRecord, request_id: int | None, now: 
     return await request_rows.requeue_failed(conn, batch.id, request_id)
 
 
-async def retry_request(conn: Conn, user: User, public_id: str, now: datetime) -> BatchRequest:
+async def retry_request(conn: Conn, user: Principal, public_id: str, now: datetime) -> BatchRequest:
     """Send one failed request back to the queue with a fresh retry budget."""
     row = await get_request(conn, user, public_id)
     if row["status"] != "failed":
@@ -127,7 +127,7 @@ async def retry_request(conn: Conn, user: User, public_id: str, now: datetime) -
     return request_object(fresh, detail=True)
 
 
-async def retry_batch(conn: Conn, user: User, batch_id: str, now: datetime) -> BatchRecord:
+async def retry_batch(conn: Conn, user: Principal, batch_id: str, now: datetime) -> BatchRecord:
     """Send every failed request of a batch back to the queue."""
     batch = await get_batch(conn, user, batch_id)
     if batch.failed_count == 0 and batch.status in ("completed", "in_progress"):
@@ -141,7 +141,7 @@ async def retry_batch(conn: Conn, user: User, batch_id: str, now: datetime) -> B
     return await get_batch(conn, user, batch_id)
 
 
-async def clone_batch(conn: Conn, user: User, batch_id: str, now: datetime) -> BatchRecord:
+async def clone_batch(conn: Conn, user: Principal, batch_id: str, now: datetime) -> BatchRecord:
     """A new batch over the same input file, endpoint, window and metadata."""
     source = await get_batch(conn, user, batch_id)
     if await file_rows.get(conn, source.input_file_id, None) is None:
@@ -150,6 +150,7 @@ async def clone_batch(conn: Conn, user: User, batch_id: str, now: datetime) -> B
         conn,
         batch_id=new_id("batch_"),
         owner_id=source.owner_id,
+        project_id=source.project_id,
         input_file_id=source.input_file_id,
         endpoint=source.endpoint,
         completion_window=source.completion_window,

@@ -42,11 +42,11 @@ from inferbatch.db import uploads as upload_rows
 from inferbatch.db.types import Conn, Pool
 from inferbatch.domain import (
     FileRecord,
+    Principal,
     UploadPartRecord,
     UploadRecord,
     UploadStatus,
-    User,
-    owner_filter,
+    project_filter,
 )
 from inferbatch.errors import (
     Conflict,
@@ -105,7 +105,7 @@ def visible_status(upload: UploadRecord, now: datetime) -> UploadStatus:
 
 async def create(
     conn: Conn,
-    user: User,
+    user: Principal,
     body: UploadCreateRequest,
     settings: Settings,
     now: datetime,
@@ -142,9 +142,9 @@ async def create(
     else:
         seconds = expiry_seconds(body.expires_after.seconds, "expires_after.seconds")
     upload_id = new_id("upload_")
-    earlier = await idempotency_service.claim(conn, user.id, idempotency, upload_id, now)
+    earlier = await idempotency_service.claim(conn, user, idempotency, upload_id, now)
     if earlier is not None:
-        upload = await upload_rows.get(conn, earlier, user.id)
+        upload = await upload_rows.get(conn, earlier, user.project_id)
         if upload is None:
             raise NotFound(f"The upload made under this key, {earlier!r}, is gone.")
         return upload
@@ -152,6 +152,7 @@ async def create(
         conn,
         upload_id=upload_id,
         owner_id=user.id,
+        project_id=user.project_id,
         filename=filename,
         purpose=body.purpose,
         size=body.bytes,
@@ -174,10 +175,10 @@ def _refusal(upload: UploadRecord, now: datetime, action: str) -> Conflict | Non
     return None
 
 
-async def _locked(conn: Conn, user: User | None, upload_id: str) -> UploadRecord:
+async def _locked(conn: Conn, user: Principal | None, upload_id: str) -> UploadRecord:
     """The upload, locked for this transaction; 404 if it is not the user's (``user``
     None: anyone's)."""
-    owner = owner_filter(user) if user is not None else None
+    owner = project_filter(user) if user is not None else None
     upload = await upload_rows.get(conn, upload_id, owner, lock=True)
     if upload is None:
         raise NotFound(f"No upload with id {upload_id!r}.")
@@ -188,7 +189,7 @@ async def add_part(
     db: Pool,
     blobs: BlobStore,
     settings: Settings,
-    user: User,
+    user: Principal,
     upload_id: str,
     *,
     content_type: str,
@@ -278,7 +279,7 @@ async def _forget_part(db: Pool, part: UploadPartRecord) -> None:
 async def complete(
     db: Pool,
     blobs: BlobStore,
-    user: User,
+    user: Principal,
     upload_id: str,
     body: UploadCompleteRequest,
     now: datetime,
@@ -340,6 +341,7 @@ async def complete(
                 conn,
                 file_id=new_id("file-"),
                 owner_id=upload.owner_id,
+                project_id=upload.project_id,
                 purpose=upload.purpose,
                 filename=upload.filename,
                 size=composed.size,
@@ -395,7 +397,7 @@ async def _release(db: Pool, upload_id: str, token: str) -> None:
 
 
 async def cancel(
-    db: Pool, blobs: BlobStore, user: User, upload_id: str, now: datetime
+    db: Pool, blobs: BlobStore, user: Principal, upload_id: str, now: datetime
 ) -> UploadRecord:
     """Cancel a pending upload and delete its parts. Cancelling a cancelled upload
     answers it as it is; a completed, expired or completing one answers 409."""

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from inferbatch.config import Settings
 from inferbatch.db import webhooks as rows
 from inferbatch.db.types import Conn, Pool
-from inferbatch.domain import User, WebhookDelivery, WebhookEndpoint, owner_filter
+from inferbatch.domain import Principal, WebhookDelivery, WebhookEndpoint, project_filter
 from inferbatch.errors import BadGateway, Conflict, InvalidRequest, NotFound
 from inferbatch.ids import new_id
 from inferbatch.protocol.webhooks import (
@@ -152,14 +152,14 @@ def _missing(endpoint_id: str) -> NotFound:
 
 
 async def create(
-    conn: Conn, user: User, body: WebhookEndpointCreate, settings: Settings, now: datetime
+    conn: Conn, user: Principal, body: WebhookEndpointCreate, settings: Settings, now: datetime
 ) -> WebhookEndpointWithSecret:
     """Register an endpoint for ``user``; the answer shows its secret (as only rotating it
     again does)."""
     url = await check_url(body.url, settings, "url")
-    if await rows.count_endpoints(conn, user.id) >= MAX_ENDPOINTS_PER_USER:
+    if await rows.count_endpoints(conn, user.project_id) >= MAX_ENDPOINTS_PER_USER:
         raise Conflict(
-            f"A user may register at most {MAX_ENDPOINTS_PER_USER} webhook endpoints; "
+            f"A project may register at most {MAX_ENDPOINTS_PER_USER} webhook endpoints; "
             "delete one first."
         )
     secret = new_secret()
@@ -167,6 +167,7 @@ async def create(
         conn,
         endpoint_id=new_id("whe_"),
         owner_id=user.id,
+        project_id=user.project_id,
         name=body.name,
         url=url,
         event_types=_in_order(body.event_types),
@@ -176,8 +177,8 @@ async def create(
     return _with_secret(endpoint, secret)
 
 
-async def get(conn: Conn, user: User, endpoint_id: str) -> WebhookEndpoint:
-    endpoint = await rows.get_endpoint(conn, endpoint_id, owner_filter(user))
+async def get(conn: Conn, user: Principal, endpoint_id: str) -> WebhookEndpoint:
+    endpoint = await rows.get_endpoint(conn, endpoint_id, project_filter(user))
     if endpoint is None:
         raise _missing(endpoint_id)
     return endpoint
@@ -185,7 +186,7 @@ async def get(conn: Conn, user: User, endpoint_id: str) -> WebhookEndpoint:
 
 async def update(
     conn: Conn,
-    user: User,
+    user: Principal,
     endpoint_id: str,
     body: WebhookEndpointUpdate,
     settings: Settings,
@@ -198,7 +199,7 @@ async def update(
     endpoint = await rows.update_endpoint(
         conn,
         endpoint_id,
-        owner_filter(user),
+        project_filter(user),
         now=now,
         name=body.name,
         url=url,
@@ -209,14 +210,14 @@ async def update(
     return endpoint
 
 
-async def delete(conn: Conn, user: User, endpoint_id: str) -> None:
+async def delete(conn: Conn, user: Principal, endpoint_id: str) -> None:
     """Delete the endpoint with its deliveries: pending ones are never sent."""
-    if not await rows.delete_endpoint(conn, endpoint_id, owner_filter(user)):
+    if not await rows.delete_endpoint(conn, endpoint_id, project_filter(user)):
         raise _missing(endpoint_id)
 
 
 async def rotate_secret(
-    conn: Conn, user: User, endpoint_id: str, *, keep_old: bool, now: datetime
+    conn: Conn, user: Principal, endpoint_id: str, *, keep_old: bool, now: datetime
 ) -> WebhookEndpointWithSecret:
     """Give the endpoint a new secret, answered once; the replaced one keeps signing for
     :data:`ROTATION_GRACE` with ``keep_old``, else stops now (pending deliveries included:
@@ -225,7 +226,7 @@ async def rotate_secret(
     endpoint = await rows.rotate_secret(
         conn,
         endpoint_id,
-        owner_filter(user),
+        project_filter(user),
         secret=secret,
         keep_old_until=now + ROTATION_GRACE if keep_old else None,
         now=now,
@@ -237,7 +238,7 @@ async def rotate_secret(
 
 async def send_test(
     db: Pool,
-    user: User,
+    user: Principal,
     endpoint_id: str,
     event_type: WebhookEventType,
     settings: Settings,
@@ -249,7 +250,7 @@ async def send_test(
     the receiver's status, whatever it is. Nothing is recorded and ``updated_at`` stays.
     A refused address is a 400 naming ``url``; no answer is a 502."""
     async with db.connection() as conn:
-        target = await rows.get_target(conn, endpoint_id, owner_filter(user), now)
+        target = await rows.get_target(conn, endpoint_id, project_filter(user), now)
     if target is None:
         raise _missing(endpoint_id)
     event_id = new_id("evt_")
@@ -268,7 +269,7 @@ async def send_test(
 
 
 async def deliveries(
-    conn: Conn, user: User, endpoint_id: str, *, after: str | None, limit: int
+    conn: Conn, user: Principal, endpoint_id: str, *, after: str | None, limit: int
 ) -> tuple[list[WebhookDelivery], bool]:
     """A page of the endpoint's deliveries, newest first, and whether more follow."""
     await get(conn, user, endpoint_id)
