@@ -5,6 +5,9 @@ blocks only new work; racing creates do not both pass."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -367,3 +370,35 @@ async def test_admit_batch_counts_creates_in_the_minute_of_now(pool: Pool) -> No
         later = MINUTE + timedelta(seconds=60)
         await quotas.admit_batch(conn, project, requests=1, tokens=1, now=later)
         assert (await quotas.get(conn, admin, project, later)).usage["creates_per_minute"] == 1
+
+
+def _cli(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "INFERBATCH_DATABASE_URL": db_url}
+    return subprocess.run(
+        [sys.executable, "-m", "inferbatch", "projects", "quota", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+async def test_the_cli_sets_and_clears_quotas_and_prints_limits_and_use(
+    api: Api, db_url: str
+) -> None:
+    await api.batch()
+    done = await asyncio.to_thread(
+        _cli, db_url, "quoted", "--queued-requests", "1", "--stored-bytes", "99"
+    )
+    assert done.returncode == 0, done.stderr
+    lines = dict(line.split("\t", 1) for line in done.stdout.splitlines())
+    assert lines["queued_requests"] == "1\t3"  # below the use: accepted
+    assert lines["stored_bytes"] == f"99\t{len(THREE)}"
+    assert lines["enqueued_tokens"] == f"unlimited\t{THREE_TOKENS}"
+    cleared = await asyncio.to_thread(_cli, db_url, api.project, "--clear", "stored_bytes")
+    assert "stored_bytes\tunlimited" in cleared.stdout
+    read = await api.call("GET", f"/v1/organization/projects/{api.project}/quotas")
+    assert read.json()["limits"]["queued_requests"] == 1
+    assert read.json()["limits"]["stored_bytes"] is None
+    unknown = await asyncio.to_thread(_cli, db_url, "proj_nope")
+    assert unknown.returncode == 1 and "proj_nope" in unknown.stderr
