@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -402,3 +403,24 @@ async def test_the_cli_sets_and_clears_quotas_and_prints_limits_and_use(
     assert read.json()["limits"]["stored_bytes"] is None
     unknown = await asyncio.to_thread(_cli, db_url, "proj_nope")
     assert unknown.returncode == 1 and "proj_nope" in unknown.stderr
+
+
+async def test_the_dashboard_shows_the_projects_limits_and_use(api: Api) -> None:
+    await api.batch()
+    await api.set(queued_requests=3)
+    form = await api.client.get("/login")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+    assert token is not None
+    await api.client.post(
+        "/login", data={"api_key": "k-member", "csrf_token": token.group(1), "next": "/"}
+    )
+    page = (await api.client.get("/")).text
+
+    def row(name: str) -> list[str]:
+        found = re.search(rf'data-testid="quota-{name}"[^>]*>(.*?)</tr>', page, re.S)
+        assert found is not None
+        return [c.strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", found.group(1), re.S)]
+
+    assert row("queued_requests") == ["Queued requests", "3", "3"]
+    assert row("stored_bytes")[1:] == [str(len(THREE)), "unlimited"]
+    assert 'data-testid="quota-queued_requests" class="table-warning"' in page  # full
