@@ -488,6 +488,56 @@ def projects_add_user(
     typer.echo(_run_in_database(work))
 
 
+_LIMIT = typer.Option(min=0, help="The limit (0 or more).")
+
+
+@projects_app.command("quota")
+def projects_quota(
+    project: Annotated[str, typer.Argument(help="Project id or name.")],
+    queued_requests: Annotated[int | None, _LIMIT] = None,
+    enqueued_tokens: Annotated[int | None, _LIMIT] = None,
+    batches_in_progress: Annotated[int | None, _LIMIT] = None,
+    stored_bytes: Annotated[int | None, _LIMIT] = None,
+    creates_per_minute: Annotated[int | None, _LIMIT] = None,
+    clear: Annotated[
+        list[str] | None, typer.Option(help="A quota to make unlimited (repeatable).")
+    ] = None,
+) -> None:
+    """Set a project's quotas (those given; the others stay) and print each quota's limit
+    and current use. A limit below the use is accepted: it refuses new work only."""
+    from datetime import UTC, datetime
+
+    from inferbatch.db import quotas as quota_rows
+
+    given = {
+        "queued_requests": queued_requests,
+        "enqueued_tokens": enqueued_tokens,
+        "batches_in_progress": batches_in_progress,
+        "stored_bytes": stored_bytes,
+        "creates_per_minute": creates_per_minute,
+    }
+    changes: dict[str, int | None] = {k: v for k, v in given.items() if v is not None}
+    for name in clear or ():
+        if name not in quota_rows.QUOTAS:
+            typer.echo(f"--clear takes one of {', '.join(quota_rows.QUOTAS)}", err=True)
+            raise typer.Exit(2)
+        changes[name] = None
+
+    async def work(conn: AsyncConnection[dict[str, Any]]) -> quota_rows.ProjectQuotas:
+        from inferbatch.services import projects
+
+        found = await projects.resolve_project(conn, project)
+        now = datetime.now(UTC)
+        if changes:
+            await quota_rows.set_limits(conn, found.id, changes, now)
+        return await quota_rows.read(conn, found.id, now)
+
+    result = _run_in_database(work)
+    for name in quota_rows.QUOTAS:
+        limit = result.limits[name]
+        typer.echo(f"{name}\t{'unlimited' if limit is None else limit}\t{result.usage[name]}")
+
+
 @app.command()
 def up(
     engine: Annotated[

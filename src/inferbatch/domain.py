@@ -111,6 +111,8 @@ class FileRecord:
     line_count: int | None = None
     """Lines counted at upload (blank ones too); None when not counted."""
     project_id: str = DEFAULT_PROJECT_ID
+    token_estimate: int | None = None
+    """Tokens estimated at upload (:mod:`inferbatch.services.estimate`); None when not."""
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> FileRecord:

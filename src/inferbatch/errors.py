@@ -99,6 +99,16 @@ class TooLarge(InferbatchError):
     code = "file_too_large"
 
 
+class QuotaExceeded(InferbatchError):
+    """The project's quota does not leave room for this."""
+
+    status_code = 429
+    type = "rate_limit_exceeded"
+    code = "quota_exceeded"
+    should_retry = False
+    # retrying at once gets the same answer: room comes back as the project's work finishes
+
+
 class BadGateway(InferbatchError):
     """The remote server could not be reached or did not answer in time."""
 

@@ -48,11 +48,11 @@ def test_a_good_body_becomes_batch_lines_with_the_params_unchanged(tmp_path: Pat
         {"custom_id": "B_2", "params": _params(stream=False)},
     )
     blobs = LocalBlobStore(tmp_path)
-    count, size, sha256 = write_input(raw, blobs, "upload/x", 100)
-    assert count == 2
+    written = write_input(raw, blobs, "upload/x", 100)
+    assert written.requests == 2
     with blobs.open_reader("upload/x") as f:
         data = f.read()
-    assert size == len(data) and len(sha256) == 64
+    assert written.bytes == len(data) and len(written.sha256) == 64
     lines = [json.loads(line) for line in data.splitlines()]
     assert lines[0] == {
         "custom_id": "a-1",

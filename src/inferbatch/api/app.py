@@ -22,6 +22,7 @@ from inferbatch.api.anthropic import router as anthropic_router
 from inferbatch.api.costs import router as costs_router
 from inferbatch.api.deps import AppState
 from inferbatch.api.observe import RequestMetrics
+from inferbatch.api.quotas import router as quotas_router
 from inferbatch.api.routes import router
 from inferbatch.api.uploads import router as uploads_router
 from inferbatch.api.webhooks import router as webhooks_router
@@ -153,6 +154,7 @@ def create_app(
     app.include_router(anthropic_router)
     app.include_router(costs_router)
     app.include_router(admin_router)
+    app.include_router(quotas_router)
     install_portal(app)
     _document_validation_as_400(app)
     app.add_middleware(RequestMetrics, metrics=api_metrics)

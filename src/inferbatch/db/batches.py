@@ -36,14 +36,19 @@ async def insert(
     estimated_completion_at: datetime | None = None,
     warnings: list[dict[str, Any]] | None = None,
     project_id: str = DEFAULT_PROJECT_ID,
+    quota_requests: int = 0,
+    quota_tokens: int = 0,
 ) -> BatchRecord:
+    """Insert a ``validating`` batch holding ``quota_requests`` requests and
+    ``quota_tokens`` tokens of its project's quotas (the usage trigger counts them)."""
     cur = await conn.execute(
         f"""
         INSERT INTO batches (id, owner_id, input_file_id, endpoint, completion_window,
             deadline_at, created_at, priority, dedup_scope, metadata, output_expires_seconds,
             callback_url, callback_secret, estimated_completion_at, warnings, project_id,
-            status)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'validating')
+            quota_requests, quota_tokens, status)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+            'validating')
         RETURNING {_COLUMNS}
         """,
         (
@@ -63,6 +68,8 @@ async def insert(
             estimated_completion_at,
             Jsonb(warnings) if warnings else None,
             project_id,
+            quota_requests,
+            quota_tokens,
         ),
     )
     row = await cur.fetchone()
@@ -157,10 +164,13 @@ async def next_to_ingest(conn: Conn) -> BatchRecord | None:
 async def mark_ingested(
     conn: Conn, batch_id: str, *, total: int, model: str | None, now: datetime
 ) -> bool:
-    """Record a valid input: validating -> in_progress (a cancelling batch stays so)."""
+    """Record a valid input: validating -> in_progress (a cancelling batch stays so). The
+    batch holds its real number of requests of its project's quota from here on (the line
+    count at create counted blank lines too, and a file without one counted none)."""
     cur = await conn.execute(
         """
         UPDATE batches SET ingested_at = %(now)s, total_count = %(total)s, model = %(model)s,
+            quota_requests = %(total)s,
             in_progress_at = CASE WHEN status = 'validating' THEN %(now)s END,
             status = CASE WHEN status = 'validating' THEN 'in_progress' ELSE status END
         WHERE id = %(id)s AND ingested_at IS NULL

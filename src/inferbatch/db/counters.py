@@ -3,7 +3,8 @@
 Every statement that settles, re-queues or escalates requests appends its changes to
 ``request_deltas`` in the same statement (see :func:`append_deltas`): one row per (batch,
 pool, status) it touched. :func:`fold` adds them to the batch rows (request counts,
-cancelled and expired counts, tokens, dedup and escalation counts, GPU time and its cost)
+cancelled and expired counts, tokens, dedup and escalation counts, GPU time and its cost;
+it lowers what the batch holds of its project's quotas, see :mod:`inferbatch.services.quotas`)
 and to ``request_totals`` (requests ever settled by status and pool), appends them per day,
 project, owner, model and pool to ``usage_deltas``, then deletes them; :func:`fold_usage` adds
 those to ``usage_daily``. A fold reads only the deltas written since the last one, so its
@@ -163,8 +164,16 @@ WITH locked AS (
         dedup_saved_cost = b.dedup_saved_cost + p.dedup_cost,
         all_dedicated_cost = b.all_dedicated_cost + p.all_dedicated,
         cost_currency = CASE WHEN p.spot_gpu + p.dedicated_gpu + p.dedup_gpu > 0
-            THEN %(currency)s ELSE b.cost_currency END
-    FROM per_batch p WHERE b.id = p.batch_id
+            THEN %(currency)s ELSE b.cost_currency END,
+        -- what the batch holds of its project's quotas goes down as requests settle, its
+        -- tokens in proportion (a re-queued failure is not held again)
+        quota_requests = b.quota_requests - least(b.quota_requests, p.settled),
+        quota_tokens = CASE WHEN p.settled >= b.quota_requests THEN 0
+            ELSE b.quota_tokens - (b.quota_tokens::numeric * p.settled / b.quota_requests)::bigint
+            END
+    FROM (SELECT *, greatest(0, completed + failed + cancelled + expired) AS settled
+          FROM per_batch) p
+    WHERE b.id = p.batch_id
     RETURNING b.id
 ), totals AS (
     INSERT INTO request_totals AS t (status, pool, n)

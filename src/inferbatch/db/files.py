@@ -9,7 +9,7 @@ from inferbatch.domain import DEFAULT_PROJECT_ID, FileRecord
 
 _COLUMNS = (
     "id, owner_id, purpose, filename, bytes, sha256, blob_key, created_at, expires_at, "
-    "line_count, project_id"
+    "line_count, project_id, token_estimate"
 )
 _VISIBLE = "(%(project)s::text IS NULL OR project_id = %(project)s)"
 """The row is of the project (any project's when it is None: admins)."""
@@ -28,14 +28,15 @@ async def insert(
     expires_at: datetime | None,
     line_count: int | None = None,
     project_id: str = DEFAULT_PROJECT_ID,
+    token_estimate: int | None = None,
 ) -> FileRecord:
-    """Record a stored file of ``project_id``, made by ``owner_id``; ``line_count`` when its
-    lines were counted on the way in."""
+    """Record a stored file of ``project_id``, made by ``owner_id``; ``line_count`` and
+    ``token_estimate`` when its lines were counted on the way in."""
     cur = await conn.execute(
         f"""
         INSERT INTO files (id, owner_id, purpose, filename, bytes, sha256, blob_key, expires_at,
-            line_count, project_id)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}
+            line_count, project_id, token_estimate)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}
         """,
         (
             file_id,
@@ -48,6 +49,7 @@ async def insert(
             expires_at,
             line_count,
             project_id,
+            token_estimate,
         ),
     )
     row = await cur.fetchone()

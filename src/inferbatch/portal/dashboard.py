@@ -1,7 +1,8 @@
 """The dashboard: live statistics, deadline risk, recent batches, system health, charts.
 
 Admins see the whole system; a user sees statistics of their own batches (system health is
-the same for everyone). The page renders everything once, then htmx refreshes each part.
+the same for everyone). Everyone sees the quotas of their key's project: each limit and its
+current use. The page renders everything once, then htmx refreshes each part.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import httpx
 from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse
 
-from inferbatch.db import browse, escalation, workers
+from inferbatch.db import browse, escalation, quotas, workers
 from inferbatch.metrics import LATENCY_BUCKETS
 from inferbatch.portal import charts
 from inferbatch.portal.web import Page, PageDep, PortalRoute
@@ -134,16 +135,42 @@ async def activity(page: Page, range_name: str) -> dict[str, Any]:
     }
 
 
+QUOTA_LABELS = {
+    "queued_requests": "Queued requests",
+    "enqueued_tokens": "Enqueued tokens (estimated)",
+    "batches_in_progress": "Batches in progress",
+    "stored_bytes": "Stored bytes",
+    "creates_per_minute": "Batches created this minute",
+}
+
+
+async def quota_rows(page: Page) -> tuple[quotas.ProjectQuotas, list[dict[str, Any]]]:
+    """The quotas of the signed-in key's project, one row per quota (``full``: no room)."""
+    async with page.st.db.connection() as conn:
+        found = await quotas.read(conn, page.user.project_id, page.st.now())
+    rows = []
+    for name in quotas.QUOTAS:
+        limit, used = found.limits[name], found.usage[name]
+        full = limit is not None and used >= limit
+        rows.append(
+            {"name": name, "label": QUOTA_LABELS[name], "limit": limit, "used": used, "full": full}
+        )
+    return found, rows
+
+
 RangeParam = Annotated[str, Query(alias="range")]
 
 
 @router.get("/")
 async def dashboard(page: PageDep, period: RangeParam = "1h") -> HTMLResponse:
+    project_quotas, rows = await quota_rows(page)
     return page.render(
         "dashboard.html",
         stats=await stats(page),
         health=await health(page),
         activity=await activity(page, period),
+        quotas=project_quotas,
+        quota_rows=rows,
     )
 
 

@@ -12,7 +12,7 @@ from inferbatch.db.types import Conn
 from inferbatch.domain import ENDPOINTS, BatchRecord, Principal, project_filter
 from inferbatch.errors import Conflict, InvalidRequest, NotFound
 from inferbatch.ids import new_id
-from inferbatch.services import admission
+from inferbatch.services import admission, quotas
 from inferbatch.services import idempotency as idempotency_service
 from inferbatch.services.admission import AdmissionRules
 from inferbatch.services.idempotency import IdempotencyKey
@@ -206,8 +206,10 @@ async def create(
     idempotency: IdempotencyKey | None = None,
 ) -> BatchRecord:
     """Insert the batch (``validating``) with its first estimated completion; the scheduler
-    validates the input file's lines. Refused (``window_too_short``) when admission says so.
-    Under an idempotency key already used for the same request, the batch made then."""
+    validates the input file's lines. Refused (``window_too_short``) when admission says so,
+    and (429) when the project's quotas leave no room for it: it holds the file's line count
+    and token estimate (none for a file without them, such as an Uploads API file). Under an
+    idempotency key already used for the same request, the batch made then."""
     batch_id = new_id("batch_")
     earlier = await idempotency_service.claim(conn, user, idempotency, batch_id, now)
     if earlier is not None:
@@ -230,11 +232,15 @@ async def create(
             window=new.window,
             now=now,
         )
+    requests, tokens = record.line_count or 0, record.token_estimate or 0
+    await quotas.admit_batch(conn, record.project_id, requests=requests, tokens=tokens, now=now)
     return await batches.insert(
         conn,
         batch_id=batch_id,
         owner_id=user.id,
         project_id=record.project_id,
+        quota_requests=requests,
+        quota_tokens=tokens,
         input_file_id=new.input_file_id,
         endpoint=new.endpoint,
         completion_window=new.completion_window,

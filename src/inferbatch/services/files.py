@@ -16,6 +16,7 @@ from inferbatch.errors import InvalidRequest, NotFound, StorageUnavailable, TooL
 from inferbatch.ids import new_id
 from inferbatch.scheduler.validation import FileCheck, check_file
 from inferbatch.services import idempotency as idempotency_service
+from inferbatch.services import quotas
 from inferbatch.services.batches import expiry_seconds
 from inferbatch.services.uploads import receive_upload
 
@@ -61,10 +62,12 @@ async def upload(
 ) -> FileRecord:
     """Stream a multipart upload (fields ``purpose``, ``file``, optional
     ``expires_after[anchor]`` and ``expires_after[seconds]``) into the blob store and
-    record it. With ``validate``, a ``batch`` file's lines are all checked first, and a
-    file with an invalid line is refused (400 naming the first ones). Nothing is kept on
-    error. Under an ``idempotency_key`` already used for the same upload, the file stored
-    then (and nothing new is kept)."""
+    record it, its lines counted and (a ``batch`` file) its tokens estimated. With
+    ``validate``, a ``batch`` file's lines are all checked first, and a file with an
+    invalid line is refused (400 naming the first ones); a file the project's
+    ``stored_bytes`` quota has no room for is refused (429). Nothing is kept on error.
+    Under an ``idempotency_key`` already used for the same upload, the file stored then
+    (and nothing new is kept)."""
     limit = settings.max_file_bytes
     if content_length and content_length.isdigit() and int(content_length) > limit + 64 * 1024:
         raise TooLarge(f"The file is larger than the limit of {limit} bytes.", param="file")
@@ -93,6 +96,7 @@ async def upload(
         async with db.connection() as conn:
             earlier = await idempotency_service.claim(conn, user, key, file_id, now)
             if earlier is None:
+                await quotas.admit_bytes(conn, user.project_id, received.size, now)
                 return await file_rows.insert(
                     conn,
                     file_id=file_id,
@@ -105,6 +109,7 @@ async def upload(
                     blob_key=received.blob_key,
                     expires_at=now + timedelta(seconds=seconds),
                     line_count=received.lines if purpose == "batch" else None,
+                    token_estimate=received.tokens if purpose == "batch" else None,
                 )
             record = await file_rows.get(conn, earlier, user.project_id)
         if record is None:

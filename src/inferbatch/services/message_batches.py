@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
@@ -53,6 +54,8 @@ from inferbatch.protocol.anthropic import (
     MessageBatchRequestCounts,
     MessageBatchRequestParam,
 )
+from inferbatch.services import quotas
+from inferbatch.services.estimate import request_tokens
 from inferbatch.services.message_results import (
     open_readers,
     result_line,
@@ -143,15 +146,24 @@ def _requests(source: IO[bytes]) -> Iterator[Any]:
         raise InvalidRequest(f"The body is not valid JSON: {exc}.") from exc
 
 
-def write_input(
-    source: IO[bytes], blobs: BlobStore, key: str, max_requests: int
-) -> tuple[int, int, str]:
+@dataclass(frozen=True, slots=True)
+class WrittenInput:
+    """A Message Batch's requests as stored: how many, the blob's size and digest, and
+    their token estimate (:mod:`inferbatch.services.estimate`)."""
+
+    requests: int
+    bytes: int
+    sha256: str
+    tokens: int
+
+
+def write_input(source: IO[bytes], blobs: BlobStore, key: str, max_requests: int) -> WrittenInput:
     """Check a create body (read from ``source`` as it is parsed) and write its requests
-    to the blob ``key`` as batch lines; returns (requests, bytes, sha256). Raises
+    to the blob ``key`` as batch lines. Raises
     :class:`InvalidRequest` for the first bad request, and then no blob is left.
     Blocking (run it in a thread)."""
     seen: dict[str, int] = {}
-    count = 0
+    count = tokens = 0
     with blobs.open_writer(key) as writer:
         buffer = bytearray()
         for i, item in enumerate(_requests(source)):
@@ -180,27 +192,33 @@ def write_input(
             buffer += orjson.dumps(line)
             buffer += b"\n"
             count += 1
+            tokens += request_tokens(item["params"], MESSAGES_ENDPOINT)
             if len(buffer) >= FLUSH_BYTES:
                 writer.write(bytes(buffer))
                 buffer.clear()
         if buffer:
             writer.write(bytes(buffer))
-    return count, writer.size, writer.sha256
+    return WrittenInput(count, writer.size, writer.sha256, tokens)
 
 
 async def create(
     db: Pool, blobs: BlobStore, settings: Settings, user: Principal, raw: IO[bytes], now: datetime
 ) -> BatchRecord:
     """Check the body, store its requests as the batch's input file and create the batch
-    (its file row and its batch row in one transaction). Nothing is kept on error."""
+    (its file row and its batch row in one transaction), refused (429) when the project's
+    quotas leave no room for its bytes or its requests. Nothing is kept on error."""
     key = new_blob_key("upload")
     writing = asyncio.ensure_future(
         asyncio.to_thread(write_input, raw, blobs, key, settings.max_message_batch_requests)
     )
     try:
-        count, size, sha256 = await asyncio.shield(writing)
+        written = await asyncio.shield(writing)
         batch_id = new_id("msgbatch_")
         async with db.connection() as conn, conn.transaction():
+            await quotas.admit_bytes(conn, user.project_id, written.bytes, now)
+            await quotas.admit_batch(
+                conn, user.project_id, requests=written.requests, tokens=written.tokens, now=now
+            )
             record = await files.insert(
                 conn,
                 file_id=new_id("file-"),
@@ -208,10 +226,12 @@ async def create(
                 project_id=user.project_id,
                 purpose="batch",
                 filename=f"{batch_id}_requests.jsonl",
-                size=size,
-                sha256=sha256,
+                size=written.bytes,
+                sha256=written.sha256,
                 blob_key=key,
                 expires_at=now + settings.file_retention_delta,
+                line_count=written.requests,
+                token_estimate=written.tokens,
             )
             await batches.insert(
                 conn,
@@ -227,8 +247,10 @@ async def create(
                 dedup_scope=settings.default_dedup_scope,
                 metadata=None,
                 output_expires_seconds=None,
+                quota_requests=written.requests,
+                quota_tokens=written.tokens,
             )
-            return await rows.set_total(conn, batch_id, count)
+            return await rows.set_total(conn, batch_id, written.requests)
     except InvalidRequest:
         raise  # refused before anything was stored
     except BaseException:

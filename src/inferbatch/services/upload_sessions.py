@@ -59,6 +59,7 @@ from inferbatch.errors import (
 from inferbatch.ids import new_id
 from inferbatch.protocol.uploads import UploadCompleteRequest, UploadCreateRequest
 from inferbatch.services import idempotency as idempotency_service
+from inferbatch.services import quotas
 from inferbatch.services.batches import expiry_seconds
 from inferbatch.services.files import FILE_PURPOSES
 from inferbatch.services.idempotency import IdempotencyKey
@@ -111,7 +112,8 @@ async def create(
     now: datetime,
     idempotency: IdempotencyKey | None = None,
 ) -> UploadRecord:
-    """Validate a create request and insert the upload (``pending``, expiring in an hour).
+    """Validate a create request and insert the upload (``pending``, expiring in an hour);
+    refused (429) when its bytes would pass the project's ``stored_bytes`` quota.
     Under an idempotency key already used for the same request, the upload made then."""
     if body.purpose not in FILE_PURPOSES:
         raise InvalidRequest(
@@ -148,6 +150,8 @@ async def create(
         if upload is None:
             raise NotFound(f"The upload made under this key, {earlier!r}, is gone.")
         return upload
+    # checked for the declared size now: the file it becomes is counted when it is made
+    await quotas.admit_bytes(conn, user.project_id, body.bytes, now)
     return await upload_rows.insert(
         conn,
         upload_id=upload_id,
@@ -222,7 +226,9 @@ async def add_part(
         )
     limit = min(MAX_PART_BYTES, room)
     try:
-        received = await receive_upload(content_type, body, blobs, limit, field="data", key=key)
+        received = await receive_upload(
+            content_type, body, blobs, limit, field="data", key=key, estimate_tokens=False
+        )
     except TooLarge as exc:
         await _forget_part(db, part)
         if limit < MAX_PART_BYTES:

@@ -11,6 +11,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from inferbatch.blobstore import BlobStore, BlobWriter, new_blob_key
 from inferbatch.errors import InferbatchError, InvalidRequest, TooLarge
+from inferbatch.services.estimate import LineEstimate
 
 MAX_FIELD_BYTES = 4096
 FLUSH_BYTES = 1 << 20
@@ -25,6 +26,8 @@ class UploadResult:
     sha256: str
     lines: int = 0
     """Lines of the file part (the last one counts without its newline)."""
+    tokens: int = 0
+    """The file part's token estimate as batch lines (:mod:`inferbatch.services.estimate`)."""
 
 
 @dataclass
@@ -52,9 +55,11 @@ async def receive_upload(
     *,
     field: str = "file",
     key: str | None = None,
+    estimate_tokens: bool = True,
 ) -> UploadResult:
     """Parse a multipart body; the part named ``field`` is stored as a blob at ``key``
-    (default: a new ``upload/...`` key).
+    (default: a new ``upload/...`` key), its lines counted and, with
+    ``estimate_tokens``, their tokens estimated on the way.
 
     Raises InvalidRequest for a malformed body, TooLarge past ``max_bytes``,
     StorageUnavailable when the blob store fails. On error no blob is left behind. Every
@@ -68,6 +73,13 @@ async def receive_upload(
     st = _State()
     writer_cm = await asyncio.to_thread(blobs.open_writer, key)
     writer: BlobWriter = writer_cm.__enter__()
+    estimate = LineEstimate()
+
+    def store(data: bytes) -> None:
+        # in the writer's thread: parsing the lines for the estimate is CPU work
+        writer.write(data)
+        if estimate_tokens:
+            estimate.feed(data)
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
         st.header_field += data[start:end]
@@ -137,12 +149,12 @@ async def receive_upload(
             if len(st.pending) >= FLUSH_BYTES:
                 data = bytes(st.pending)
                 st.pending.clear()
-                await asyncio.to_thread(writer.write, data)
+                await asyncio.to_thread(store, data)
         parser.finalize()
         if st.error is not None:
             raise st.error
         if st.pending:
-            await asyncio.to_thread(writer.write, bytes(st.pending))
+            await asyncio.to_thread(store, bytes(st.pending))
     except BaseException as exc:
         await asyncio.to_thread(writer_cm.__exit__, type(exc), exc, None)
         if isinstance(exc, InferbatchError) or not isinstance(exc, Exception):
@@ -155,4 +167,5 @@ async def receive_upload(
         await asyncio.to_thread(blobs.delete, key)
         return UploadResult(st.fields, None, None, 0, "")
     lines = st.newlines + (1 if st.last_byte not in (b"", b"\n") else 0)
-    return UploadResult(st.fields, filename, key, writer.size, writer.sha256, lines)
+    tokens = await asyncio.to_thread(estimate.total)
+    return UploadResult(st.fields, filename, key, writer.size, writer.sha256, lines, tokens)
