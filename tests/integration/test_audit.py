@@ -475,3 +475,18 @@ async def test_cli_changes_are_recorded_with_the_os_user_and_secrets_never_appea
     for secret in secrets:
         assert secret not in dump
         assert secret not in logged
+
+
+async def test_a_change_whose_audit_row_fails_stands_and_the_failure_is_logged(
+    api: Api, pool: Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="inferbatch.api.trail")
+    async with pool.connection() as conn:
+        await conn.execute("ALTER TABLE audit_logs RENAME TO audit_logs_away")
+    file_id = await _file(api)
+    async with pool.connection() as conn:
+        await conn.execute("ALTER TABLE audit_logs_away RENAME TO audit_logs")
+    listed = await api.client.get(f"/v1/files/{file_id}", headers=api.auth("alice"))
+    assert listed.status_code == 200
+    assert "the audit row of POST /v1/files (file.created) was not written" in caplog.text
+    assert (await api.logs())["data"] == []
