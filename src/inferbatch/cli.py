@@ -365,9 +365,10 @@ def keys_create(
     from datetime import UTC, datetime
 
     from inferbatch.config import parse_duration
+    from inferbatch.db import audit as audit_rows
     from inferbatch.db.users import ensure_user
     from inferbatch.domain import DEFAULT_PROJECT_ID, ROLES
-    from inferbatch.services import projects
+    from inferbatch.services import audit, projects
 
     if (user is None) == (service_account is None):
         typer.echo("give exactly one of --user and --service-account", err=True)
@@ -387,20 +388,30 @@ def keys_create(
             (await projects.resolve_project(conn, project)).id if project else DEFAULT_PROJECT_ID
         )
         if service_account is not None:
-            _, key = await projects.create_service_account_key(
+            key_id, key = await projects.create_service_account_key(
                 conn, project_id, service_account, role=role, expires_at=expires_at, now=now
             )
-            return key
-        assert user is not None
-        holder = await ensure_user(conn, user, is_admin=admin)
-        _, key = await projects.create_user_key(
-            conn,
-            project_id,
-            holder.id,
-            name=name,
-            expires_at=expires_at,
-            role="owner" if admin else role,
+            holder_data = {"service_account": service_account}
+        else:
+            assert user is not None
+            holder = await ensure_user(conn, user, is_admin=admin)
+            key_id, key = await projects.create_user_key(
+                conn,
+                project_id,
+                holder.id,
+                name=name,
+                expires_at=expires_at,
+                role="owner" if admin else role,
+            )
+            holder_data = {"user_id": holder.id}
+        event = audit.cli_event(
+            "api_key.created",
+            project_id=project_id,
+            object_id=key_id,
+            command="keys create",
+            data=holder_data,
         )
+        await audit_rows.append(conn, event)
         return key
 
     typer.echo(_run_in_database(work))
@@ -413,13 +424,22 @@ def keys_revoke(
     """Revoke an API key: the next request with it is refused."""
     from datetime import UTC, datetime
 
+    from inferbatch.db import audit as audit_rows
     from inferbatch.db import projects as project_rows
+    from inferbatch.services import audit
 
     async def work(conn: AsyncConnection[dict[str, Any]]) -> bool:
         found = await project_rows.key_by_prefix_or_id(conn, key)
-        return found is not None and await project_rows.revoke_key(
-            conn, found.id, datetime.now(UTC)
+        if found is None or not await project_rows.revoke_key(conn, found.id, datetime.now(UTC)):
+            return False
+        event = audit.cli_event(
+            "api_key.deleted",
+            project_id=found.project_id,
+            object_id=found.id,
+            command="keys revoke",
         )
+        await audit_rows.append(conn, event)
+        return True
 
     if not _run_in_database(work):
         typer.echo(f"no unrevoked key {key!r} (or the prefix names several)", err=True)
@@ -449,11 +469,20 @@ def projects_create(name: Annotated[str, typer.Argument(help="The project's name
     """Create a project and print its id."""
     from datetime import UTC, datetime
 
+    from inferbatch.db import audit as audit_rows
     from inferbatch.db import projects as project_rows
     from inferbatch.ids import new_id
+    from inferbatch.services import audit
 
     async def work(conn: AsyncConnection[dict[str, Any]]) -> str:
         created = await project_rows.insert_project(conn, new_id("proj_"), name, datetime.now(UTC))
+        event = audit.cli_event(
+            "project.created",
+            project_id=created.id,
+            object_id=created.id,
+            command="projects create",
+        )
+        await audit_rows.append(conn, event)
         return created.id
 
     typer.echo(_run_in_database(work))
@@ -468,21 +497,31 @@ def projects_add_user(
     """Add a user to a project with a role (or change the role of a member)."""
     from datetime import UTC, datetime
 
+    from inferbatch.db import audit as audit_rows
     from inferbatch.db import projects as project_rows
     from inferbatch.db.users import ensure_user
     from inferbatch.domain import ROLES
+    from inferbatch.services import audit, projects
 
     if role not in ROLES:
         typer.echo(f"--role must be one of {', '.join(ROLES)}", err=True)
         raise typer.Exit(2)
 
     async def work(conn: AsyncConnection[dict[str, Any]]) -> str:
-        from inferbatch.services import projects
-
         found = await projects.resolve_project(conn, project)
         holder = await ensure_user(conn, user, is_admin=False)
+        change = "user.added"
         if not await project_rows.add_member(conn, found.id, holder.id, role, datetime.now(UTC)):
             await project_rows.set_role(conn, found.id, holder.id, role)
+            change = "user.updated"
+        event = audit.cli_event(
+            change,
+            project_id=found.id,
+            object_id=holder.id,
+            command="projects add-user",
+            data={"role": role},
+        )
+        await audit_rows.append(conn, event)
         return f"{holder.id} is {role} of {found.id}"
 
     typer.echo(_run_in_database(work))

@@ -205,6 +205,11 @@ class Settings(BaseSettings):
         "are kept. Unset: as long as the batch's output file. The batch itself stays "
         "listed.",
     )
+    audit_retention: str = Field(
+        default="365d",
+        description="How long audit log entries are kept; the scheduler's leader deletes "
+        "older ones.",
+    )
 
     webhook_allow_private: bool = Field(
         default=False,
@@ -350,6 +355,7 @@ class Settings(BaseSettings):
             raise ValueError("min_completion_window exceeds max_completion_window")
         parse_duration(self.file_retention)
         parse_duration(self.dedup_horizon)
+        parse_duration(self.audit_retention)
         if self.request_retention is not None:
             parse_duration(self.request_retention)
         from inferbatch.policy.escalation import policy_by_name
@@ -429,6 +435,10 @@ class Settings(BaseSettings):
     @property
     def file_retention_delta(self) -> timedelta:
         return parse_duration(self.file_retention)
+
+    @property
+    def audit_retention_delta(self) -> timedelta:
+        return parse_duration(self.audit_retention)
 
     @property
     def dedup_horizon_seconds(self) -> float:

@@ -19,11 +19,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inferbatch.api.admin import router as admin_router
 from inferbatch.api.anthropic import router as anthropic_router
+from inferbatch.api.audit import router as audit_router
 from inferbatch.api.costs import router as costs_router
 from inferbatch.api.deps import AppState
 from inferbatch.api.observe import RequestMetrics
 from inferbatch.api.quotas import router as quotas_router
 from inferbatch.api.routes import router
+from inferbatch.api.trail import AuditTrail
 from inferbatch.api.uploads import router as uploads_router
 from inferbatch.api.webhooks import router as webhooks_router
 from inferbatch.blobstore import BlobStore
@@ -155,8 +157,10 @@ def create_app(
     app.include_router(costs_router)
     app.include_router(admin_router)
     app.include_router(quotas_router)
+    app.include_router(audit_router)
     install_portal(app)
     _document_validation_as_400(app)
+    app.add_middleware(AuditTrail)
     app.add_middleware(RequestMetrics, metrics=api_metrics)
 
     @app.exception_handler(InferbatchError)

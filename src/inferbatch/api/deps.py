@@ -16,7 +16,7 @@ from inferbatch.domain import Principal, may_change
 from inferbatch.engines.registry import EngineRegistry
 from inferbatch.errors import PermissionDenied, Unauthorized
 from inferbatch.metrics import SystemMetrics
-from inferbatch.services import idempotency, projects
+from inferbatch.services import audit, idempotency, projects
 
 IdempotencyHeader = Annotated[
     str | None,
@@ -61,10 +61,18 @@ def presented_key(request: Request) -> str:
 
 
 async def authenticated(request: Request) -> Principal:
-    """The principal of the request's key, whatever the method."""
+    """The principal of the request's key, whatever the method. Who it is (or the head of
+    a refused key) is left on ``request.state`` for the audit trail."""
     st = state(request)
-    async with st.db.connection() as conn:
-        return await projects.authenticate(conn, presented_key(request), st.now())
+    key = presented_key(request)
+    try:
+        async with st.db.connection() as conn:
+            principal = await projects.authenticate(conn, key, st.now())
+    except Unauthorized:
+        audit.note_actor(request.state, audit.Actor("api_key", None, audit.refused_key_prefix(key)))
+        raise
+    audit.note_actor(request.state, audit.Actor("api_key", principal))
+    return principal
 
 
 async def current_user(request: Request) -> Principal:

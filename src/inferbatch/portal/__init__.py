@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from inferbatch.portal import (
+    audit,
     auth,
     batch_detail,
     batch_list,
@@ -36,6 +37,7 @@ def install(app: FastAPI) -> None:
         request_pages,
         webhooks,
         costs,
+        audit,
     ):
         app.include_router(module.router)
     app.mount(STATIC_PREFIX, StaticFiles(directory=HERE / "static"), name="portal-static")

@@ -15,7 +15,7 @@ from inferbatch.portal.web import (
     render,
     set_session_cookie,
 )
-from inferbatch.services import projects
+from inferbatch.services import audit, projects
 
 router = APIRouter(route_class=PortalRoute, include_in_schema=False)
 
@@ -80,8 +80,13 @@ async def login(request: Request) -> Response:
         if key:
             try:
                 async with st.db.connection() as conn:
-                    key_id = (await projects.authenticate(conn, key, st.now())).key_id
+                    who = await projects.authenticate(conn, key, st.now())
+                key_id = who.key_id
+                audit.note_actor(request.state, audit.Actor("session", who))
             except Unauthorized as exc:
+                audit.note_actor(
+                    request.state, audit.Actor("session", None, audit.refused_key_prefix(key))
+                )
                 if exc.code != "invalid_api_key":  # revoked, expired: say which
                     refused = exc.message
         if key_id is not None:

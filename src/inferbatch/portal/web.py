@@ -43,7 +43,7 @@ from inferbatch.portal.session import (
     SessionCodec,
     load_secret,
 )
-from inferbatch.services import projects
+from inferbatch.services import audit, projects
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +242,7 @@ async def current_page(request: Request) -> Page:
         user = await projects.session_principal(conn, session.key_id, st.now())
     if user is None:
         raise SignInRequired()
+    audit.note_actor(request.state, audit.Actor("session", user))
     return Page(request, st, portal, codec, session, user)
 
 

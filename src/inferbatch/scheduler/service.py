@@ -13,6 +13,7 @@
 - clean: delete files past their expiry, forget workers stopped a week ago and idempotency
   keys past their day;
 - uploads: expire uploads past their hour, delete the part blobs of finished ones;
+- audit: delete audit log entries past their retention, in steps;
 - deliver: send due webhook deliveries (every replica: claims are leased, not led).
 """
 
@@ -29,7 +30,7 @@ from prometheus_client import CollectorRegistry
 
 from inferbatch.blobstore import BlobStore
 from inferbatch.config import Settings
-from inferbatch.db import counters, dedup, files, idempotency, retention, workers
+from inferbatch.db import audit, counters, dedup, files, idempotency, retention, workers
 from inferbatch.db import requests as queue
 from inferbatch.db.types import Pool
 from inferbatch.errors import StorageUnavailable
@@ -197,6 +198,15 @@ class Scheduler:
         the next run tries again."""
         return await upload_sessions.sweep(self.pool, self.blobs, self.now())
 
+    async def audit(self) -> bool:
+        """Delete audit log entries older than their retention, one bounded step (one
+        transaction) per call; at once again while more is due."""
+        async with self.pool.connection() as conn:
+            deleted = await audit.purge_step(conn, self.now() - self.settings.audit_retention_delta)
+        if deleted:
+            log.info("deleted %d audit log entries past their retention", deleted)
+        return deleted == audit.PURGE_STEP
+
     async def deliver(self) -> bool:
         """Send the webhook deliveries that are due (see scheduler/deliver.py)."""
         return await self.deliverer.tick()
@@ -252,6 +262,7 @@ class Scheduler:
             ("clean", self.clean, 60.0),
             ("retain", self.retain, 30.0),
             ("uploads", self.uploads, 30.0),
+            ("audit", self.audit, 60.0),
         ]
         for name, _, _ in duties:
             self.metrics.duty_errors.labels(name)
