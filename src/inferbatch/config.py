@@ -13,7 +13,15 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inferbatch.pricing import (
@@ -132,6 +140,42 @@ class Settings(BaseSettings):
         description="Signs portal session cookies. Unset: a random secret kept in the "
         "database, so every api replica shares it. Set it (the same on every replica) to "
         "keep it out of the database; changing it signs everyone out.",
+    )
+
+    oidc_issuer: str | None = Field(
+        default=None,
+        description="Single sign-on: the OpenID Connect provider's issuer URL (its "
+        "configuration is read from {issuer}/.well-known/openid-configuration). Unset: no "
+        "single sign-on; the portal signs in with API keys only.",
+    )
+    oidc_client_id: str | None = Field(
+        default=None, description="The client id inferbatch is registered under at the provider."
+    )
+    oidc_client_secret: SecretStr | None = Field(
+        default=None,
+        description="The client's secret, for a confidential client; unset for a public "
+        "client, which PKCE alone protects.",
+    )
+    oidc_audience: str | None = Field(
+        default=None,
+        description="The audience (aud) an access token sent to the API must name. "
+        "Default: the client id.",
+    )
+    oidc_groups_claim: str = Field(
+        default="groups",
+        min_length=1,
+        description="The ID-token and access-token claim that lists the user's groups.",
+    )
+    oidc_role_map: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description='Groups to project roles, as JSON: {"GROUP": {"PROJECT": "ROLE"}}, '
+        "PROJECT a project id or name, ROLE owner, member or reader; "
+        '{"GROUP": {"*": "admin"}} makes the group\'s users admins. A user in several '
+        "groups gets the highest role each project is given.",
+    )
+    oidc_scopes: str = Field(
+        default="openid profile email",
+        description="The scopes the portal asks for (space-separated; openid is required).",
     )
 
     engine_url: str | None = Field(
@@ -379,11 +423,25 @@ class Settings(BaseSettings):
                 "INFERBATCH_DATABASE_POOL_MODE=transaction needs INFERBATCH_DATABASE_SESSION_URL: "
                 "scheduler leadership and LISTEN need a session of their own"
             )
+        self._check_oidc()
         names = [z.name for z in self.spot_locations]
         if len(set(names)) != len(names):
             raise ValueError("INFERBATCH_SPOT_LOCATIONS names a location twice")
         self._check_prices()
         return self
+
+    def _check_oidc(self) -> None:
+        if self.oidc_issuer is None:
+            return
+        if not self.oidc_issuer.startswith(("https://", "http://")):
+            raise ValueError("INFERBATCH_OIDC_ISSUER must be an http(s) URL")
+        if not self.oidc_client_id:
+            raise ValueError("INFERBATCH_OIDC_ISSUER needs INFERBATCH_OIDC_CLIENT_ID")
+        if "openid" not in self.oidc_scopes.split():
+            raise ValueError("INFERBATCH_OIDC_SCOPES must include openid")
+        from inferbatch.oidc import check_role_map
+
+        check_role_map(self.oidc_role_map)  # raises ValueError naming the bad entry
 
     def _check_prices(self) -> None:
         """One price ratio for the policy and the bills: the policy plans with
@@ -421,6 +479,11 @@ class Settings(BaseSettings):
         not through a transaction-mode pooler, where the next execution of a prepared
         statement may reach a server connection that never saw it."""
         return self.database_pool_mode == "session"
+
+    @property
+    def oidc_token_audience(self) -> str | None:
+        """The audience API access tokens must name: oidc_audience, else the client id."""
+        return self.oidc_audience or self.oidc_client_id
 
     @property
     def blob_root(self) -> Path:

@@ -43,6 +43,7 @@ from inferbatch.errors import (
     from_validation,
 )
 from inferbatch.metrics import ApiMetrics, SystemMetrics
+from inferbatch.oidc import OidcClient
 from inferbatch.portal import install as install_portal
 from inferbatch.protocol.openai import ERROR_RESPONSES
 
@@ -126,6 +127,7 @@ def create_app(
             else None
         )
         app.state.registering = registering
+        oidc = OidcClient(settings) if settings.oidc_issuer else None
         app.state.inferbatch = AppState(
             settings=settings,
             db=pool,
@@ -134,12 +136,15 @@ def create_app(
             metrics=metrics,
             registry=registry,
             now=now,
+            oidc=oidc,
         )
         try:
             yield
         finally:
             if registering is not None:
                 registering.cancel()
+            if oidc is not None:
+                await oidc.aclose()
             await pool.close()
             await engines.aclose()
 

@@ -14,9 +14,10 @@ from inferbatch.config import Settings
 from inferbatch.db.types import Pool
 from inferbatch.domain import Principal, may_change
 from inferbatch.engines.registry import EngineRegistry
-from inferbatch.errors import PermissionDenied, Unauthorized
+from inferbatch.errors import PermissionDenied, Unauthorized, Unavailable
 from inferbatch.metrics import SystemMetrics
-from inferbatch.services import audit, idempotency, projects
+from inferbatch.oidc import OidcClient, OidcError, TokenRejected, looks_like_jwt
+from inferbatch.services import audit, idempotency, projects, sso
 
 IdempotencyHeader = Annotated[
     str | None,
@@ -37,6 +38,8 @@ class AppState:
     metrics: SystemMetrics
     registry: object
     now: Callable[[], datetime]
+    oidc: OidcClient | None = None
+    """The single sign-on provider's client; None when INFERBATCH_OIDC_ISSUER is unset."""
 
 
 def state(request: Request) -> AppState:
@@ -61,10 +64,15 @@ def presented_key(request: Request) -> str:
 
 
 async def authenticated(request: Request) -> Principal:
-    """The principal of the request's key, whatever the method. Who it is (or the head of
-    a refused key) is left on ``request.state`` for the audit trail."""
+    """The principal of the request's key, whatever the method. With single sign-on on,
+    a bearer value that is a JWT is an access token of the provider instead. Who it is (or
+    the head of a refused key) is left on ``request.state`` for the audit trail."""
     st = state(request)
     key = presented_key(request)
+    if st.oidc is not None and looks_like_jwt(key):
+        principal = await _token_principal(request, st, st.oidc, key)
+        audit.note_actor(request.state, audit.Actor("session", principal))
+        return principal
     try:
         async with st.db.connection() as conn:
             principal = await projects.authenticate(conn, key, st.now())
@@ -73,6 +81,23 @@ async def authenticated(request: Request) -> Principal:
         raise
     audit.note_actor(request.state, audit.Actor("api_key", principal))
     return principal
+
+
+async def _token_principal(
+    request: Request, st: AppState, oidc: OidcClient, token: str
+) -> Principal:
+    """The user of a verified access token, in the project ``OpenAI-Project`` names."""
+    try:
+        claims = await oidc.verify_access_token(token)
+    except TokenRejected as exc:
+        raise Unauthorized(f"Invalid access token: {exc}", code=exc.code) from exc
+    except OidcError as exc:
+        raise Unavailable(
+            f"The sign-in provider cannot be reached to check the token: {exc}"
+        ) from exc
+    project = request.headers.get(sso.PROJECT_HEADER) or None
+    async with st.db.connection() as conn:
+        return await sso.token_principal(conn, st.settings, claims, project, st.now())
 
 
 async def current_user(request: Request) -> Principal:

@@ -59,7 +59,10 @@ class AuditTrail:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in READ_METHODS:
+        if scope["type"] != "http" or (
+            scope["method"] in READ_METHODS
+            and (scope["method"], scope.get("path")) not in audit.EVENT_TYPES
+        ):
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})

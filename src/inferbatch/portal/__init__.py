@@ -18,6 +18,7 @@ from inferbatch.portal import (
     costs,
     dashboard,
     request_pages,
+    sso,
     webhooks,
 )
 from inferbatch.portal.web import HERE, STATIC_PREFIX, Portal
@@ -30,6 +31,7 @@ def install(app: FastAPI) -> None:
     # /batches/new must come before /batches/{batch_id}.
     for module in (
         auth,
+        sso,
         dashboard,
         batch_new,
         batch_list,

@@ -13,6 +13,7 @@ from inferbatch.portal.web import (
     SessionActionDep,
     portal_of,
     render,
+    session_principal,
     set_session_cookie,
 )
 from inferbatch.services import audit, projects
@@ -27,13 +28,9 @@ def safe_next(value: object) -> str:
     return value
 
 
-async def _signed_in_key(request: Request, codec: SessionCodec) -> bool:
+async def _signed_in(request: Request, codec: SessionCodec) -> bool:
     session = codec.load(request.cookies.get(SESSION_COOKIE))
-    if session is None or session.key_id is None:
-        return False
-    st = state(request)
-    async with st.db.connection() as conn:
-        return await projects.session_principal(conn, session.key_id, st.now()) is not None
+    return await session_principal(state(request), session) is not None
 
 
 @router.get("/login")
@@ -42,7 +39,7 @@ async def login_form(request: Request) -> Response:
     portal = portal_of(request)
     codec = await portal.codec(st)
     target = safe_next(request.query_params.get("next"))
-    if await _signed_in_key(request, codec):
+    if await _signed_in(request, codec):
         return RedirectResponse(target, status_code=303)
     # An anonymous session carries the sign-in form's CSRF token.
     session = codec.load(request.cookies.get(SESSION_COOKIE)) or codec.new()
@@ -54,6 +51,7 @@ async def login_form(request: Request) -> Response:
         next=target,
         error=None,
         signed_out="signed_out" in request.query_params,
+        sso=st.oidc is not None,
     )
     set_session_cookie(response, request, st, codec, session)
     return response
@@ -105,6 +103,7 @@ async def login(request: Request) -> Response:
         next=target,
         error=error,
         signed_out=False,
+        sso=st.oidc is not None,
     )
     set_session_cookie(response, request, st, codec, session)
     return response

@@ -43,7 +43,7 @@ from inferbatch.portal.session import (
     SessionCodec,
     load_secret,
 )
-from inferbatch.services import audit, projects
+from inferbatch.services import audit, projects, sso
 
 log = logging.getLogger(__name__)
 
@@ -230,17 +230,26 @@ def redirect(
     return response
 
 
+async def session_principal(st: AppState, session: Session | None) -> Principal | None:
+    """Who a session acts as now: its key's principal, or its single sign-on user in its
+    project; None when signed out, or once the key or the membership is gone."""
+    if session is None or not session.signed_in:
+        return None
+    async with st.db.connection() as conn:
+        if session.key_id is not None:
+            return await projects.session_principal(conn, session.key_id, st.now())
+        assert session.user_id is not None and session.project_id is not None
+        return await sso.session_principal(conn, session.user_id, session.project_id)
+
+
 async def current_page(request: Request) -> Page:
     """The signed-in user's page context, or :class:`SignInRequired`."""
     st = state(request)
     portal = portal_of(request)
     codec = await portal.codec(st)
     session = codec.load(request.cookies.get(SESSION_COOKIE))
-    if session is None or session.key_id is None:
-        raise SignInRequired()
-    async with st.db.connection() as conn:
-        user = await projects.session_principal(conn, session.key_id, st.now())
-    if user is None:
+    user = await session_principal(st, session)
+    if user is None or session is None:
         raise SignInRequired()
     audit.note_actor(request.state, audit.Actor("session", user))
     return Page(request, st, portal, codec, session, user)

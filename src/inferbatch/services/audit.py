@@ -74,6 +74,9 @@ EVENT_TYPES: Mapping[tuple[str, str], str] = {
     ): "service_account.deleted",
     # the portal
     ("POST", "/login"): "login.succeeded",
+    # single sign-on: the provider sends the browser back with a GET that signs it in
+    ("GET", "/login/oidc/callback"): "login.succeeded",
+    ("POST", "/project"): "session.project_changed",
     ("POST", "/logout"): "logout.succeeded",
     ("POST", "/batches/new"): "batch.created",
     ("POST", "/files/upload"): "file.created",
