@@ -208,6 +208,12 @@ async def test_changes_are_recorded_and_read_back_with_each_filter(api: Api) -> 
         "/v1/organization/audit_logs", params={"after": "nope"}, headers=api.auth("root")
     )
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "after"
+    too_late = await api.client.get(
+        "/v1/organization/audit_logs",
+        params={"effective_at[lt]": 8_316_742_015_658_552_320},
+        headers=api.auth("root"),
+    )
+    assert too_late.status_code == 400, too_late.text
 
 
 async def test_an_owner_reads_only_its_project_and_others_are_refused(api: Api) -> None:

@@ -15,6 +15,12 @@ from inferbatch.protocol.openai import ListPage
 from inferbatch.services import audit as service
 from inferbatch.services.serialize import page
 
+
+def _time_bound(alias: str) -> Any:
+    """An ``effective_at`` bound: Unix seconds, up to the end of year 9999."""
+    return Query(alias=alias, ge=0, le=service.MAX_UNIX_SECONDS)
+
+
 router = APIRouter(prefix="/v1/organization", tags=["administration"])
 
 PrincipalDep = Annotated[Principal, Depends(authenticated)]
@@ -42,10 +48,10 @@ async def list_audit_logs(
     resource_ids: Annotated[
         list[str] | None, Query(alias="resource_ids[]", description="The objects acted on.")
     ] = None,
-    gt: Annotated[int | None, Query(alias="effective_at[gt]", ge=0)] = None,
-    gte: Annotated[int | None, Query(alias="effective_at[gte]", ge=0)] = None,
-    lt: Annotated[int | None, Query(alias="effective_at[lt]", ge=0)] = None,
-    lte: Annotated[int | None, Query(alias="effective_at[lte]", ge=0)] = None,
+    gt: Annotated[int | None, _time_bound("effective_at[gt]")] = None,
+    gte: Annotated[int | None, _time_bound("effective_at[gte]")] = None,
+    lt: Annotated[int | None, _time_bound("effective_at[lt]")] = None,
+    lte: Annotated[int | None, _time_bound("effective_at[lte]")] = None,
     limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE)] = 20,
     after: Annotated[str | None, Query(description="The id of the last entry before.")] = None,
     before: Annotated[str | None, Query(description="The id of the first entry after.")] = None,

@@ -7,7 +7,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from inferbatch.api.deps import state
 from inferbatch.errors import Unauthorized
-from inferbatch.portal.session import CSRF_FIELD, SESSION_COOKIE, SessionCodec
+from inferbatch.portal.session import CSRF_FIELD, SESSION_COOKIE, Session, SessionCodec
 from inferbatch.portal.web import (
     PortalRoute,
     SessionActionDep,
@@ -43,14 +43,32 @@ async def login_form(request: Request) -> Response:
         return RedirectResponse(target, status_code=303)
     # An anonymous session carries the sign-in form's CSRF token.
     session = codec.load(request.cookies.get(SESSION_COOKIE)) or codec.new()
+    signed_out = "signed_out" in request.query_params
+    return login_page(request, codec, session, 200, None, target, signed_out=signed_out)
+
+
+def login_page(
+    request: Request,
+    codec: SessionCodec,
+    session: Session,
+    status: int,
+    error: str | None,
+    target: str,
+    *,
+    signed_out: bool = False,
+) -> Response:
+    """The sign-in page (API key, and single sign-on when configured) on ``session``,
+    whose cookie it sets: the form's CSRF token is that session's."""
+    st = state(request)
     response = render(
         request,
-        portal,
+        portal_of(request),
         "login.html",
+        status,
         csrf_token=codec.csrf_token(session),
         next=target,
-        error=None,
-        signed_out="signed_out" in request.query_params,
+        error=error,
+        signed_out=signed_out,
         sso=st.oidc is not None,
     )
     set_session_cookie(response, request, st, codec, session)
@@ -94,19 +112,7 @@ async def login(request: Request) -> Response:
             return signed_in
         error = refused if key else "Enter an API key."
         status = 401
-    response = render(
-        request,
-        portal,
-        "login.html",
-        status,
-        csrf_token=codec.csrf_token(session),
-        next=target,
-        error=error,
-        signed_out=False,
-        sso=st.oidc is not None,
-    )
-    set_session_cookie(response, request, st, codec, session)
-    return response
+    return login_page(request, codec, session, status, error, target)
 
 
 @router.post("/logout")

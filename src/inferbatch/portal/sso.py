@@ -26,14 +26,13 @@ from inferbatch.db import sso as sso_rows
 from inferbatch.domain import DEFAULT_PROJECT_ID, Principal
 from inferbatch.errors import NotFound
 from inferbatch.oidc import OidcClient, OidcError, TokenRejected, new_verifier
-from inferbatch.portal.auth import safe_next
+from inferbatch.portal.auth import login_page, safe_next
 from inferbatch.portal.session import SESSION_COOKIE, SessionCodec, SsoPending
 from inferbatch.portal.web import (
     PageDep,
     PortalRoute,
     SessionActionDep,
     portal_of,
-    render,
     set_session_cookie,
 )
 from inferbatch.services import audit, sso
@@ -62,21 +61,7 @@ async def _refused(
 ) -> Response:
     """The sign-in page with ``error``, on a fresh anonymous session (the pending sign-in
     is dropped: it cannot be used twice)."""
-    st = state(request)
-    session = codec.new()
-    response = render(
-        request,
-        portal_of(request),
-        "login.html",
-        status,
-        csrf_token=codec.csrf_token(session),
-        next=target,
-        error=error,
-        signed_out=False,
-        sso=st.oidc is not None,
-    )
-    set_session_cookie(response, request, st, codec, session)
-    return response
+    return login_page(request, codec, codec.new(), status, error, target)
 
 
 @router.get("/login/oidc")

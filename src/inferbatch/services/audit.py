@@ -315,6 +315,10 @@ async def list_logs(
     return found[:limit], len(found) > limit
 
 
+MAX_UNIX_SECONDS = 253_402_300_799
+"""The last second of year 9999: the latest time a filter may name (datetime's limit)."""
+
+
 def unix(value: int | None) -> datetime | None:
     return datetime.fromtimestamp(value, UTC) if value is not None else None
 
