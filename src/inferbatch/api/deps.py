@@ -17,6 +17,7 @@ from inferbatch.engines.registry import EngineRegistry
 from inferbatch.errors import PermissionDenied, Unauthorized
 from inferbatch.metrics import SystemMetrics
 from inferbatch.services import idempotency, projects
+from inferbatch.services.auth_guard import AuthGuard
 
 IdempotencyHeader = Annotated[
     str | None,
@@ -37,6 +38,7 @@ class AppState:
     metrics: SystemMetrics
     registry: object
     now: Callable[[], datetime]
+    guard: AuthGuard
 
 
 def state(request: Request) -> AppState:
@@ -60,11 +62,29 @@ def presented_key(request: Request) -> str:
     return key.strip()
 
 
+def client_address(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+async def authenticate_key(request: Request, key: str) -> Principal:
+    """The principal of API key ``key`` presented by this request's client. A caller with
+    too many recent failures is refused (429) before the key is looked up; a failure is
+    counted."""
+    st = state(request)
+    address = client_address(request)
+    st.guard.check(address, key)
+    async with st.db.connection() as conn:
+        try:
+            return await projects.authenticate(conn, key, st.now())
+        except Unauthorized as exc:
+            refused = exc
+            await st.guard.failed(conn, address, key)
+    raise refused
+
+
 async def authenticated(request: Request) -> Principal:
     """The principal of the request's key, whatever the method."""
-    st = state(request)
-    async with st.db.connection() as conn:
-        return await projects.authenticate(conn, presented_key(request), st.now())
+    return await authenticate_key(request, presented_key(request))
 
 
 async def current_user(request: Request) -> Principal:

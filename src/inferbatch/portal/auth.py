@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
-from inferbatch.api.deps import state
-from inferbatch.errors import Unauthorized
-from inferbatch.portal.session import CSRF_FIELD, SESSION_COOKIE, SessionCodec
+from inferbatch.api.deps import authenticate_key, state
+from inferbatch.db import auth_guard
+from inferbatch.errors import TooManyFailures, Unauthorized
+from inferbatch.portal.session import CSRF_FIELD, SESSION_COOKIE, SESSION_MAX_AGE
 from inferbatch.portal.web import (
     PortalRoute,
     SessionActionDep,
+    SignInRequired,
+    current_page,
     portal_of,
     render,
     set_session_cookie,
 )
-from inferbatch.services import projects
 
 router = APIRouter(route_class=PortalRoute, include_in_schema=False)
 
@@ -27,13 +31,12 @@ def safe_next(value: object) -> str:
     return value
 
 
-async def _signed_in_key(request: Request, codec: SessionCodec) -> bool:
-    session = codec.load(request.cookies.get(SESSION_COOKIE))
-    if session is None or session.key_id is None:
+async def _signed_in(request: Request) -> bool:
+    try:
+        await current_page(request)
+    except SignInRequired:
         return False
-    st = state(request)
-    async with st.db.connection() as conn:
-        return await projects.session_principal(conn, session.key_id, st.now()) is not None
+    return True
 
 
 @router.get("/login")
@@ -42,7 +45,7 @@ async def login_form(request: Request) -> Response:
     portal = portal_of(request)
     codec = await portal.codec(st)
     target = safe_next(request.query_params.get("next"))
-    if await _signed_in_key(request, codec):
+    if await _signed_in(request):
         return RedirectResponse(target, status_code=303)
     # An anonymous session carries the sign-in form's CSRF token.
     session = codec.load(request.cookies.get(SESSION_COOKIE)) or codec.new()
@@ -68,19 +71,22 @@ async def login(request: Request) -> Response:
     target = safe_next(form.get("next"))
     session = codec.load(request.cookies.get(SESSION_COOKIE))
     token = form.get(CSRF_FIELD)
+    limited: TooManyFailures | None = None
     if session is None or not codec.csrf_ok(session, token if isinstance(token, str) else None):
-        session = codec.new()
+        # a forged post keeps the session it came with: another site cannot sign anyone out
+        session = session or codec.new()
         error = "The sign-in form expired. Please try again."
         status = 403
     else:
         key = form.get("api_key")
         key = key.strip() if isinstance(key, str) else ""
         key_id = None
-        refused = "That API key is not valid."
+        refused, status = "That API key is not valid.", 401
         if key:
             try:
-                async with st.db.connection() as conn:
-                    key_id = (await projects.authenticate(conn, key, st.now())).key_id
+                key_id = (await authenticate_key(request, key)).key_id
+            except TooManyFailures as exc:
+                refused, status, limited = exc.message, exc.status_code, exc
             except Unauthorized as exc:
                 if exc.code != "invalid_api_key":  # revoked, expired: say which
                     refused = exc.message
@@ -90,7 +96,6 @@ async def login(request: Request) -> Response:
             set_session_cookie(signed_in, request, st, codec, codec.new(key_id))
             return signed_in
         error = refused if key else "Enter an API key."
-        status = 401
     response = render(
         request,
         portal,
@@ -101,12 +106,22 @@ async def login(request: Request) -> Response:
         error=error,
         signed_out=False,
     )
+    if limited is not None:
+        response.headers["retry-after"] = str(limited.retry_after)
     set_session_cookie(response, request, st, codec, session)
     return response
 
 
 @router.post("/logout")
 async def logout(page: SessionActionDep) -> Response:
+    """Sign out: the session's nonce is recorded as signed out (until the session would
+    have expired), so its cookie is refused from now on, on every replica, even by a
+    client that keeps it."""
+    now = page.st.now()
+    async with page.st.db.connection() as conn:
+        await auth_guard.sign_out(
+            conn, page.session.nonce, now + timedelta(seconds=SESSION_MAX_AGE), now
+        )
     response = RedirectResponse("/login?signed_out=1", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response

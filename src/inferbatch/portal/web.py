@@ -28,6 +28,7 @@ from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from inferbatch.api.deps import AppState, state
+from inferbatch.db import auth_guard
 from inferbatch.domain import Principal, may_change, project_filter
 from inferbatch.errors import InferbatchError, PermissionDenied
 from inferbatch.portal import formatting
@@ -240,6 +241,8 @@ async def current_page(request: Request) -> Page:
         raise SignInRequired()
     async with st.db.connection() as conn:
         user = await projects.session_principal(conn, session.key_id, st.now())
+        if user is not None and await auth_guard.signed_out(conn, session.nonce):
+            user = None
     if user is None:
         raise SignInRequired()
     return Page(request, st, portal, codec, session, user)
