@@ -96,6 +96,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (401, "Missing or invalid API key"),
         (404, "No such Message Batch"),
         (413, "Body too large"),
+        (429, "Too many failed authentications"),
         (529, "Database or file storage unavailable; retry"),
     )
 }
