@@ -142,6 +142,7 @@ class Tenants:
     ids: dict[str, str]
     other: str
     reader: str
+    owner: str
 
     def fill(self, route: Route) -> str:
         path = route.path
@@ -211,7 +212,7 @@ async def _tenants(api: Api) -> Tenants:
         "key": key_a,
         "account": account["id"],
     }
-    return Tenants(ids, other, reader)
+    return Tenants(ids, other, reader, owner)
 
 
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
@@ -277,6 +278,9 @@ async def test_every_route_answers_another_projects_ids_404_and_a_readers_writes
     tenants = await _tenants(api)
     other_portal = await _signed_in(api, tenants.other)
     reader_portal = await _signed_in(api, tenants.reader)
+    owner_portal = await _signed_in(api, tenants.owner)
+    portals = {tenants.other: other_portal, tenants.reader: reader_portal}
+    portals[tenants.owner] = owner_portal
     unclassified: list[Route] = []
     leaks: list[tuple[Route, int, str]] = []
     for route in app_routes(api):
@@ -286,8 +290,7 @@ async def test_every_route_answers_another_projects_ids_404_and_a_readers_writes
 
         async def call(who: str, path: str, route: Route = route, **kw: Any) -> httpx.Response:
             if route.portal:
-                client = other_portal if who == tenants.other else reader_portal
-                return await client.request(route.method, path, **kw)
+                return await portals[who].request(route.method, path, **kw)
             return await api.call(route.method, path, who, **kw)
 
         if route.method not in READ_METHODS:
@@ -316,10 +319,13 @@ async def test_every_route_answers_another_projects_ids_404_and_a_readers_writes
             answer = await call(tenants.other, tenants.fill(route), **_body(route, tenants))
             if not _is_not_found(route, answer):
                 leaks.append((route, answer.status_code, answer.text[:200]))
+            if route.method == "GET":  # the ids are good ones: their project finds them
+                mine = await call(tenants.owner, tenants.fill(route))
+                assert mine.status_code in (200, 400), (route, mine.text[:300])
         elif key not in CREATES:
             unclassified.append(route)
-    await other_portal.aclose()
-    await reader_portal.aclose()
+    for client in portals.values():
+        await client.aclose()
     assert unclassified == [], f"routes the matrix does not cover: {unclassified}"
     assert leaks == [], "\n".join(map(str, leaks))
 
