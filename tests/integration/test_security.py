@@ -31,11 +31,9 @@ from inferbatch.services import projects
 from tests.helpers import chat_line
 from tests.integration.fixtures import make_project
 from tests.integration.test_projects import MESSAGE_BATCH, T0, Clock
-from tests.integration.test_tenancy_matrix import app_routes
+from tests.integration.test_tenancy_matrix import app_of, app_routes
 
 pytestmark = pytest.mark.integration
-
-App = Callable[..., httpx.AsyncClient]
 
 
 @asynccontextmanager
@@ -241,7 +239,7 @@ async def test_every_portal_post_without_this_sessions_csrf_token_is_refused(
         await _signed_in(browser, good)
         other = client()
         forged = await _signed_in(other, await _key(pool, "mallory"))
-        posts = [r for r in app_routes_of(client) if r.portal and r.method == "POST"]
+        posts = [r for r in app_routes(app_of(browser)) if r.portal and r.method == "POST"]
         assert {r.path for r in posts} >= {"/login", "/logout", "/batches/new"}
         for route in posts:
             path = route.path.replace("{batch_id}", "batch_x").replace("{request_id}", "1")
@@ -250,17 +248,6 @@ async def test_every_portal_post_without_this_sessions_csrf_token_is_refused(
                 assert answer.status_code == 403, (path, headers, answer.status_code)
         # still signed in: nothing above signed the session out
         assert (await browser.get("/batches")).status_code == 200
-
-
-def app_routes_of(client: App) -> list[Any]:
-    made = client()
-
-    class _Api:
-        pass
-
-    holder: Any = _Api()
-    holder.client = made
-    return app_routes(holder)
 
 
 XSS = ("<script>alert(1)</script>", '"><img src=x onerror=alert(1)>')
@@ -294,9 +281,7 @@ async def test_user_controlled_fields_are_shown_escaped_on_every_page(
             "event_types": ["batch.completed"],
         }
         assert (await api.post("/v1/webhook_endpoints", json=hook)).status_code == 200
-        transport = api._transport
-        assert isinstance(transport, httpx.ASGITransport)
-        blobs = transport.app.state.inferbatch.blobs  # type: ignore[attr-defined]
+        blobs = app_of(api).state.inferbatch.blobs
         assert await ingest_next(pool, blobs, max_requests=100, now=Clock())
         request_id = (await api.get(f"/v1/batches/{batch_id}/requests")).json()["data"][0]["id"]
 
