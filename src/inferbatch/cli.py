@@ -70,6 +70,7 @@ def api(
     import uvicorn
 
     from inferbatch.api.app import create_app
+    from inferbatch.api.limits import HEADER_SLACK, H11Protocol
     from inferbatch.db.connector import database_url
     from inferbatch.engines.registry import EngineRegistry, load_specs
     from inferbatch.runtime import setup_logging
@@ -87,6 +88,8 @@ def api(
         port=port or settings.port,
         log_level="warning",
         timeout_graceful_shutdown=10,
+        http=H11Protocol,
+        h11_max_incomplete_event_size=settings.max_header_bytes + HEADER_SLACK,
     )
 
 

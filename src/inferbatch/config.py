@@ -141,6 +141,32 @@ class Settings(BaseSettings):
         "database, so every api replica shares it. Set it (the same on every replica) to "
         "keep it out of the database; changing it signs everyone out.",
     )
+    auth_failures_per_address: int = Field(
+        default=20,
+        ge=1,
+        description="Failed authentications (API keys, portal sign-in) one client address "
+        "may make per auth_failure_window_seconds; beyond, its requests are answered 429 "
+        "with Retry-After until the window ends, before any key lookup.",
+    )
+    auth_failures_per_key_prefix: int = Field(
+        default=10,
+        ge=1,
+        description="Failed authentications with keys that share their first 7 characters, "
+        "per auth_failure_window_seconds, from any address.",
+    )
+    auth_failure_window_seconds: int = Field(default=60, ge=1)
+    max_json_body_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1,
+        description="Largest request body of the API's and portal's non-file routes (413 "
+        "beyond, refused while it streams in); files, upload parts and Message Batches "
+        "have their own limits.",
+    )
+    max_header_bytes: int = Field(
+        default=16 * 1024,
+        ge=1024,
+        description="Largest total size of a request's header fields (431 beyond).",
+    )
 
     oidc_issuer: str | None = Field(
         default=None,

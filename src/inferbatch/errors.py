@@ -16,6 +16,8 @@ class InferbatchError(Exception):
     should_retry: bool | None = None
     """Sent as ``x-should-retry`` when set: the official SDKs retry 408, 409, 429 and 5xx
     unless told not to, and retrying a state conflict only delays the same answer."""
+    retry_after: int | None = None
+    """Sent as ``Retry-After`` (seconds) when set."""
 
     def __init__(
         self, message: str | None = None, *, param: str | None = None, code: str | None = None
@@ -25,6 +27,15 @@ class InferbatchError(Exception):
         if code is not None:
             self.code = code
         super().__init__(self.message)
+
+    def headers(self) -> dict[str, str] | None:
+        """The response headers this error asks for (``x-should-retry``, ``Retry-After``)."""
+        headers: dict[str, str] = {}
+        if self.should_retry is not None:
+            headers["x-should-retry"] = "true" if self.should_retry else "false"
+        if self.retry_after is not None:
+            headers["retry-after"] = str(self.retry_after)
+        return headers or None
 
     def envelope(self) -> dict[str, dict[str, str | None]]:
         return {
@@ -107,6 +118,32 @@ class QuotaExceeded(InferbatchError):
     code = "quota_exceeded"
     should_retry = False
     # retrying at once gets the same answer: room comes back as the project's work finishes
+
+
+class BodyTooLarge(TooLarge):
+    """The request body is larger than allowed."""
+
+    code = "request_too_large"
+
+
+class HeadersTooLarge(InferbatchError):
+    """The request's headers are larger than allowed."""
+
+    status_code = 431
+    type = "invalid_request_error"
+    code = "request_header_fields_too_large"
+
+
+class TooManyFailures(InferbatchError):
+    """Too many failed authentications; try again later."""
+
+    status_code = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__()
+        self.retry_after = retry_after
 
 
 class BadGateway(InferbatchError):

@@ -19,6 +19,8 @@ from tests.stack import ADMIN_KEY, Stack
 
 pytestmark = pytest.mark.e2e
 
+ROOT = Path(__file__).resolve().parents[2]
+
 CHECKS = (
     "not_a_server_error",
     "status_code_conformance",
@@ -75,6 +77,99 @@ def test_every_operation_answers_as_documented(contract_stack: Stack, tmp_path: 
     )
     print(run.stdout[-20000:])
     assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]
+
+
+def _project_key(stack: Stack, name: str) -> str:
+    """The key of a member service account of a new project called ``name``."""
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    base = stack.url + "/v1/organization/projects"
+    project = httpx.post(base, headers=admin, json={"name": name}).json()["id"]
+    made = httpx.post(
+        f"{base}/{project}/service_accounts", headers=admin, json={"name": f"{name}-bot"}
+    )
+    assert made.status_code == 200, made.text
+    key: str = made.json()["api_key"]["value"]
+    return key
+
+
+@pytest.fixture(scope="module")
+def two_projects(
+    server_url: str, template_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Stack, str, list[str]]]:
+    """A live api with projects A and B: A's key, and the ids of B's objects."""
+    env = {
+        "INFERBATCH_AUTH_FAILURES_PER_ADDRESS": "100000",
+        "INFERBATCH_WEBHOOK_ALLOW_PRIVATE": "true",
+    }
+    with cloned_database(server_url, template_url) as url:
+        s = Stack(url, tmp_path_factory.mktemp("tenants"), env=env).start(spot=0, dedicated=0)
+        try:
+            mine, theirs = _project_key(s, "a"), _project_key(s, "b")
+            other = s.client(theirs)
+            f = other.files.create(file=("in.jsonl", chat_file(2)), purpose="batch")
+            b = other.batches.create(
+                input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+            hook = httpx.post(
+                s.url + "/v1/webhook_endpoints",
+                headers={"authorization": f"Bearer {theirs}"},
+                json={
+                    "name": "h",
+                    "url": "http://127.0.0.1:9/h",
+                    "event_types": ["batch.completed"],
+                },
+            ).json()["id"]
+            # and something of A's own to find, so the run's lookups are not all misses
+            own = s.client(mine).files.create(file=("in.jsonl", chat_file(2)), purpose="batch")
+            s.client(mine).batches.create(
+                input_file_id=own.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+            yield s, mine, [f.id, b.id, hook]
+        finally:
+            s.close()
+
+
+def test_a_stateful_run_never_sees_another_projects_objects(
+    two_projects: tuple[Stack, str, list[str]], tmp_path: Path
+) -> None:
+    stack, key, foreign = two_projects
+    run = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "schemathesis"),
+            "run",
+            f"{stack.url}/openapi.json",
+            "--url",
+            stack.url,
+            "--header",
+            f"Authorization: Bearer {key}",
+            "--phases",
+            "stateful",
+            "--checks",
+            "not_a_server_error,no_other_projects_ids",
+            "--max-examples",
+            "15",
+            "--max-time",
+            "45",
+            "--seed",
+            "1",
+            "--request-timeout",
+            "10",
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            **os.environ,
+            "SCHEMATHESIS_HOOKS": "tests.e2e.openapi_hooks",
+            "INFERBATCH_FOREIGN_IDS": ",".join(foreign),
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        },
+        cwd=tmp_path,
+    )
+    print(run.stdout[-20000:])
+    assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]
+    assert "Stateful" in run.stdout  # the phase ran, with links to follow
 
 
 def test_the_document_describes_the_api(contract_stack: Stack, tmp_path: Path) -> None:

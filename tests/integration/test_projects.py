@@ -248,7 +248,7 @@ async def test_an_owner_manages_their_project_only_and_members_and_readers_not_a
     assert [p["id"] for p in _ok(await api.call("GET", base, owner))["data"]] == [mine]
 
     # not another project, and nothing only an admin may do
-    _error(await api.call("GET", f"{base}/{other}/users", owner), 403, "permission_denied")
+    _error(await api.call("GET", f"{base}/{other}/users", owner), 404, "not_found")
     _error(await api.call("GET", f"{base}/{other}", owner), 404)
     _error(await api.call("POST", base, owner, json={"name": "more"}), 403)
     _error(await api.call("POST", f"{base}/{mine}/archive", owner), 403)

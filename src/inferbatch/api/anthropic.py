@@ -58,10 +58,7 @@ def error_response(exc: InferbatchError) -> JSONResponse:
     elif isinstance(exc, Unavailable):
         status = 529
     body = ErrorResponse(error=ErrorObject(type=error_type_for(status), message=exc.message))
-    headers = None
-    if exc.should_retry is not None:
-        headers = {"x-should-retry": "true" if exc.should_retry else "false"}
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+    return JSONResponse(body.model_dump(), status_code=status, headers=exc.headers())
 
 
 class _AnthropicRoute(APIRoute):
@@ -99,6 +96,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (401, "Missing or invalid API key"),
         (404, "No such Message Batch"),
         (413, "Body too large"),
+        (429, "Too many failed authentications"),
         (529, "Database or file storage unavailable; retry"),
     )
 }

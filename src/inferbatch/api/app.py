@@ -22,6 +22,7 @@ from inferbatch.api.anthropic import router as anthropic_router
 from inferbatch.api.audit import router as audit_router
 from inferbatch.api.costs import router as costs_router
 from inferbatch.api.deps import AppState
+from inferbatch.api.limits import RequestLimits
 from inferbatch.api.observe import RequestMetrics
 from inferbatch.api.quotas import router as quotas_router
 from inferbatch.api.routes import router
@@ -36,6 +37,7 @@ from inferbatch.db.types import Pool
 from inferbatch.engines.registry import EngineRegistry
 from inferbatch.errors import (
     BadValue,
+    BodyTooLarge,
     InferbatchError,
     NotFound,
     StorageUnavailable,
@@ -46,6 +48,7 @@ from inferbatch.metrics import ApiMetrics, SystemMetrics
 from inferbatch.oidc import OidcClient
 from inferbatch.portal import install as install_portal
 from inferbatch.protocol.openai import ERROR_RESPONSES
+from inferbatch.services.auth_guard import AuthGuard
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +80,7 @@ def _document_validation_as_400(app: FastAPI) -> None:
 
 
 def _error(exc: InferbatchError) -> JSONResponse:
-    headers = None
-    if exc.should_retry is not None:
-        headers = {"x-should-retry": "true" if exc.should_retry else "false"}
-    return JSONResponse(exc.envelope(), status_code=exc.status_code, headers=headers)
+    return JSONResponse(exc.envelope(), status_code=exc.status_code, headers=exc.headers())
 
 
 async def _register_admin_key(pool: Pool, key: str) -> None:
@@ -137,6 +137,7 @@ def create_app(
             registry=registry,
             now=now,
             oidc=oidc,
+            guard=AuthGuard(settings, now),
         )
         try:
             yield
@@ -167,6 +168,11 @@ def create_app(
     _document_validation_as_400(app)
     app.add_middleware(AuditTrail)
     app.add_middleware(RequestMetrics, metrics=api_metrics)
+    app.add_middleware(
+        RequestLimits,
+        max_body_bytes=settings.max_json_body_bytes,
+        max_header_bytes=settings.max_header_bytes,
+    )
 
     @app.exception_handler(InferbatchError)
     async def _known(request: Request, exc: InferbatchError) -> JSONResponse:
@@ -206,6 +212,8 @@ def create_app(
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
             return _error(NotFound(f"Unknown route {request.method} {request.url.path}."))
+        if exc.status_code == 413:
+            return _error(BodyTooLarge(str(exc.detail)))
         err = InferbatchError(str(exc.detail))
         err.status_code = exc.status_code
         err.type = "invalid_request_error"

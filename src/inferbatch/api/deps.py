@@ -18,6 +18,7 @@ from inferbatch.errors import PermissionDenied, Unauthorized, Unavailable
 from inferbatch.metrics import SystemMetrics
 from inferbatch.oidc import OidcClient, OidcError, TokenRejected, looks_like_jwt
 from inferbatch.services import audit, idempotency, projects, sso
+from inferbatch.services.auth_guard import AuthGuard
 
 IdempotencyHeader = Annotated[
     str | None,
@@ -38,6 +39,7 @@ class AppState:
     metrics: SystemMetrics
     registry: object
     now: Callable[[], datetime]
+    guard: AuthGuard
     oidc: OidcClient | None = None
     """The single sign-on provider's client; None when INFERBATCH_OIDC_ISSUER is unset."""
 
@@ -63,6 +65,26 @@ def presented_key(request: Request) -> str:
     return key.strip()
 
 
+def client_address(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+async def authenticate_key(request: Request, key: str) -> Principal:
+    """The principal of API key ``key`` presented by this request's client. A caller with
+    too many recent failures is refused (429) before the key is looked up; a failure is
+    counted."""
+    st = state(request)
+    address = client_address(request)
+    st.guard.check(address, key)
+    async with st.db.connection() as conn:
+        try:
+            return await projects.authenticate(conn, key, st.now())
+        except Unauthorized as exc:
+            refused = exc
+            await st.guard.failed(conn, address, key)
+    raise refused
+
+
 async def authenticated(request: Request) -> Principal:
     """The principal of the request's key, whatever the method. With single sign-on on,
     a bearer value that is a JWT is an access token of the provider instead. Who it is (or
@@ -74,8 +96,7 @@ async def authenticated(request: Request) -> Principal:
         audit.note_actor(request.state, audit.Actor("session", principal))
         return principal
     try:
-        async with st.db.connection() as conn:
-            principal = await projects.authenticate(conn, key, st.now())
+        principal = await authenticate_key(request, key)
     except Unauthorized:
         audit.note_actor(request.state, audit.Actor("api_key", None, audit.refused_key_prefix(key)))
         raise

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
-from inferbatch.api.deps import state
-from inferbatch.errors import Unauthorized
-from inferbatch.portal.session import CSRF_FIELD, SESSION_COOKIE, Session, SessionCodec
+from inferbatch.api.deps import authenticate_key, state
+from inferbatch.db import auth_guard
+from inferbatch.errors import TooManyFailures, Unauthorized
+from inferbatch.portal.session import (
+    CSRF_FIELD,
+    SESSION_COOKIE,
+    SESSION_MAX_AGE,
+    Session,
+    SessionCodec,
+)
 from inferbatch.portal.web import (
     PortalRoute,
     SessionActionDep,
@@ -16,7 +25,7 @@ from inferbatch.portal.web import (
     session_principal,
     set_session_cookie,
 )
-from inferbatch.services import audit, projects
+from inferbatch.services import audit
 
 router = APIRouter(route_class=PortalRoute, include_in_schema=False)
 
@@ -84,21 +93,23 @@ async def login(request: Request) -> Response:
     target = safe_next(form.get("next"))
     session = codec.load(request.cookies.get(SESSION_COOKIE))
     token = form.get(CSRF_FIELD)
+    limited: TooManyFailures | None = None
     if session is None or not codec.csrf_ok(session, token if isinstance(token, str) else None):
-        session = codec.new()
+        # a forged post keeps the session it came with: another site cannot sign anyone out
+        session = session or codec.new()
         error = "The sign-in form expired. Please try again."
         status = 403
     else:
         key = form.get("api_key")
         key = key.strip() if isinstance(key, str) else ""
         key_id = None
-        refused = "That API key is not valid."
+        refused, status = "That API key is not valid.", 401
         if key:
             try:
-                async with st.db.connection() as conn:
-                    who = await projects.authenticate(conn, key, st.now())
-                key_id = who.key_id
+                key_id = (who := await authenticate_key(request, key)).key_id
                 audit.note_actor(request.state, audit.Actor("session", who))
+            except TooManyFailures as exc:
+                refused, status, limited = exc.message, exc.status_code, exc
             except Unauthorized as exc:
                 audit.note_actor(
                     request.state, audit.Actor("session", None, audit.refused_key_prefix(key))
@@ -111,12 +122,22 @@ async def login(request: Request) -> Response:
             set_session_cookie(signed_in, request, st, codec, codec.new(key_id))
             return signed_in
         error = refused if key else "Enter an API key."
-        status = 401
-    return login_page(request, codec, session, status, error, target)
+    response = login_page(request, codec, session, status, error, target)
+    if limited is not None:
+        response.headers["retry-after"] = str(limited.retry_after)
+    return response
 
 
 @router.post("/logout")
 async def logout(page: SessionActionDep) -> Response:
+    """Sign out: the session's nonce is recorded as signed out (until the session would
+    have expired), so its cookie is refused from now on, on every replica, even by a
+    client that keeps it."""
+    now = page.st.now()
+    async with page.st.db.connection() as conn:
+        await auth_guard.sign_out(
+            conn, page.session.nonce, now + timedelta(seconds=SESSION_MAX_AGE), now
+        )
     response = RedirectResponse("/login?signed_out=1", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response

@@ -28,6 +28,7 @@ from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from inferbatch.api.deps import AppState, state
+from inferbatch.db import auth_guard
 from inferbatch.domain import Principal, may_change, project_filter
 from inferbatch.errors import InferbatchError, PermissionDenied
 from inferbatch.portal import formatting
@@ -232,10 +233,13 @@ def redirect(
 
 async def session_principal(st: AppState, session: Session | None) -> Principal | None:
     """Who a session acts as now: its key's principal, or its single sign-on user in its
-    project; None when signed out, or once the key or the membership is gone."""
+    project; None when signed out (here, or on any replica: its nonce is recorded), or
+    once the key or the membership is gone."""
     if session is None or not session.signed_in:
         return None
     async with st.db.connection() as conn:
+        if await auth_guard.signed_out(conn, session.nonce):
+            return None
         if session.key_id is not None:
             return await projects.session_principal(conn, session.key_id, st.now())
         assert session.user_id is not None and session.project_id is not None

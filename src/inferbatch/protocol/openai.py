@@ -54,6 +54,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (409, "Not in a state that allows this"),
         (413, "Too large"),
         (429, "Over a limit"),
+        (431, "Headers too large"),
         (503, "Database or file storage unavailable"),
     )
 }

@@ -102,6 +102,10 @@ def _require_admin(principal: Principal) -> None:
 
 
 def _require_manager(principal: Principal, project_id: str) -> None:
+    """Another project is not found (its ids say nothing to a key outside it); in the
+    key's own project, only an owner manages."""
+    if not principal.is_admin and project_id != principal.project_id:
+        raise NotFound(f"No project with id {project_id!r}.")
     if not may_manage(principal, project_id):
         raise Forbidden("This needs an admin API key or a key of an owner of this project.")
 
