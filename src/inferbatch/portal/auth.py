@@ -77,7 +77,7 @@ async def login(request: Request) -> Response:
         refused = "That API key is not valid."
         if key:
             try:
-                async with st.db.connection() as conn:
+                async with st.db.unscoped() as conn:
                     who = await projects.authenticate(conn, key, st.now())
                 key_id = who.key_id
                 audit.note_actor(request.state, audit.Actor("session", who))

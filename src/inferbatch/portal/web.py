@@ -28,6 +28,7 @@ from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from inferbatch.api.deps import AppState, state
+from inferbatch.db.scope import act_as
 from inferbatch.domain import Principal, may_change, project_filter
 from inferbatch.errors import InferbatchError, PermissionDenied
 from inferbatch.portal import formatting
@@ -235,7 +236,7 @@ async def session_principal(st: AppState, session: Session | None) -> Principal 
     project; None when signed out, or once the key or the membership is gone."""
     if session is None or not session.signed_in:
         return None
-    async with st.db.connection() as conn:
+    async with st.db.unscoped() as conn:
         if session.key_id is not None:
             return await projects.session_principal(conn, session.key_id, st.now())
         assert session.user_id is not None and session.project_id is not None
@@ -243,7 +244,8 @@ async def session_principal(st: AppState, session: Session | None) -> Principal 
 
 
 async def current_page(request: Request) -> Page:
-    """The signed-in user's page context, or :class:`SignInRequired`."""
+    """The signed-in user's page context, or :class:`SignInRequired`. The user is bound
+    for row-level security: the page's later transactions see its project only."""
     st = state(request)
     portal = portal_of(request)
     codec = await portal.codec(st)
@@ -252,6 +254,7 @@ async def current_page(request: Request) -> Page:
     if user is None or session is None:
         raise SignInRequired()
     audit.note_actor(request.state, audit.Actor("session", user))
+    act_as(user)
     return Page(request, st, portal, codec, session, user)
 
 
