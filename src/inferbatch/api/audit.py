@@ -21,6 +21,11 @@ PrincipalDep = Annotated[Principal, Depends(authenticated)]
 StateDep = Annotated[AppState, Depends(state)]
 
 
+LAST_SECOND = 253402300799
+"""The last Unix time a timestamp can hold (9999-12-31 23:59:59 UTC): a filter past it is a
+400, not an overflow."""
+
+
 @router.get("/audit_logs", response_model=ListPage[wire.AuditLog])
 async def list_audit_logs(
     who: PrincipalDep,
@@ -42,10 +47,10 @@ async def list_audit_logs(
     resource_ids: Annotated[
         list[str] | None, Query(alias="resource_ids[]", description="The objects acted on.")
     ] = None,
-    gt: Annotated[int | None, Query(alias="effective_at[gt]", ge=0)] = None,
-    gte: Annotated[int | None, Query(alias="effective_at[gte]", ge=0)] = None,
-    lt: Annotated[int | None, Query(alias="effective_at[lt]", ge=0)] = None,
-    lte: Annotated[int | None, Query(alias="effective_at[lte]", ge=0)] = None,
+    gt: Annotated[int | None, Query(alias="effective_at[gt]", ge=0, le=LAST_SECOND)] = None,
+    gte: Annotated[int | None, Query(alias="effective_at[gte]", ge=0, le=LAST_SECOND)] = None,
+    lt: Annotated[int | None, Query(alias="effective_at[lt]", ge=0, le=LAST_SECOND)] = None,
+    lte: Annotated[int | None, Query(alias="effective_at[lte]", ge=0, le=LAST_SECOND)] = None,
     limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE)] = 20,
     after: Annotated[str | None, Query(description="The id of the last entry before.")] = None,
     before: Annotated[str | None, Query(description="The id of the first entry after.")] = None,
