@@ -84,8 +84,9 @@ class ScopedPool(AsyncConnectionPool[AsyncConnection[dict[str, Any]]]):
         super().__init__(*args, **kwargs)
         self.row_security = row_security
 
+    # ``timeout`` as psycopg_pool's own ``connection`` takes it
     @asynccontextmanager
-    async def connection(self, timeout: float | None = None) -> AsyncIterator[Conn]:  # noqa: ASYNC109 (the pool's own signature)
+    async def connection(self, timeout: float | None = None) -> AsyncIterator[Conn]:  # noqa: ASYNC109
         async with super().connection(timeout) as conn:
             if self.row_security:
                 await enter(conn, _acting.get())
