@@ -103,6 +103,13 @@ class Settings(BaseSettings):
         "transaction on a different server connection). In transaction mode psycopg "
         "prepares no statements server-side and INFERBATCH_DATABASE_SESSION_URL is required.",
     )
+    row_security: bool = Field(
+        default=True,
+        description="on: every transaction the API makes for a request runs as the role "
+        "inferbatch_api with the request's project set, so PostgreSQL's row-level security "
+        "hides other projects' rows even from a query that forgets its filter. off: the API "
+        "acts as the connecting user and relies on its own filters (for measuring the cost).",
+    )
     data_dir: Path = Field(
         default=Path(".inferbatch"), description="Embedded database and local blobs."
     )

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from inferbatch.api.admin import router as admin_router
 from inferbatch.api.anthropic import router as anthropic_router
@@ -32,8 +33,8 @@ from inferbatch.api.webhooks import router as webhooks_router
 from inferbatch.blobstore import BlobStore
 from inferbatch.config import Settings
 from inferbatch.db import users
-from inferbatch.db.connector import open_pool
-from inferbatch.db.types import Pool
+from inferbatch.db.connector import pool_options
+from inferbatch.db.scope import ScopedPool, request_scope
 from inferbatch.engines.registry import EngineRegistry
 from inferbatch.errors import (
     BadValue,
@@ -83,12 +84,12 @@ def _error(exc: InferbatchError) -> JSONResponse:
     return JSONResponse(exc.envelope(), status_code=exc.status_code, headers=exc.headers())
 
 
-async def _register_admin_key(pool: Pool, key: str) -> None:
+async def _register_admin_key(pool: ScopedPool, key: str) -> None:
     """Accept INFERBATCH_API_KEY as an admin key (retried until the database answers)."""
     delay = 0.2
     while True:
         try:
-            async with pool.connection() as conn:
+            async with pool.unscoped() as conn:
                 admin = await users.ensure_user(conn, "admin", is_admin=True)
                 await users.add_key(conn, admin.id, key, role="owner")
             return
@@ -96,6 +97,18 @@ async def _register_admin_key(pool: Pool, key: str) -> None:
             log.warning("registering the admin key failed (%s); retrying", exc)
             await asyncio.sleep(delay)
             delay = min(30.0, delay * 2)
+
+
+class RequestScope:
+    """Each request starts with no principal bound for row-level security and leaves none
+    behind (``db/scope.py``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with request_scope():
+            await self.app(scope, receive, send)
 
 
 def create_app(
@@ -111,13 +124,17 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = open_pool(
+        pool = ScopedPool(
             database_url,
-            min_size=1,
-            max_size=16,
-            name="inferbatch-api",
-            timeout=5,
-            prepare=settings.prepare_statements,
+            row_security=settings.row_security,
+            **pool_options(
+                min_size=1,
+                max_size=16,
+                name="inferbatch-api",
+                timeout=5,
+                check=True,
+                prepare=settings.prepare_statements,
+            ),
         )
         await pool.open(wait=False)
         # in the background: the API must come up (and answer 503) while the database is down
@@ -173,6 +190,7 @@ def create_app(
         max_body_bytes=settings.max_json_body_bytes,
         max_header_bytes=settings.max_header_bytes,
     )
+    app.add_middleware(RequestScope)
 
     @app.exception_handler(InferbatchError)
     async def _known(request: Request, exc: InferbatchError) -> JSONResponse:
@@ -250,7 +268,7 @@ def create_app(
     async def metrics_endpoint(request: Request) -> Response:
         st: AppState = request.app.state.inferbatch
         try:
-            async with st.db.connection(timeout=2.0) as conn:
+            async with st.db.unscoped(timeout=2.0) as conn:
                 await metrics.refresh(conn)
             metrics.ready.set(1)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:

@@ -11,7 +11,7 @@ from fastapi import Header, Request
 
 from inferbatch.blobstore import BlobStore
 from inferbatch.config import Settings
-from inferbatch.db.types import Pool
+from inferbatch.db.scope import ScopedPool, act_as
 from inferbatch.domain import Principal, may_change
 from inferbatch.engines.registry import EngineRegistry
 from inferbatch.errors import PermissionDenied, Unauthorized, Unavailable
@@ -33,7 +33,8 @@ IdempotencyHeader = Annotated[
 @dataclass
 class AppState:
     settings: Settings
-    db: Pool
+    db: ScopedPool
+    """Scoped to the request's principal once authentication binds it (``db/scope.py``)."""
     blobs: BlobStore
     engines: EngineRegistry
     metrics: SystemMetrics
@@ -76,7 +77,7 @@ async def authenticate_key(request: Request, key: str) -> Principal:
     st = state(request)
     address = client_address(request)
     st.guard.check(address, key)
-    async with st.db.connection() as conn:
+    async with st.db.unscoped() as conn:  # the key names its project: none is known yet
         try:
             return await projects.authenticate(conn, key, st.now())
         except Unauthorized as exc:
@@ -88,12 +89,15 @@ async def authenticate_key(request: Request, key: str) -> Principal:
 async def authenticated(request: Request) -> Principal:
     """The principal of the request's key, whatever the method. With single sign-on on,
     a bearer value that is a JWT is an access token of the provider instead. Who it is (or
-    the head of a refused key) is left on ``request.state`` for the audit trail."""
+    the head of a refused key) is left on ``request.state`` for the audit trail, and the
+    principal is bound for row-level security: the request's later transactions see its
+    project only. The key itself is looked up before that, as the connecting user."""
     st = state(request)
     key = presented_key(request)
     if st.oidc is not None and looks_like_jwt(key):
         principal = await _token_principal(request, st, st.oidc, key)
         audit.note_actor(request.state, audit.Actor("session", principal))
+        act_as(principal)
         return principal
     try:
         principal = await authenticate_key(request, key)
@@ -101,6 +105,7 @@ async def authenticated(request: Request) -> Principal:
         audit.note_actor(request.state, audit.Actor("api_key", None, audit.refused_key_prefix(key)))
         raise
     audit.note_actor(request.state, audit.Actor("api_key", principal))
+    act_as(principal)
     return principal
 
 
@@ -117,7 +122,7 @@ async def _token_principal(
             f"The sign-in provider cannot be reached to check the token: {exc}"
         ) from exc
     project = request.headers.get(sso.PROJECT_HEADER) or None
-    async with st.db.connection() as conn:
+    async with st.db.unscoped() as conn:
         return await sso.token_principal(conn, st.settings, claims, project, st.now())
 
 

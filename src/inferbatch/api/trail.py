@@ -118,7 +118,7 @@ class AuditTrail:
     async def _write(self, scope: Scope, event: audit_rows.Event) -> None:
         try:
             st: AppState = scope["app"].state.inferbatch
-            async with st.db.connection() as conn:
+            async with st.db.unscoped() as conn:  # the system's record, refusals too
                 await audit_rows.append(conn, event)
         except Exception:
             log.exception(

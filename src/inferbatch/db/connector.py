@@ -160,21 +160,29 @@ def open_pool(
     from preparing statements server-side, for a URL that goes through a transaction-mode
     pooler (see the module docstring).
     """
+    options = pool_options(min_size, max_size, name, timeout, check, prepare)
+    return AsyncConnectionPool(url, **options)
+
+
+def pool_options(
+    min_size: int, max_size: int, name: str, timeout: float, check: bool, prepare: bool
+) -> dict[str, Any]:
+    """The keyword arguments :func:`open_pool` opens a pool with (also the API's
+    ``ScopedPool``)."""
     kwargs: dict[str, Any] = {"row_factory": dict_row, "application_name": name}
     if not prepare:
         kwargs["prepare_threshold"] = None
-    return AsyncConnectionPool(
-        url,
-        min_size=min_size,
-        max_size=max_size,
-        name=name,
-        open=False,
-        kwargs=kwargs,
-        connection_class=AsyncConnection[dict[str, Any]],
-        check=AsyncConnectionPool.check_connection if check else None,
-        reconnect_timeout=3600,
-        timeout=timeout,
-    )
+    return {
+        "min_size": min_size,
+        "max_size": max_size,
+        "name": name,
+        "open": False,
+        "kwargs": kwargs,
+        "connection_class": AsyncConnection[dict[str, Any]],
+        "check": AsyncConnectionPool.check_connection if check else None,
+        "reconnect_timeout": 3600,
+        "timeout": timeout,
+    }
 
 
 def migrate(url: str) -> None:

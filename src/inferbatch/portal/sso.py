@@ -109,7 +109,7 @@ async def callback(request: Request) -> Response:
     except (OidcError, TokenRejected) as exc:
         log.warning("single sign-on failed: %s", exc)
         return await _refused(request, codec, 401, f"Single sign-on failed: {exc}")
-    async with st.db.connection() as conn:
+    async with st.db.unscoped() as conn:
         user, members = await sso.sign_in(conn, st.settings, claims, st.now())
     if members:
         project_id = members[0].project_id

@@ -29,6 +29,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from inferbatch.api.deps import AppState, state
 from inferbatch.db import auth_guard
+from inferbatch.db.scope import act_as
 from inferbatch.domain import Principal, may_change, project_filter
 from inferbatch.errors import InferbatchError, PermissionDenied
 from inferbatch.portal import formatting
@@ -237,7 +238,7 @@ async def session_principal(st: AppState, session: Session | None) -> Principal 
     once the key or the membership is gone."""
     if session is None or not session.signed_in:
         return None
-    async with st.db.connection() as conn:
+    async with st.db.unscoped() as conn:
         if await auth_guard.signed_out(conn, session.nonce):
             return None
         if session.key_id is not None:
@@ -247,7 +248,8 @@ async def session_principal(st: AppState, session: Session | None) -> Principal 
 
 
 async def current_page(request: Request) -> Page:
-    """The signed-in user's page context, or :class:`SignInRequired`."""
+    """The signed-in user's page context, or :class:`SignInRequired`. The user is bound
+    for row-level security: the page's later transactions see its project only."""
     st = state(request)
     portal = portal_of(request)
     codec = await portal.codec(st)
@@ -256,6 +258,7 @@ async def current_page(request: Request) -> Page:
     if user is None or session is None:
         raise SignInRequired()
     audit.note_actor(request.state, audit.Actor("session", user))
+    act_as(user)
     return Page(request, st, portal, codec, session, user)
 
 
