@@ -193,10 +193,79 @@ _AFTER = (
     "AND priority = %(priority)s "
     "AND (deadline_at, prefix_key, id) > (%(deadline)s, %(prefix_key)s, %(id)s)"
 )
+_OF_PROJECT = "AND priority = %(priority)s AND project_id = %(project)s "
 CLAIM_FROM_START = CLAIM.format(after="")
 CLAIM_AFTER = CLAIM.format(after=_AFTER)
 CLAIM_LOCATED_FROM_START = CLAIM_LOCATED.format(after="")
 CLAIM_LOCATED_AFTER = CLAIM_LOCATED.format(after=_AFTER)
+CLAIM_PROJECT_FROM_START = CLAIM.format(after=_OF_PROJECT)
+"""One project's head at one priority: a range of ``requests_queue_project``."""
+CLAIM_PROJECT_AFTER = CLAIM.format(after=_OF_PROJECT + _AFTER)
+
+FAIR_SHARE_POOL = "spot"
+"""The pool whose claim shares capacity between projects by weight (see
+:class:`QueueCursor`); the dedicated pool keeps earliest-deadline order, which the
+escalation policy's plan assumes."""
+
+ACTIVE_PROJECTS = """
+WITH RECURSIVE top AS (
+    SELECT priority FROM requests
+    WHERE status = 'queued' AND locations IS NULL AND pool = %(pool)s
+      AND next_attempt_at <= now()
+    ORDER BY priority DESC LIMIT 1
+), p AS (
+    (SELECT r.project_id FROM requests r, top
+     WHERE r.status = 'queued' AND r.locations IS NULL AND r.pool = %(pool)s
+       AND r.priority = top.priority
+     ORDER BY r.project_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT r.project_id FROM requests r, top
+            WHERE r.status = 'queued' AND r.locations IS NULL AND r.pool = %(pool)s
+              AND r.priority = top.priority AND r.project_id > p.project_id
+            ORDER BY r.project_id LIMIT 1)
+    FROM p WHERE p.project_id IS NOT NULL
+)
+SELECT top.priority, p.project_id FROM top, p WHERE p.project_id IS NOT NULL
+"""
+"""The top claimable priority of a pool's unrestricted queue and the projects with queued
+work at it: a loose index scan of ``requests_queue_project``, one probe per project."""
+
+ACTIVATE = """
+WITH active AS (
+    SELECT unnest(%(projects)s::text[]) AS project_id
+), floor AS (
+    SELECT min(s.vtime) AS vtime FROM project_shares s JOIN active a USING (project_id)
+    WHERE s.pool = %(pool)s AND s.active
+), asleep AS (
+    UPDATE project_shares SET active = false
+    WHERE pool = %(pool)s AND active
+      AND project_id NOT IN (SELECT project_id FROM active)
+)
+INSERT INTO project_shares AS s (pool, project_id, vtime, active)
+SELECT %(pool)s, a.project_id, coalesce((SELECT vtime FROM floor), 0), true FROM active a
+ON CONFLICT (pool, project_id) DO UPDATE SET active = true,
+    vtime = CASE WHEN (SELECT vtime FROM floor) IS NULL THEN 0
+        ELSE greatest(s.vtime, excluded.vtime) END
+    WHERE NOT s.active
+"""
+"""Mark exactly ``projects`` active in ``pool``: one that was not starts at the least
+virtual service of those that stay active (never below its own), so time without work
+banks no credit; when none stays active every project starts afresh at 0."""
+
+SHARE_ORDER = """
+SELECT project_id FROM project_shares
+WHERE pool = %(pool)s AND project_id = ANY(%(projects)s::text[])
+ORDER BY vtime, project_id
+"""
+"""The projects by virtual service, least first: the order the fair claim serves them."""
+
+CHARGE = """
+UPDATE project_shares SET vtime = vtime + %(n)s::float8
+    / coalesce((SELECT weight FROM projects WHERE id = %(project)s), 1)
+WHERE pool = %(pool)s AND project_id = %(project)s
+"""
+"""Advance a project's virtual service by the requests it claimed over its weight (a row
+lock held until the claim commits, moments later)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +278,14 @@ class QueueKey:
     id: int
 
 
+@dataclass(frozen=True, slots=True)
+class ProjectHead:
+    """One project's part of the queue at one priority (see :data:`CLAIM_PROJECT_FROM_START`)."""
+
+    project_id: str
+    priority: int
+
+
 async def _claim(
     conn: Conn,
     *,
@@ -217,12 +294,17 @@ async def _claim(
     n: int,
     after: QueueKey | None,
     location: str | None = None,
+    head: ProjectHead | None = None,
 ) -> tuple[list[ClaimedRequest], QueueKey | None]:
     params: dict[str, Any] = {"pool": pool, "owner": owner, "n": n, "location": location}
-    if after is None:
+    if head is not None:
+        statement = CLAIM_PROJECT_FROM_START if after is None else CLAIM_PROJECT_AFTER
+        params.update(project=head.project_id, priority=head.priority)
+    elif after is None:
         statement = CLAIM_FROM_START if location is None else CLAIM_LOCATED_FROM_START
     else:
         statement = CLAIM_AFTER if location is None else CLAIM_LOCATED_AFTER
+    if after is not None:
         params.update(
             priority=after.priority,
             deadline=after.deadline_at,
@@ -254,16 +336,24 @@ async def _claim(
 
 
 async def claim(
-    conn: Conn, *, pool: str, owner: str, n: int, location: str | None = None
+    conn: Conn,
+    *,
+    pool: str,
+    owner: str,
+    n: int,
+    location: str | None = None,
+    fair_share: bool = True,
 ) -> list[ClaimedRequest]:
     """Lease up to ``n`` queued requests of ``pool`` to worker ``owner``: highest priority
     first, then the earliest deadline (the oldest batch, when windows are equal), then
     those that share a prompt prefix together (see :mod:`inferbatch.scheduler.prefix`),
-    then line order. The lease lasts while ``owner`` beats (see :func:`lost_claims`).
-    Requests whose batch restricts their locations go only to a worker whose ``location``
-    one of them allows (see :mod:`inferbatch.residency`); ``None`` takes none of them."""
-    claimed, _ = await _claim(conn, pool=pool, owner=owner, n=n, after=None, location=location)
-    return claimed
+    then line order. In the spot pool with ``fair_share``, projects share the top priority
+    by weight first (see :class:`QueueCursor`). The lease lasts while ``owner`` beats (see
+    :func:`lost_claims`). Requests whose batch restricts their locations go only to a
+    worker whose ``location`` one of them allows (see :mod:`inferbatch.residency`);
+    ``None`` takes none of them."""
+    cursor = QueueCursor(pool, location=location, fair_share=fair_share)
+    return await cursor.claim(conn, owner=owner, n=n)
 
 
 class QueueCursor:
@@ -284,6 +374,16 @@ class QueueCursor:
     ``rescan_seconds`` and claims with the plain statement while none allows it:
     unrestricted work then costs a located worker nothing more, and a restricted batch
     queued meanwhile is seen within one interval.
+
+    Fair share (the spot pool, ``fair_share``, unrestricted work): as often as it rescans,
+    the cursor finds the top claimable priority and the projects with work queued at it
+    (:data:`ACTIVE_PROJECTS`). With one, it claims exactly as above. With several, each
+    claim serves the project with the least virtual service (requests claimed / weight,
+    ``project_shares``) from that project's own resume position, advances it by what it
+    took, and fills a short claim from the next; once they all run dry at that priority
+    the plain claim takes the rest. A project joins at the least virtual service of the
+    active ones, so it is served at once but banks nothing for time it had no work. While
+    the cursor's location is allowed restricted work, it claims in plain order.
     """
 
     RESCAN_SHARE = 20
@@ -294,11 +394,13 @@ class QueueCursor:
         rescan_seconds: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         location: str | None = None,
+        fair_share: bool = True,
     ) -> None:
         self.pool = pool
         self.location = location
         """The claiming worker's location (see :func:`claim`)."""
         self.rescan_seconds = rescan_seconds
+        self.fair_share = fair_share and pool == FAIR_SHARE_POOL
         self._clock = clock
         self._after: QueueKey | None = None
         self._rescanned_at = 0.0
@@ -306,22 +408,24 @@ class QueueCursor:
         self._allowed_any = False
         """Whether some location set allows ``location`` (as of ``_sets_read_at``)."""
         self._sets_read_at: float | None = None
+        self._heads: list[ProjectHead] = []
+        """The projects with work at the top priority, as of ``_heads_read_at``."""
+        self._heads_read_at: float | None = None
+        self._heads_took = 0.0
+        self._after_head: dict[str, QueueKey] = {}
 
     def _rescan_due(self) -> bool:
         interval = max(self.rescan_seconds, self._rescan_took * self.RESCAN_SHARE)
         return self._clock() >= self._rescanned_at + interval
 
+    def _heads_due(self) -> bool:
+        if self._heads_read_at is None:
+            return True
+        interval = max(self.rescan_seconds, self._heads_took * self.RESCAN_SHARE)
+        return self._clock() >= self._heads_read_at + interval
+
     async def claim(self, conn: Conn, *, owner: str, n: int) -> list[ClaimedRequest]:
         """Lease up to ``n`` requests, in claim order within each statement."""
-
-        async def take(
-            k: int, after: QueueKey | None
-        ) -> tuple[list[ClaimedRequest], QueueKey | None]:
-            location = self.location if self._allowed_any else None
-            return await _claim(
-                conn, pool=self.pool, owner=owner, n=k, after=after, location=location
-            )
-
         if self.location is not None and (
             self._sets_read_at is None or self._clock() >= self._sets_read_at + self.rescan_seconds
         ):
@@ -331,6 +435,25 @@ class QueueCursor:
             if allowed_any and not self._allowed_any:
                 self._after = None  # restricted rows may lie before the resume position
             self._allowed_any = allowed_any
+        claimed: list[ClaimedRequest] = []
+        if self.fair_share and not self._allowed_any:
+            if self._heads_due():
+                await self._read_heads(conn)
+            if len(self._heads) > 1:
+                claimed = await self._claim_shared(conn, owner, n)
+                if len(claimed) >= n:
+                    return claimed
+        return claimed + await self._claim_in_order(conn, owner, n - len(claimed))
+
+    async def _claim_in_order(self, conn: Conn, owner: str, n: int) -> list[ClaimedRequest]:
+        async def take(
+            k: int, after: QueueKey | None
+        ) -> tuple[list[ClaimedRequest], QueueKey | None]:
+            location = self.location if self._allowed_any else None
+            return await _claim(
+                conn, pool=self.pool, owner=owner, n=k, after=after, location=location
+            )
+
         claimed: list[ClaimedRequest] = []
         if self._after is not None and not self._rescan_due():
             claimed, last = await take(n, self._after)
@@ -344,6 +467,60 @@ class QueueCursor:
         # everything before the last row a claim from the start took is taken, locked or
         # not yet due; a short claim took all there was
         self._after = last if len(more) == n - len(claimed) else None
+        return claimed + more
+
+    async def _read_heads(self, conn: Conn) -> None:
+        started = self._clock()
+        rows = await (await conn.execute(ACTIVE_PROJECTS, {"pool": self.pool})).fetchall()
+        self._heads = [ProjectHead(r["project_id"], r["priority"]) for r in rows]
+        await conn.execute(
+            ACTIVATE, {"pool": self.pool, "projects": [h.project_id for h in self._heads]}
+        )
+        self._after_head = {}
+        self._heads_took = self._clock() - started
+        self._heads_read_at = started + self._heads_took
+
+    async def _claim_shared(self, conn: Conn, owner: str, n: int) -> list[ClaimedRequest]:
+        """Up to ``n`` from the active projects, least virtual service first."""
+        heads = {h.project_id: h for h in self._heads}
+        cur = await conn.execute(SHARE_ORDER, {"pool": self.pool, "projects": list(heads)})
+        claimed: list[ClaimedRequest] = []
+        for row in await cur.fetchall():
+            if len(claimed) >= n:
+                break
+            head = heads[row["project_id"]]
+            took = await self._claim_head(conn, owner, head, n - len(claimed))
+            if took:
+                await conn.execute(
+                    CHARGE, {"pool": self.pool, "project": head.project_id, "n": len(took)}
+                )
+            claimed += took
+        return claimed
+
+    async def _claim_head(
+        self, conn: Conn, owner: str, head: ProjectHead, n: int
+    ) -> list[ClaimedRequest]:
+        """Up to ``n`` of one project's head, resuming after its last claimed key; a
+        project whose head runs dry leaves the active ones until they are read again."""
+
+        async def take(
+            k: int, after: QueueKey | None
+        ) -> tuple[list[ClaimedRequest], QueueKey | None]:
+            return await _claim(conn, pool=self.pool, owner=owner, n=k, after=after, head=head)
+
+        claimed: list[ClaimedRequest] = []
+        after = self._after_head.get(head.project_id)
+        if after is not None:
+            claimed, last = await take(n, after)
+            self._after_head[head.project_id] = last or after
+            if len(claimed) >= n:
+                return claimed
+        more, last = await take(n - len(claimed), None)
+        if last is not None and len(more) == n - len(claimed):
+            self._after_head[head.project_id] = last
+        else:
+            self._heads = [h for h in self._heads if h != head]
+            self._after_head.pop(head.project_id, None)
         return claimed + more
 
 
