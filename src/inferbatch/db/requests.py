@@ -208,27 +208,29 @@ FAIR_SHARE_POOL = "spot"
 escalation policy's plan assumes."""
 
 ACTIVE_PROJECTS = """
-WITH RECURSIVE top AS (
-    SELECT priority FROM requests
-    WHERE status = 'queued' AND locations IS NULL AND pool = %(pool)s
-      AND next_attempt_at <= now()
-    ORDER BY priority DESC LIMIT 1
-), p AS (
-    (SELECT r.project_id FROM requests r, top
-     WHERE r.status = 'queued' AND r.locations IS NULL AND r.pool = %(pool)s
-       AND r.priority = top.priority
-     ORDER BY r.project_id LIMIT 1)
+WITH RECURSIVE p AS (
+    (SELECT project_id FROM requests
+     WHERE status = 'queued' AND locations IS NULL AND pool = %(pool)s
+       AND priority = %(priority)s
+     ORDER BY priority DESC, project_id LIMIT 1)
     UNION ALL
-    SELECT (SELECT r.project_id FROM requests r, top
+    SELECT (SELECT r.project_id FROM requests r
             WHERE r.status = 'queued' AND r.locations IS NULL AND r.pool = %(pool)s
-              AND r.priority = top.priority AND r.project_id > p.project_id
-            ORDER BY r.project_id LIMIT 1)
+              AND r.priority = %(priority)s AND r.project_id > p.project_id
+            ORDER BY r.priority DESC, r.project_id LIMIT 1)
     FROM p WHERE p.project_id IS NOT NULL
 )
-SELECT top.priority, p.project_id FROM top, p WHERE p.project_id IS NOT NULL
+SELECT project_id FROM p WHERE project_id IS NOT NULL
 """
-"""The top claimable priority of a pool's unrestricted queue and the projects with queued
-work at it: a loose index scan of ``requests_queue_project``, one probe per project."""
+"""The projects with unrestricted work queued in a pool at one priority: a loose index scan
+of ``requests_queue_project``, one probe per project."""
+
+TOP_PRIORITY = """
+SELECT priority FROM requests
+WHERE status = 'queued' AND locations IS NULL AND pool = %(pool)s AND next_attempt_at <= now()
+ORDER BY priority DESC, deadline_at, prefix_key, id LIMIT 1
+"""
+"""The highest priority claimable now in a pool's unrestricted queue (the claim's head)."""
 
 ACTIVATE = """
 WITH active AS (
@@ -471,8 +473,12 @@ class QueueCursor:
 
     async def _read_heads(self, conn: Conn) -> None:
         started = self._clock()
-        rows = await (await conn.execute(ACTIVE_PROJECTS, {"pool": self.pool})).fetchall()
-        self._heads = [ProjectHead(r["project_id"], r["priority"]) for r in rows]
+        top = await (await conn.execute(TOP_PRIORITY, {"pool": self.pool})).fetchone()
+        self._heads = []
+        if top is not None:
+            params = {"pool": self.pool, "priority": top["priority"]}
+            rows = await (await conn.execute(ACTIVE_PROJECTS, params)).fetchall()
+            self._heads = [ProjectHead(r["project_id"], top["priority"]) for r in rows]
         await conn.execute(
             ACTIVATE, {"pool": self.pool, "projects": [h.project_id for h in self._heads]}
         )
