@@ -3,6 +3,7 @@ dedicated pool and a single project keep the plain claim order."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from pathlib import Path
 
@@ -141,3 +142,47 @@ async def test_a_project_that_returns_banks_no_credit(pool: Pool, tmp_path: Path
     await _queue(pool, blobs, b, 100, "b2")
     back = await _rounds(pool, 6)
     assert abs(back[b] - 10) <= N and abs(back[a] - 10) <= N and abs(back[c] - 10) <= N
+
+
+async def test_a_cursor_takes_turns_from_each_projects_resume_position(
+    pool: Pool, tmp_path: Path
+) -> None:
+    blobs = LocalBlobStore(tmp_path)
+    a, b = await make_project(pool, "a"), await make_project(pool, "b")
+    await _queue(pool, blobs, a, 30, "a")
+    await _queue(pool, blobs, b, 30, "b")
+    cursor = queue.QueueCursor("spot", rescan_seconds=3600)
+    claimed: list[ClaimedRequest] = []
+    async with pool.connection() as conn:
+        for _ in range(14):
+            claimed += await cursor.claim(conn, owner="w1", n=N)
+    projects = await _by_project(pool, claimed)
+    assert len(claimed) == len({c.id for c in claimed}) == 60
+    # turns of one claim each while both have work, each project in its own line order
+    assert all(len(set(projects[i : i + 2 * N])) == 2 for i in range(0, 50, 2 * N))
+    for project, tag in ((a, "a"), (b, "b")):
+        mine = [c.custom_id for c, p in zip(claimed, projects, strict=True) if p == project]
+        assert mine == [f"{tag}-{i}" for i in range(30)]
+
+
+async def test_concurrent_fair_claimers_never_get_the_same_request(
+    pool: Pool, tmp_path: Path
+) -> None:
+    blobs = LocalBlobStore(tmp_path)
+    a, b = await make_project(pool, "a"), await make_project(pool, "b")
+    await _queue(pool, blobs, a, 100, "a")
+    await _queue(pool, blobs, b, 100, "b")
+
+    async def claimer(owner: str) -> list[int]:
+        cursor = queue.QueueCursor("spot")
+        got: list[int] = []
+        while True:
+            async with pool.connection() as conn:
+                claimed = await cursor.claim(conn, owner=owner, n=N)
+            if not claimed:
+                return got
+            got += [c.id for c in claimed]
+
+    results = await asyncio.gather(*(claimer(f"w{i}") for i in range(4)))
+    every = [i for r in results for i in r]
+    assert len(every) == len(set(every)) == 200
