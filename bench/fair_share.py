@@ -12,10 +12,11 @@ same run:
 - fcfs: fair share off (earliest deadline first: B waits for all of A);
 - half alone: B alone in the queue on half the workers.
 
-It prints ``fair / half alone`` (goal <= 2.5) and ``fcfs / half alone``, and the claim
-rate of one project with fair share on over off (50,000 requests in claims of 100 through
-a cursor, best of five, alternating: goal >= 0.9). Every scenario runs in a copy of one
-filled database.
+It prints ``fair / half alone`` (goal <= 2.5) and ``fcfs / half alone``, and claim rates
+with fair share on over off (50,000 requests in claims of 100 through cursors, best of
+five, alternating): one project and one claimer (the plain claim: goal >= 0.9), two
+projects and eight concurrent claimers (the shared claim: no lock between them). Every
+scenario runs in a copy of one filled database.
 Usage: python -m bench.fair_share [--a-requests 200000]
 """
 
@@ -109,16 +110,23 @@ async def _finish_time(
         return time.perf_counter() - started
 
 
-async def _claim_rate(url: str, fair: bool) -> float:
-    cursor = queue.QueueCursor("spot", fair_share=fair)
+async def _claim_rate(url: str, fair: bool, claimers: int) -> float:
+    """Requests claimed per second by ``claimers`` cursors until ``RATE_REQUESTS`` are."""
     got = 0
-    async with open_pool(url, max_size=1) as pool:
-        started = time.perf_counter()
+
+    async def claimer(pool: Pool, owner: str) -> None:
+        nonlocal got
+        cursor = queue.QueueCursor("spot", fair_share=fair)
         while got < RATE_REQUESTS:
             async with pool.connection() as conn:
-                claimed = await cursor.claim(conn, owner="bench", n=RATE_CLAIM)
-            assert claimed, f"queue ran dry after {got}"
+                claimed = await cursor.claim(conn, owner=owner, n=RATE_CLAIM)
+            if not claimed:  # the rest is locked by the others' claims, or taken
+                return
             got += len(claimed)
+
+    async with open_pool(url, min_size=claimers, max_size=claimers) as pool:
+        started = time.perf_counter()
+        await asyncio.gather(*(claimer(pool, f"c{i}") for i in range(claimers)))
         return got / (time.perf_counter() - started)
 
 
@@ -141,14 +149,17 @@ async def main(a_requests: int, workers: int, claim: int, service_ms: float) -> 
             ):
                 with _copy(server, template) as url:
                     times[name] = await _finish_time(url, batch, k, claim, service_s, fair)
-        with fresh_database(server) as rate_url:
-            await _queue(rate_url, blobs, RATE_REQUESTS, "proj_a")
-            rate_db = rate_url.rsplit("/", 1)[1]
-            rates = {True: 0.0, False: 0.0}
+        rates: dict[tuple[str, bool], float] = {}
+        with fresh_database(server) as one_url, fresh_database(server) as two_url:
+            await _queue(one_url, blobs, RATE_REQUESTS, "proj_a")
+            for project in ("proj_a", "proj_b"):
+                await _queue(two_url, blobs, RATE_REQUESTS // 2, project)
             for i in range(RATE_REPEAT):
-                for fair in (i % 2 == 0, i % 2 == 1):
-                    with _copy(server, rate_db) as url:
-                        rates[fair] = max(rates[fair], await _claim_rate(url, fair))
+                for name, db_url, claimers in (("one", one_url, 1), ("two", two_url, 8)):
+                    for fair in (i % 2 == 0, i % 2 == 1):
+                        with _copy(server, db_url.rsplit("/", 1)[1]) as url:
+                            rate = await _claim_rate(url, fair, claimers)
+                        rates[name, fair] = max(rates.get((name, fair), 0.0), rate)
     print(
         f"A {a_requests} queued, then B {B_REQUESTS} (same priority and window, equal "
         f"weights); {workers} workers claiming {claim}, {service_ms:g} ms each; "
@@ -158,10 +169,12 @@ async def main(a_requests: int, workers: int, claim: int, service_ms: float) -> 
     for name, took in times.items():
         print(f"{name:>11}: B finished in {took:8.2f} s  {took / half:7.2f}x half alone")
     print("goal: fair / half alone <= 2.5")
-    print(
-        f"one project, claims of {RATE_CLAIM}: {rates[True]:.0f} requests/s fair share on, "
-        f"{rates[False]:.0f} off: {rates[True] / rates[False]:.2f}x (goal >= 0.9)"
-    )
+    for name, what in (("one", "one project, 1 claimer"), ("two", "two projects, 8 claimers")):
+        on, off = rates[name, True], rates[name, False]
+        print(
+            f"{what}, claims of {RATE_CLAIM}: {on:.0f} requests/s fair share on, "
+            f"{off:.0f} off: {on / off:.2f}x (goal >= 0.9)"
+        )
 
 
 if __name__ == "__main__":

@@ -33,9 +33,15 @@ async def _queue(
     return batch.id
 
 
-async def _claim(pool: Pool, n: int = N, pool_name: str = "spot") -> list[ClaimedRequest]:
+def _cursor() -> queue.QueueCursor:
+    """A worker's spot cursor that reads the active projects (and rescans) before every
+    claim: a rescan interval of 0 on a clock that stands still."""
+    return queue.QueueCursor("spot", rescan_seconds=0, clock=lambda: 0.0)
+
+
+async def _claim(pool: Pool, cursor: queue.QueueCursor, n: int = N) -> list[ClaimedRequest]:
     async with pool.connection() as conn:
-        return await queue.claim(conn, pool=pool_name, owner="w1", n=n)
+        return await cursor.claim(conn, owner="w1", n=n)
 
 
 async def _by_project(pool: Pool, claimed: list[ClaimedRequest]) -> list[str]:
@@ -47,10 +53,10 @@ async def _by_project(pool: Pool, claimed: list[ClaimedRequest]) -> list[str]:
     return [project[c.id] for c in claimed]
 
 
-async def _rounds(pool: Pool, rounds: int) -> Counter[str]:
+async def _rounds(pool: Pool, cursor: queue.QueueCursor, rounds: int) -> Counter[str]:
     counts: Counter[str] = Counter()
     for _ in range(rounds):
-        counts.update(await _by_project(pool, await _claim(pool)))
+        counts.update(await _by_project(pool, await _claim(pool, cursor)))
     return counts
 
 
@@ -59,9 +65,10 @@ async def test_two_projects_of_equal_weight_take_turns(pool: Pool, tmp_path: Pat
     a, b = await make_project(pool, "a"), await make_project(pool, "b")
     await _queue(pool, blobs, a, 60, "a")
     await _queue(pool, blobs, b, 60, "b")  # later, so a later deadline
+    cursor = _cursor()
     counts: Counter[str] = Counter()
     for _ in range(10):
-        counts.update(await _by_project(pool, await _claim(pool)))
+        counts.update(await _by_project(pool, await _claim(pool, cursor)))
         assert abs(counts[a] - counts[b]) <= N
     assert counts[a] == counts[b] == 25
 
@@ -73,7 +80,7 @@ async def test_a_project_of_weight_two_gets_twice_the_share(pool: Pool, tmp_path
         await conn.execute("UPDATE projects SET weight = 2 WHERE id = %s", (b,))
     await _queue(pool, blobs, a, 100, "a")
     await _queue(pool, blobs, b, 100, "b")
-    counts = await _rounds(pool, 12)
+    counts = await _rounds(pool, _cursor(), 12)
     assert counts[a] + counts[b] == 60
     assert abs(counts[b] - 2 * counts[a]) <= 2 * N
 
@@ -115,7 +122,7 @@ async def test_the_dedicated_pool_keeps_deadline_order(pool: Pool, tmp_path: Pat
     await _queue(pool, blobs, b, 20, "b")
     async with pool.connection() as conn:
         await conn.execute("UPDATE requests SET pool = 'dedicated'")
-    claimed = await _claim(pool, 20, pool_name="dedicated")
+        claimed = await queue.claim(conn, pool="dedicated", owner="w1", n=20)
     assert set(await _by_project(pool, claimed)) == {a}
 
 
@@ -124,9 +131,12 @@ async def test_priority_comes_before_the_share(pool: Pool, tmp_path: Path) -> No
     a, b = await make_project(pool, "a"), await make_project(pool, "b")
     await _queue(pool, blobs, a, 30, "a")
     await _queue(pool, blobs, b, 30, "b")
-    await _claim(pool)  # a's turn: b is owed the next one
+    cursor = _cursor()
+    await _claim(pool, cursor)  # one project's turn: the other is owed the next one
+    await _claim(pool, cursor)
+    await _claim(pool, cursor)
     urgent = await _queue(pool, blobs, a, 8, "urgent", priority="10")
-    claimed = await _claim(pool, 8)
+    claimed = await _claim(pool, cursor, 8)
     assert {c.batch_id for c in claimed} == {urgent}
 
 
@@ -135,12 +145,13 @@ async def test_a_project_that_returns_banks_no_credit(pool: Pool, tmp_path: Path
     a, b, c = [await make_project(pool, name) for name in "abc"]
     await _queue(pool, blobs, a, 200, "a")
     await _queue(pool, blobs, b, 10, "b1")
-    first = await _rounds(pool, 4)
+    cursor = _cursor()
+    first = await _rounds(pool, cursor, 4)
     assert first[b] == 10  # b ran dry
     await _queue(pool, blobs, c, 200, "c")
-    await _rounds(pool, 16)  # a and c take turns, far past what b had
+    await _rounds(pool, cursor, 16)  # a and c take turns, far past what b had
     await _queue(pool, blobs, b, 100, "b2")
-    back = await _rounds(pool, 6)
+    back = await _rounds(pool, cursor, 6)
     assert abs(back[b] - 10) <= N and abs(back[a] - 10) <= N and abs(back[c] - 10) <= N
 
 

@@ -220,10 +220,12 @@ WITH RECURSIVE p AS (
             ORDER BY r.priority DESC, r.project_id LIMIT 1)
     FROM p WHERE p.project_id IS NOT NULL
 )
-SELECT project_id FROM p WHERE project_id IS NOT NULL
+SELECT p.project_id, coalesce(w.weight, 1) AS weight
+FROM p LEFT JOIN projects w ON w.id = p.project_id
+WHERE p.project_id IS NOT NULL
 """
-"""The projects with unrestricted work queued in a pool at one priority: a loose index scan
-of ``requests_queue_project``, one probe per project."""
+"""The projects with unrestricted work queued in a pool at one priority, with their weights:
+a loose index scan of ``requests_queue_project``, one probe per project."""
 
 TOP_PRIORITY = """
 SELECT priority FROM requests
@@ -231,43 +233,6 @@ WHERE status = 'queued' AND locations IS NULL AND pool = %(pool)s AND next_attem
 ORDER BY priority DESC, deadline_at, prefix_key, id LIMIT 1
 """
 """The highest priority claimable now in a pool's unrestricted queue (the claim's head)."""
-
-ACTIVATE = """
-WITH active AS (
-    SELECT unnest(%(projects)s::text[]) AS project_id
-), floor AS (
-    SELECT min(s.vtime) AS vtime FROM project_shares s JOIN active a USING (project_id)
-    WHERE s.pool = %(pool)s AND s.active
-), asleep AS (
-    UPDATE project_shares SET active = false
-    WHERE pool = %(pool)s AND active
-      AND project_id NOT IN (SELECT project_id FROM active)
-)
-INSERT INTO project_shares AS s (pool, project_id, vtime, active)
-SELECT %(pool)s, a.project_id, coalesce((SELECT vtime FROM floor), 0), true FROM active a
-ON CONFLICT (pool, project_id) DO UPDATE SET active = true,
-    vtime = CASE WHEN (SELECT vtime FROM floor) IS NULL THEN 0
-        ELSE greatest(s.vtime, excluded.vtime) END
-    WHERE NOT s.active
-"""
-"""Mark exactly ``projects`` active in ``pool``: one that was not starts at the least
-virtual service of those that stay active (never below its own), so time without work
-banks no credit; when none stays active every project starts afresh at 0."""
-
-SHARE_ORDER = """
-SELECT project_id FROM project_shares
-WHERE pool = %(pool)s AND project_id = ANY(%(projects)s::text[])
-ORDER BY vtime, project_id
-"""
-"""The projects by virtual service, least first: the order the fair claim serves them."""
-
-CHARGE = """
-UPDATE project_shares SET vtime = vtime + %(n)s::float8
-    / coalesce((SELECT weight FROM projects WHERE id = %(project)s), 1)
-WHERE pool = %(pool)s AND project_id = %(project)s
-"""
-"""Advance a project's virtual service by the requests it claimed over its weight (a row
-lock held until the claim commits, moments later)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +251,7 @@ class ProjectHead:
 
     project_id: str
     priority: int
+    weight: int = 1
 
 
 async def _claim(
@@ -349,8 +315,9 @@ async def claim(
     """Lease up to ``n`` queued requests of ``pool`` to worker ``owner``: highest priority
     first, then the earliest deadline (the oldest batch, when windows are equal), then
     those that share a prompt prefix together (see :mod:`inferbatch.scheduler.prefix`),
-    then line order. In the spot pool with ``fair_share``, projects share the top priority
-    by weight first (see :class:`QueueCursor`). The lease lasts while ``owner`` beats (see
+    then line order. In the spot pool with ``fair_share`` and several projects at the top
+    priority, one project's head first (a one-off claim has no account: by project id; a
+    :class:`QueueCursor`'s claims share them by weight). The lease lasts while ``owner`` beats (see
     :func:`lost_claims`). Requests whose batch restricts their locations go only to a
     worker whose ``location`` one of them allows (see :mod:`inferbatch.residency`);
     ``None`` takes none of them."""
@@ -378,14 +345,21 @@ class QueueCursor:
     queued meanwhile is seen within one interval.
 
     Fair share (the spot pool, ``fair_share``, unrestricted work): as often as it rescans,
-    the cursor finds the top claimable priority and the projects with work queued at it
-    (:data:`ACTIVE_PROJECTS`). With one, it claims exactly as above. With several, each
-    claim serves the project with the least virtual service (requests claimed / weight,
-    ``project_shares``) from that project's own resume position, advances it by what it
-    took, and fills a short claim from the next; once they all run dry at that priority
-    the plain claim takes the rest. A project joins at the least virtual service of the
-    active ones, so it is served at once but banks nothing for time it had no work. While
-    the cursor's location is allowed restricted work, it claims in plain order.
+    the cursor finds the top claimable priority and the projects with work queued at it,
+    with their weights (:data:`ACTIVE_PROJECTS`). With one, it claims exactly as above.
+    With several, each claim serves the project with the least virtual service (requests
+    this cursor claimed for it / its weight) from that project's own resume position,
+    advances it by what it took, and fills a short claim from the next; once they all run
+    dry at that priority the plain claim takes the rest. A project joins at the least
+    virtual service of the active ones, so it is served at once but banks nothing for time
+    it had no work. While the cursor's location is allowed restricted work, it claims in
+    plain order.
+
+    The account is the cursor's own, in memory: every worker splits its own claims by
+    weight, so all of them together do, and no claim waits on a shared row (a shared
+    counter, updated in each claim transaction, serialised concurrent claims on its row
+    lock through their commits). A one-off :func:`claim` has no history: it serves the
+    projects in id order.
     """
 
     RESCAN_SHARE = 20
@@ -415,6 +389,8 @@ class QueueCursor:
         self._heads_read_at: float | None = None
         self._heads_took = 0.0
         self._after_head: dict[str, QueueKey] = {}
+        self._service: dict[str, float] = {}
+        """The active projects' virtual service: requests this cursor claimed / weight."""
 
     def _rescan_due(self) -> bool:
         interval = max(self.rescan_seconds, self._rescan_took * self.RESCAN_SHARE)
@@ -478,28 +454,23 @@ class QueueCursor:
         if top is not None:
             params = {"pool": self.pool, "priority": top["priority"]}
             rows = await (await conn.execute(ACTIVE_PROJECTS, params)).fetchall()
-            self._heads = [ProjectHead(r["project_id"], top["priority"]) for r in rows]
-        await conn.execute(
-            ACTIVATE, {"pool": self.pool, "projects": [h.project_id for h in self._heads]}
-        )
+            self._heads = [ProjectHead(r["project_id"], top["priority"], r["weight"]) for r in rows]
+        stayed = [self._service[h.project_id] for h in self._heads if h.project_id in self._service]
+        floor = min(stayed, default=0.0)
+        self._service = {h.project_id: self._service.get(h.project_id, floor) for h in self._heads}
         self._after_head = {}
         self._heads_took = self._clock() - started
         self._heads_read_at = started + self._heads_took
 
     async def _claim_shared(self, conn: Conn, owner: str, n: int) -> list[ClaimedRequest]:
         """Up to ``n`` from the active projects, least virtual service first."""
-        heads = {h.project_id: h for h in self._heads}
-        cur = await conn.execute(SHARE_ORDER, {"pool": self.pool, "projects": list(heads)})
+        order = sorted(self._heads, key=lambda h: (self._service[h.project_id], h.project_id))
         claimed: list[ClaimedRequest] = []
-        for row in await cur.fetchall():
+        for head in order:
             if len(claimed) >= n:
                 break
-            head = heads[row["project_id"]]
             took = await self._claim_head(conn, owner, head, n - len(claimed))
-            if took:
-                await conn.execute(
-                    CHARGE, {"pool": self.pool, "project": head.project_id, "n": len(took)}
-                )
+            self._service[head.project_id] += len(took) / head.weight
             claimed += took
         return claimed
 

@@ -7,10 +7,6 @@ Revises: 0020
   priority and deadline (adding the column with a default rewrites nothing; every request
   queued before is in the default project).
 - ``projects.weight``: the project's share of the spot pool (default 1), set by admins.
-- ``project_shares``: per pool and project, the virtual service ``vtime`` (requests
-  claimed / weight) the spot claim orders projects by, and whether the project had
-  claimable work when the active projects were last enumerated (a project that becomes
-  active starts at the least ``vtime`` of the active ones, so idle time banks no credit).
 - ``requests_queue_project``: the unrestricted queue index led by project within a
   priority, so the active projects are found by a loose index scan (one probe per project)
   and one project's head is one range.
@@ -28,13 +24,6 @@ depends_on = None
 UPGRADE = """
 ALTER TABLE requests ADD COLUMN project_id text NOT NULL DEFAULT 'proj_default';
 ALTER TABLE projects ADD COLUMN weight integer NOT NULL DEFAULT 1 CHECK (weight >= 1);
-CREATE TABLE project_shares (
-    pool        text NOT NULL,
-    project_id  text NOT NULL,
-    vtime       float8 NOT NULL DEFAULT 0,
-    active      boolean NOT NULL DEFAULT true,
-    PRIMARY KEY (pool, project_id)
-);
 CREATE INDEX requests_queue_project
     ON requests (pool, priority DESC, project_id, deadline_at, prefix_key, id)
     WHERE status = 'queued' AND locations IS NULL;
@@ -42,7 +31,6 @@ CREATE INDEX requests_queue_project
 
 DOWNGRADE = """
 DROP INDEX requests_queue_project;
-DROP TABLE project_shares;
 ALTER TABLE projects DROP COLUMN weight;
 ALTER TABLE requests DROP COLUMN project_id;
 """
