@@ -20,7 +20,7 @@ from inferbatch.blobstore import LocalBlobStore, new_blob_key
 from inferbatch.config import Settings
 from inferbatch.db import files, users
 from inferbatch.db.connector import embedded_url, migrate, open_pool, stop_embedded
-from inferbatch.domain import Principal
+from inferbatch.domain import DEFAULT_PROJECT_ID, Principal
 from inferbatch.ids import new_id
 from inferbatch.scheduler.ingest import ingest_next
 from inferbatch.services import batches as batch_service
@@ -115,19 +115,23 @@ async def create_batch(
     prefix: str = "request",
     metadata: dict[str, str] | None = None,
     lines: list[str] | None = None,
+    project_id: str = DEFAULT_PROJECT_ID,
 ) -> str:
-    """A validating batch over a new ``n``-line input file (not ingested yet); ``lines``
-    gives the file's lines instead."""
+    """A validating batch of ``project_id`` over a new ``n``-line input file (not ingested
+    yet); ``lines`` gives the file's lines instead."""
     key, size = write_input(blobs, n, prefix) if lines is None else write_lines(blobs, lines)
     if lines is not None:
         n = len(lines)
     now = datetime.now(UTC)
     async with open_pool(url, max_size=1) as pool, pool.connection() as conn:
-        user = Principal.of_user(await users.ensure_user(conn, "bench", is_admin=False))
+        user = Principal.of_user(
+            await users.ensure_user(conn, "bench", is_admin=False), project_id, role="owner"
+        )
         record = await files.insert(
             conn,
             file_id=new_id("file-"),
             owner_id=user.id,
+            project_id=project_id,
             purpose="batch",
             filename="in.jsonl",
             size=size,

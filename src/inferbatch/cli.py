@@ -188,6 +188,7 @@ def worker(
         escalation=policy_by_name(settings.policy, settings.escalation).escalation,
         listen_url=session_url(settings),
         location=settings.location,
+        fair_share=settings.fair_share,
     )
 
     async def main() -> None:

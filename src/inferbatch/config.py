@@ -309,6 +309,12 @@ class Settings(BaseSettings):
     dedicated_takes_spot: bool = Field(
         default=True, description="Dedicated workers run spot-pool work when otherwise idle."
     )
+    fair_share: bool = Field(
+        default=True,
+        description="At equal priority, the spot pool's claim serves projects by weight (the "
+        "one with the least requests claimed per weight first) instead of earliest deadline "
+        "first; off: one order for every project. The dedicated pool keeps deadline order.",
+    )
     drain_seconds: float = Field(default=25.0, ge=0, description="Grace period on SIGTERM.")
     location: str | None = Field(
         default=None,

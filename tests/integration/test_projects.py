@@ -139,6 +139,25 @@ async def test_an_admin_creates_lists_renames_and_archives_projects(api: Api) ->
     _error(await api.call("POST", base, ADMIN, json={"name": ""}), 400)
 
 
+async def test_an_admin_sets_a_projects_fair_share_weight_and_an_owner_may_not(
+    api: Api,
+) -> None:
+    base = "/v1/organization/projects"
+    mine = await make_project(api.pool, "mine")
+    _, owner = await api.key_of("olga", mine, "owner")
+    assert _ok(await api.call("GET", f"{base}/{mine}", ADMIN))["weight"] == 1
+    weighted = _ok(await api.call("POST", f"{base}/{mine}", ADMIN, json={"weight": 3}))
+    assert (weighted["weight"], weighted["name"]) == (3, "mine")
+    async with api.pool.connection() as conn:
+        cur = await conn.execute("SELECT weight FROM projects WHERE id = %s", (mine,))
+        assert await cur.fetchone() == {"weight": 3}
+    _error(await api.call("POST", f"{base}/{mine}", owner, json={"weight": 5}), 403)
+    _error(await api.call("POST", f"{base}/{mine}", ADMIN, json={"weight": 0}), 400)
+    _error(await api.call("POST", f"{base}/{mine}", ADMIN, json={"weight": "heavy"}), 400)
+    renamed = _ok(await api.call("POST", f"{base}/{mine}", owner, json={"name": "ours"}))
+    assert (renamed["weight"], renamed["name"]) == (3, "ours")
+
+
 async def test_an_admin_adds_lists_changes_and_removes_project_users(api: Api) -> None:
     project = await make_project(api.pool, "team")
     async with api.pool.connection() as conn:

@@ -63,7 +63,7 @@ async def modify_project(
     project_id: str, body: wire.ProjectUpdate, who: PrincipalDep, st: StateDep
 ) -> wire.Project:
     async with st.db.connection() as conn:
-        return await service.rename_project(conn, who, project_id, body.name)
+        return await service.modify_project(conn, who, project_id, body)
 
 
 @router.post("/{project_id}/archive", response_model=wire.Project)

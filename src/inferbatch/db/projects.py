@@ -20,6 +20,9 @@ class Project:
     name: str
     created_at: datetime
     archived_at: datetime | None
+    weight: int = 1
+    """Its share of the spot pool at equal priority (fair share, see
+    :class:`inferbatch.db.requests.QueueCursor`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +68,7 @@ class ApiKey:
 
 # -- projects ---------------------------------------------------------------------------------
 
-_PROJECT = "id, name, created_at, archived_at"
+_PROJECT = "id, name, created_at, archived_at, weight"
 
 
 async def insert_project(conn: Conn, project_id: str, name: str, now: datetime) -> Project:
@@ -121,11 +124,17 @@ async def list_projects(
     return [Project(**r) for r in await cur.fetchall()]
 
 
-async def rename_project(conn: Conn, project_id: str, name: str) -> Project | None:
-    """The project renamed; None if there is none or it is archived."""
+async def update_project(
+    conn: Conn, project_id: str, name: str | None, weight: int | None
+) -> Project | None:
+    """The project with the given fields changed (None: kept); None if there is none or it
+    is archived."""
     cur = await conn.execute(
-        f"UPDATE projects SET name = %s WHERE id = %s AND archived_at IS NULL RETURNING {_PROJECT}",
-        (name, project_id),
+        f"""
+        UPDATE projects SET name = coalesce(%s, name), weight = coalesce(%s, weight)
+        WHERE id = %s AND archived_at IS NULL RETURNING {_PROJECT}
+        """,
+        (name, weight, project_id),
     )
     row = await cur.fetchone()
     return Project(**row) if row else None

@@ -193,10 +193,46 @@ _AFTER = (
     "AND priority = %(priority)s "
     "AND (deadline_at, prefix_key, id) > (%(deadline)s, %(prefix_key)s, %(id)s)"
 )
+_OF_PROJECT = "AND priority = %(priority)s AND project_id = %(project)s "
 CLAIM_FROM_START = CLAIM.format(after="")
 CLAIM_AFTER = CLAIM.format(after=_AFTER)
 CLAIM_LOCATED_FROM_START = CLAIM_LOCATED.format(after="")
 CLAIM_LOCATED_AFTER = CLAIM_LOCATED.format(after=_AFTER)
+CLAIM_PROJECT_FROM_START = CLAIM.format(after=_OF_PROJECT)
+"""One project's head at one priority: a range of ``requests_queue_project``."""
+CLAIM_PROJECT_AFTER = CLAIM.format(after=_OF_PROJECT + _AFTER)
+
+FAIR_SHARE_POOL = "spot"
+"""The pool whose claim shares capacity between projects by weight (see
+:class:`QueueCursor`); the dedicated pool keeps earliest-deadline order, which the
+escalation policy's plan assumes."""
+
+ACTIVE_PROJECTS = """
+WITH RECURSIVE p AS (
+    (SELECT project_id FROM requests
+     WHERE status = 'queued' AND locations IS NULL AND pool = %(pool)s
+       AND priority = %(priority)s
+     ORDER BY priority DESC, project_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT r.project_id FROM requests r
+            WHERE r.status = 'queued' AND r.locations IS NULL AND r.pool = %(pool)s
+              AND r.priority = %(priority)s AND r.project_id > p.project_id
+            ORDER BY r.priority DESC, r.project_id LIMIT 1)
+    FROM p WHERE p.project_id IS NOT NULL
+)
+SELECT p.project_id, coalesce(w.weight, 1) AS weight
+FROM p LEFT JOIN projects w ON w.id = p.project_id
+WHERE p.project_id IS NOT NULL
+"""
+"""The projects with unrestricted work queued in a pool at one priority, with their weights:
+a loose index scan of ``requests_queue_project``, one probe per project."""
+
+TOP_PRIORITY = """
+SELECT priority FROM requests
+WHERE status = 'queued' AND locations IS NULL AND pool = %(pool)s AND next_attempt_at <= now()
+ORDER BY priority DESC, deadline_at, prefix_key, id LIMIT 1
+"""
+"""The highest priority claimable now in a pool's unrestricted queue (the claim's head)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +245,15 @@ class QueueKey:
     id: int
 
 
+@dataclass(frozen=True, slots=True)
+class ProjectHead:
+    """One project's part of the queue at one priority (see :data:`CLAIM_PROJECT_FROM_START`)."""
+
+    project_id: str
+    priority: int
+    weight: int = 1
+
+
 async def _claim(
     conn: Conn,
     *,
@@ -217,12 +262,17 @@ async def _claim(
     n: int,
     after: QueueKey | None,
     location: str | None = None,
+    head: ProjectHead | None = None,
 ) -> tuple[list[ClaimedRequest], QueueKey | None]:
     params: dict[str, Any] = {"pool": pool, "owner": owner, "n": n, "location": location}
-    if after is None:
+    if head is not None:
+        statement = CLAIM_PROJECT_FROM_START if after is None else CLAIM_PROJECT_AFTER
+        params.update(project=head.project_id, priority=head.priority)
+    elif after is None:
         statement = CLAIM_FROM_START if location is None else CLAIM_LOCATED_FROM_START
     else:
         statement = CLAIM_AFTER if location is None else CLAIM_LOCATED_AFTER
+    if after is not None:
         params.update(
             priority=after.priority,
             deadline=after.deadline_at,
@@ -254,16 +304,25 @@ async def _claim(
 
 
 async def claim(
-    conn: Conn, *, pool: str, owner: str, n: int, location: str | None = None
+    conn: Conn,
+    *,
+    pool: str,
+    owner: str,
+    n: int,
+    location: str | None = None,
+    fair_share: bool = True,
 ) -> list[ClaimedRequest]:
     """Lease up to ``n`` queued requests of ``pool`` to worker ``owner``: highest priority
     first, then the earliest deadline (the oldest batch, when windows are equal), then
     those that share a prompt prefix together (see :mod:`inferbatch.scheduler.prefix`),
-    then line order. The lease lasts while ``owner`` beats (see :func:`lost_claims`).
-    Requests whose batch restricts their locations go only to a worker whose ``location``
-    one of them allows (see :mod:`inferbatch.residency`); ``None`` takes none of them."""
-    claimed, _ = await _claim(conn, pool=pool, owner=owner, n=n, after=None, location=location)
-    return claimed
+    then line order. In the spot pool with ``fair_share`` and several projects at the top
+    priority, one project's head first (a one-off claim has no account: by project id; a
+    :class:`QueueCursor`'s claims share them by weight). The lease lasts while ``owner`` beats (see
+    :func:`lost_claims`). Requests whose batch restricts their locations go only to a
+    worker whose ``location`` one of them allows (see :mod:`inferbatch.residency`);
+    ``None`` takes none of them."""
+    cursor = QueueCursor(pool, location=location, fair_share=fair_share)
+    return await cursor.claim(conn, owner=owner, n=n)
 
 
 class QueueCursor:
@@ -284,6 +343,23 @@ class QueueCursor:
     ``rescan_seconds`` and claims with the plain statement while none allows it:
     unrestricted work then costs a located worker nothing more, and a restricted batch
     queued meanwhile is seen within one interval.
+
+    Fair share (the spot pool, ``fair_share``, unrestricted work): as often as it rescans,
+    the cursor finds the top claimable priority and the projects with work queued at it,
+    with their weights (:data:`ACTIVE_PROJECTS`). With one, it claims exactly as above.
+    With several, each claim serves the project with the least virtual service (requests
+    this cursor claimed for it / its weight) from that project's own resume position,
+    advances it by what it took, and fills a short claim from the next; once they all run
+    dry at that priority the plain claim takes the rest. A project joins at the least
+    virtual service of the active ones, so it is served at once but banks nothing for time
+    it had no work. While the cursor's location is allowed restricted work, it claims in
+    plain order.
+
+    The account is the cursor's own, in memory: every worker splits its own claims by
+    weight, so all of them together do, and no claim waits on a shared row (a shared
+    counter, updated in each claim transaction, serialised concurrent claims on its row
+    lock through their commits). A one-off :func:`claim` has no history: it serves the
+    projects in id order.
     """
 
     RESCAN_SHARE = 20
@@ -294,11 +370,13 @@ class QueueCursor:
         rescan_seconds: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         location: str | None = None,
+        fair_share: bool = True,
     ) -> None:
         self.pool = pool
         self.location = location
         """The claiming worker's location (see :func:`claim`)."""
         self.rescan_seconds = rescan_seconds
+        self.fair_share = fair_share and pool == FAIR_SHARE_POOL
         self._clock = clock
         self._after: QueueKey | None = None
         self._rescanned_at = 0.0
@@ -306,22 +384,26 @@ class QueueCursor:
         self._allowed_any = False
         """Whether some location set allows ``location`` (as of ``_sets_read_at``)."""
         self._sets_read_at: float | None = None
+        self._heads: list[ProjectHead] = []
+        """The projects with work at the top priority, as of ``_heads_read_at``."""
+        self._heads_read_at: float | None = None
+        self._heads_took = 0.0
+        self._after_head: dict[str, QueueKey] = {}
+        self._service: dict[str, float] = {}
+        """The active projects' virtual service: requests this cursor claimed / weight."""
 
     def _rescan_due(self) -> bool:
         interval = max(self.rescan_seconds, self._rescan_took * self.RESCAN_SHARE)
         return self._clock() >= self._rescanned_at + interval
 
+    def _heads_due(self) -> bool:
+        if self._heads_read_at is None:
+            return True
+        interval = max(self.rescan_seconds, self._heads_took * self.RESCAN_SHARE)
+        return self._clock() >= self._heads_read_at + interval
+
     async def claim(self, conn: Conn, *, owner: str, n: int) -> list[ClaimedRequest]:
         """Lease up to ``n`` requests, in claim order within each statement."""
-
-        async def take(
-            k: int, after: QueueKey | None
-        ) -> tuple[list[ClaimedRequest], QueueKey | None]:
-            location = self.location if self._allowed_any else None
-            return await _claim(
-                conn, pool=self.pool, owner=owner, n=k, after=after, location=location
-            )
-
         if self.location is not None and (
             self._sets_read_at is None or self._clock() >= self._sets_read_at + self.rescan_seconds
         ):
@@ -331,6 +413,25 @@ class QueueCursor:
             if allowed_any and not self._allowed_any:
                 self._after = None  # restricted rows may lie before the resume position
             self._allowed_any = allowed_any
+        claimed: list[ClaimedRequest] = []
+        if self.fair_share and not self._allowed_any:
+            if self._heads_due():
+                await self._read_heads(conn)
+            if len(self._heads) > 1:
+                claimed = await self._claim_shared(conn, owner, n)
+                if len(claimed) >= n:
+                    return claimed
+        return claimed + await self._claim_in_order(conn, owner, n - len(claimed))
+
+    async def _claim_in_order(self, conn: Conn, owner: str, n: int) -> list[ClaimedRequest]:
+        async def take(
+            k: int, after: QueueKey | None
+        ) -> tuple[list[ClaimedRequest], QueueKey | None]:
+            location = self.location if self._allowed_any else None
+            return await _claim(
+                conn, pool=self.pool, owner=owner, n=k, after=after, location=location
+            )
+
         claimed: list[ClaimedRequest] = []
         if self._after is not None and not self._rescan_due():
             claimed, last = await take(n, self._after)
@@ -344,6 +445,59 @@ class QueueCursor:
         # everything before the last row a claim from the start took is taken, locked or
         # not yet due; a short claim took all there was
         self._after = last if len(more) == n - len(claimed) else None
+        return claimed + more
+
+    async def _read_heads(self, conn: Conn) -> None:
+        started = self._clock()
+        top = await (await conn.execute(TOP_PRIORITY, {"pool": self.pool})).fetchone()
+        self._heads = []
+        if top is not None:
+            params = {"pool": self.pool, "priority": top["priority"]}
+            rows = await (await conn.execute(ACTIVE_PROJECTS, params)).fetchall()
+            self._heads = [ProjectHead(r["project_id"], top["priority"], r["weight"]) for r in rows]
+        stayed = [self._service[h.project_id] for h in self._heads if h.project_id in self._service]
+        floor = min(stayed, default=0.0)
+        self._service = {h.project_id: self._service.get(h.project_id, floor) for h in self._heads}
+        self._after_head = {}
+        self._heads_took = self._clock() - started
+        self._heads_read_at = started + self._heads_took
+
+    async def _claim_shared(self, conn: Conn, owner: str, n: int) -> list[ClaimedRequest]:
+        """Up to ``n`` from the active projects, least virtual service first."""
+        order = sorted(self._heads, key=lambda h: (self._service[h.project_id], h.project_id))
+        claimed: list[ClaimedRequest] = []
+        for head in order:
+            if len(claimed) >= n:
+                break
+            took = await self._claim_head(conn, owner, head, n - len(claimed))
+            self._service[head.project_id] += len(took) / head.weight
+            claimed += took
+        return claimed
+
+    async def _claim_head(
+        self, conn: Conn, owner: str, head: ProjectHead, n: int
+    ) -> list[ClaimedRequest]:
+        """Up to ``n`` of one project's head, resuming after its last claimed key; a
+        project whose head runs dry leaves the active ones until they are read again."""
+
+        async def take(
+            k: int, after: QueueKey | None
+        ) -> tuple[list[ClaimedRequest], QueueKey | None]:
+            return await _claim(conn, pool=self.pool, owner=owner, n=k, after=after, head=head)
+
+        claimed: list[ClaimedRequest] = []
+        after = self._after_head.get(head.project_id)
+        if after is not None:
+            claimed, last = await take(n, after)
+            self._after_head[head.project_id] = last or after
+            if len(claimed) >= n:
+                return claimed
+        more, last = await take(n - len(claimed), None)
+        if last is not None and len(more) == n - len(claimed):
+            self._after_head[head.project_id] = last
+        else:
+            self._heads = [h for h in self._heads if h != head]
+            self._after_head.pop(head.project_id, None)
         return claimed + more
 
 

@@ -3,8 +3,9 @@ and its ``users``, ``api_keys`` and ``service_accounts``).
 
 Field names and ``object`` values are OpenAI's. Extensions, marked as such: a service
 account may be made with a ``role`` (OpenAI's are always ``member``), a key shows its
-``expires_at``, and a project user may be a ``reader``. Users have no e-mail address here:
-``email`` is always null.
+``expires_at``, a project user may be a ``reader``, and a project has a ``weight`` (its
+share of spot capacity at equal priority, settable by admins). Users have no e-mail
+address here: ``email`` is always null.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from inferbatch.domain import Role
 
 MAX_NAME_LENGTH = 256
+MAX_WEIGHT = 1000
 
 
 class _Wire(BaseModel):
@@ -36,6 +38,8 @@ class Project(_Wire):
     created_at: int
     archived_at: int | None
     status: Literal["active", "archived"]
+    weight: int = 1
+    """Extension: the project's share of spot capacity at equal priority (fair share)."""
 
 
 class ProjectCreate(_Request):
@@ -43,7 +47,13 @@ class ProjectCreate(_Request):
 
 
 class ProjectUpdate(_Request):
-    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH)
+    name: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_LENGTH)
+    weight: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_WEIGHT,
+        description="Extension: the share of spot capacity at equal priority (admins only).",
+    )
 
 
 # -- users ------------------------------------------------------------------------------------

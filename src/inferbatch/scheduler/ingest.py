@@ -43,12 +43,14 @@ FROM STDIN
 
 QUEUE_INPUTS = """
 INSERT INTO requests (id, batch_id, priority, batch_created_at, deadline_at, prefix_key,
-    locations)
-SELECT id, batch_id, %(priority)s, %(created)s, %(deadline)s, prefix_key, %(locations)s
+    locations, project_id)
+SELECT id, batch_id, %(priority)s, %(created)s, %(deadline)s, prefix_key, %(locations)s,
+    %(project)s
 FROM request_inputs WHERE batch_id = %(batch)s
 """
 """``locations``: the batch's allowed locations in canonical form, NULL for anywhere
-(:func:`inferbatch.residency.from_metadata`); written once, kept by every later move."""
+(:func:`inferbatch.residency.from_metadata`); written once, kept by every later move, like
+``project_id`` (what the spot pool's fair share groups by)."""
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -241,6 +243,7 @@ async def _ingest(
                         "created": batch.created_at,
                         "deadline": batch.deadline_at,
                         "locations": list(allowed) if allowed is not None else None,
+                        "project": batch.project_id,
                     },
                 )
         except _Invalid as invalid:

@@ -117,6 +117,7 @@ def project_object(p: rows.Project) -> wire.Project:
         created_at=_unix(p.created_at),
         archived_at=ts(p.archived_at),
         status="archived" if p.archived_at is not None else "active",
+        weight=p.weight,
     )
 
 
@@ -209,15 +210,18 @@ async def get_project(conn: Conn, principal: Principal, project_id: str) -> wire
     return project_object(await _project(conn, project_id))
 
 
-async def rename_project(
-    conn: Conn, principal: Principal, project_id: str, name: str
+async def modify_project(
+    conn: Conn, principal: Principal, project_id: str, change: wire.ProjectUpdate
 ) -> wire.Project:
+    """Rename a project (its managers) or set its fair-share weight (admins only)."""
     _require_manager(principal, project_id)
+    if change.weight is not None:
+        _require_admin(principal)
     await _active_project(conn, project_id)
-    renamed = await rows.rename_project(conn, project_id, name)
-    if renamed is None:
+    changed = await rows.update_project(conn, project_id, change.name, change.weight)
+    if changed is None:
         raise NotFound(f"No project with id {project_id!r}.")
-    return project_object(renamed)
+    return project_object(changed)
 
 
 async def archive_project(

@@ -57,6 +57,7 @@ class Claimer:
         start: Callable[[deque[ClaimedRequest]], None],
         paused_for: Callable[[], float],
         location: str | None = None,
+        fair_share: bool = True,
     ) -> None:
         self._db = db
         self._owner = owner
@@ -70,7 +71,9 @@ class Claimer:
         pools = [pool]
         if takes_spot and pool != "spot":
             pools.append("spot")
-        self._cursors = [queue.QueueCursor(p, location=location) for p in pools]
+        self._cursors = [
+            queue.QueueCursor(p, location=location, fair_share=fair_share) for p in pools
+        ]
         self._ready: deque[ClaimedRequest] = deque()
         self.max_prefetch = PREFETCH_MAX
         self.prefetch = self.min_prefetch

@@ -64,6 +64,8 @@ class WorkerConfig:
     location: str | None = None
     """The zone or region this worker runs in; it may claim requests restricted to it (see
     :mod:`inferbatch.residency`). None: only unrestricted requests."""
+    fair_share: bool = True
+    """Spot-pool claims share the top priority between projects by weight."""
 
 
 class Worker:
@@ -96,6 +98,7 @@ class Worker:
             owner=self.id,
             pool=config.pool,
             location=config.location,
+            fair_share=config.fair_share,
             takes_spot=config.takes_spot,
             capacity=self.executor.capacity,
             poll_seconds=config.poll_seconds,
