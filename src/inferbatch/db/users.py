@@ -144,7 +144,7 @@ class KeyHolder:
     service_account_deleted_at: datetime | None
 
 
-KEY_HOLDER = """
+_KEY_HOLDER = """
 SELECT k.id AS key_id, k.project_id, k.expires_at, k.revoked_at, k.last_used_at,
     p.archived_at AS project_archived_at,
     u.id AS user_id, u.name AS user_name, coalesce(u.is_admin, false) AS is_admin,
@@ -156,10 +156,12 @@ JOIN projects p ON p.id = k.project_id
 LEFT JOIN users u ON u.id = k.user_id
 LEFT JOIN project_members m ON m.project_id = k.project_id AND m.user_id = k.user_id
 LEFT JOIN service_accounts s ON s.id = k.service_account_id
-WHERE k.key_hash = %s
+WHERE k.{column} = %s
 """
-"""The key by its digest (the unique index), with its project, user or service account
+"""A key by its digest or its id (both unique), with its project, user or service account
 and the user's membership: one index probe per table."""
+KEY_HOLDER = _KEY_HOLDER.format(column="key_hash")
+KEY_HOLDER_BY_ID = _KEY_HOLDER.format(column="id")
 
 
 async def key_holder(conn: Conn, key: str) -> KeyHolder | None:
@@ -171,9 +173,7 @@ async def key_holder(conn: Conn, key: str) -> KeyHolder | None:
 
 async def key_holder_by_id(conn: Conn, key_id: str) -> KeyHolder | None:
     """Like :func:`key_holder`, by the key's id (a portal session remembers the id)."""
-    cur = await conn.execute(
-        KEY_HOLDER.replace("WHERE k.key_hash = %s", "WHERE k.id = %s"), (key_id,)
-    )
+    cur = await conn.execute(KEY_HOLDER_BY_ID, (key_id,))
     row = await cur.fetchone()
     return KeyHolder(**row) if row else None
 

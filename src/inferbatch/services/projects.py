@@ -175,6 +175,12 @@ async def _project(conn: Conn, project_id: str) -> rows.Project:
     return project
 
 
+async def _managed(conn: Conn, principal: Principal, project_id: str) -> rows.Project:
+    """The project ``principal`` may manage (Forbidden, or NotFound if there is none)."""
+    _require_manager(principal, project_id)
+    return await _project(conn, project_id)
+
+
 async def _active_project(conn: Conn, project_id: str) -> rows.Project:
     project = await _project(conn, project_id)
     if project.archived_at is not None:
@@ -240,8 +246,7 @@ async def archive_project(
 async def list_members(
     conn: Conn, principal: Principal, project_id: str, *, after: str | None, limit: int
 ) -> tuple[list[wire.ProjectUser], bool]:
-    _require_manager(principal, project_id)
-    await _project(conn, project_id)
+    await _managed(conn, principal, project_id)
     found = await rows.list_members(conn, project_id, after=after, limit=limit)
     return [member_object(m) for m in found[:limit]], len(found) > limit
 
@@ -256,8 +261,7 @@ async def _member(conn: Conn, project_id: str, user_id: str) -> rows.Member:
 async def get_member(
     conn: Conn, principal: Principal, project_id: str, user_id: str
 ) -> wire.ProjectUser:
-    _require_manager(principal, project_id)
-    await _project(conn, project_id)
+    await _managed(conn, principal, project_id)
     return member_object(await _member(conn, project_id, user_id))
 
 
@@ -291,8 +295,7 @@ async def remove_member(
     conn: Conn, principal: Principal, project_id: str, user_id: str, now: datetime
 ) -> wire.ProjectUserDeleted:
     """Remove a member; their keys of the project are revoked with it."""
-    _require_manager(principal, project_id)
-    await _project(conn, project_id)
+    await _managed(conn, principal, project_id)
     if not await rows.remove_member(conn, project_id, user_id, now):
         raise NotFound(f"No user with id {user_id!r} in project {project_id!r}.")
     return wire.ProjectUserDeleted(id=user_id)
@@ -301,8 +304,7 @@ async def remove_member(
 async def list_keys(
     conn: Conn, principal: Principal, project_id: str, *, after: str | None, limit: int
 ) -> tuple[list[wire.ProjectApiKey], bool]:
-    _require_manager(principal, project_id)
-    await _project(conn, project_id)
+    await _managed(conn, principal, project_id)
     found = await rows.list_keys(conn, project_id, after=after, limit=limit)
     return [key_object(k) for k in found[:limit]], len(found) > limit
 
@@ -310,8 +312,7 @@ async def list_keys(
 async def get_key(
     conn: Conn, principal: Principal, project_id: str, key_id: str
 ) -> wire.ProjectApiKey:
-    _require_manager(principal, project_id)
-    await _project(conn, project_id)
+    await _managed(conn, principal, project_id)
     key = await rows.get_key(conn, project_id, key_id)
     if key is None:
         raise NotFound(f"No API key with id {key_id!r} in project {project_id!r}.")
@@ -322,8 +323,7 @@ async def revoke_key(
     conn: Conn, principal: Principal, project_id: str, key_id: str, now: datetime
 ) -> wire.ProjectApiKeyDeleted:
     """Revoke a key: the next request with it is refused (401, "revoked")."""
-    _require_manager(principal, project_id)
-    await _project(conn, project_id)
+    await _managed(conn, principal, project_id)
     if await rows.get_key(conn, project_id, key_id) is None:
         raise NotFound(f"No API key with id {key_id!r} in project {project_id!r}.")
     await rows.revoke_key(conn, key_id, now)
@@ -333,8 +333,7 @@ async def revoke_key(
 async def list_service_accounts(
     conn: Conn, principal: Principal, project_id: str, *, after: str | None, limit: int
 ) -> tuple[list[wire.ServiceAccount], bool]:
-    _require_manager(principal, project_id)
-    await _project(conn, project_id)
+    await _managed(conn, principal, project_id)
     found = await rows.list_service_accounts(conn, project_id, after=after, limit=limit)
     return [account_object(a) for a in found[:limit]], len(found) > limit
 
@@ -342,8 +341,7 @@ async def list_service_accounts(
 async def get_service_account(
     conn: Conn, principal: Principal, project_id: str, account_id: str
 ) -> wire.ServiceAccount:
-    _require_manager(principal, project_id)
-    await _project(conn, project_id)
+    await _managed(conn, principal, project_id)
     account = await rows.get_service_account(conn, project_id, account_id)
     if account is None:
         raise NotFound(f"No service account with id {account_id!r} in project {project_id!r}.")
@@ -388,8 +386,7 @@ async def delete_service_account(
     conn: Conn, principal: Principal, project_id: str, account_id: str, now: datetime
 ) -> wire.ServiceAccountDeleted:
     """Delete a service account; its keys are revoked with it."""
-    _require_manager(principal, project_id)
-    await _project(conn, project_id)
+    await _managed(conn, principal, project_id)
     if not await rows.delete_service_account(conn, project_id, account_id, now):
         raise NotFound(f"No service account with id {account_id!r} in project {project_id!r}.")
     return wire.ServiceAccountDeleted(id=account_id)
